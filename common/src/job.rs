@@ -1,0 +1,296 @@
+//! The postback job: the one message that travels from ingest to deliver.
+//!
+//! A job is compact JSON, one per element of the ready list:
+//!
+//! ```json
+//! {"id":"0190c6e2-...","method":"GET","url":"http://h/?t={mascot}",
+//!  "data":{"mascot":"Gopher"},"attempt":1,"enqueued_at":1732771200000}
+//! ```
+//!
+//! Any producer that can `LPUSH` such a string is a valid producer. A string
+//! that does not decode into a [`Job`] is *malformed*: deliver never retries
+//! it, it keeps it aside as a [`DeadLetter`] with reason `malformed`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::str::FromStr;
+
+/// The HTTP methods a postback can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// No body; the data lives in the URL.
+    Get,
+    /// Sends the data object as a JSON body.
+    Post,
+    /// Sends the data object as a JSON body.
+    Put,
+    /// Sends the data object as a JSON body.
+    Patch,
+    /// No body; the data lives in the URL.
+    Delete,
+}
+
+impl Method {
+    /// The upper-case name, as it is stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    /// Whether the data object is sent as a JSON body.
+    pub fn has_body(self) -> bool {
+        matches!(self, Method::Post | Method::Put | Method::Patch)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A method name that is not one of GET, POST, PUT, PATCH, DELETE.
+#[derive(Debug, thiserror::Error)]
+#[error("method must be one of GET, POST, PUT, PATCH, DELETE")]
+pub struct UnknownMethod;
+
+impl FromStr for Method {
+    type Err = UnknownMethod;
+
+    /// Accepts any letter case, as the old PHP endpoint did.
+    fn from_str(s: &str) -> Result<Self, UnknownMethod> {
+        const ALL: [Method; 5] = [Method::Get, Method::Post, Method::Put, Method::Patch, Method::Delete];
+        ALL.into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+            .ok_or(UnknownMethod)
+    }
+}
+
+/// One postback to make: fill `url` with `data` and send it with `method`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique id, given by ingest in its answer and printed in every log
+    /// line about this job.
+    pub id: String,
+    /// HTTP method of the outbound request.
+    pub method: Method,
+    /// URL template with `{key}` placeholders (see [`crate::template`]).
+    pub url: String,
+    /// Values for the placeholders; also the JSON body of POST/PUT/PATCH.
+    pub data: Map<String, Value>,
+    /// 1 for the first attempt; deliver increases it on every retry.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// When ingest accepted the job, in ms since the epoch. Kept across
+    /// retries, so it measures end-to-end time.
+    pub enqueued_at: u64,
+    /// The `X-Request-Id` of the ingest request, for tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// Why a queued string is not a valid job.
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedJob {
+    /// Not JSON, or JSON of the wrong shape.
+    #[error("not a job: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The URL template cannot produce a request.
+    #[error("bad url template: {0}")]
+    Template(#[from] crate::template::TemplateError),
+    /// `attempt` is 0.
+    #[error("attempt must be 1 or more")]
+    Attempt,
+}
+
+impl Job {
+    /// Decodes and checks a job as it was read from the queue.
+    pub fn decode(raw: &[u8]) -> Result<Job, MalformedJob> {
+        let job: Job = serde_json::from_slice(raw)?;
+        crate::template::check(&job.url)?;
+        if job.attempt == 0 {
+            return Err(MalformedJob::Attempt);
+        }
+        Ok(job)
+    }
+
+    /// Compact JSON, as it is stored in the queue.
+    pub fn encode(&self) -> String {
+        // Serializing a struct of strings, numbers and JSON values cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A new, unique job id. Version 7 UUIDs sort by creation time, which
+    /// makes ids in logs and dead-letter listings easy to order.
+    pub fn new_id() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+}
+
+/// A first-attempt job built from borrowed parts, so that ingest encodes
+/// each data item straight from the request body without copying the URL,
+/// the method or the item into a [`Job`] first. Encodes to the same JSON
+/// as the equivalent [`Job`].
+#[derive(Debug, Serialize)]
+pub struct NewJob<'a> {
+    /// See [`Job::id`].
+    pub id: &'a str,
+    /// See [`Job::method`].
+    pub method: Method,
+    /// See [`Job::url`].
+    pub url: &'a str,
+    /// See [`Job::data`]: a JSON object, copied as the producer sent it.
+    pub data: &'a serde_json::value::RawValue,
+    /// Always 1.
+    pub attempt: u32,
+    /// See [`Job::enqueued_at`].
+    pub enqueued_at: u64,
+    /// See [`Job::request_id`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
+}
+
+impl NewJob<'_> {
+    /// Compact JSON, as it is stored in the queue.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Why a job ended in the dead-letter list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadReason {
+    /// The endpoint gave an answer that retrying will not change (3xx, 4xx
+    /// other than 408 and 429).
+    FinalStatus,
+    /// Every attempt of the retry schedule failed.
+    RetriesExhausted,
+    /// The queued string is not a valid job.
+    Malformed,
+}
+
+impl DeadReason {
+    /// The name used in JSON and in `deliver dead list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::FinalStatus => "final_status",
+            DeadReason::RetriesExhausted => "retries_exhausted",
+            DeadReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// A job that will not be delivered without an operator's decision, as
+/// stored in the dead-letter list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The job's id (a fresh one for a malformed job without a usable id).
+    pub id: String,
+    /// Why it is here.
+    pub reason: DeadReason,
+    /// How many attempts were made (0 for a malformed job).
+    pub attempts: u32,
+    /// The last HTTP status (`"404"`) or error kind (`"timeout"`).
+    pub last_status: String,
+    /// The method of the last attempt, if the job could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    /// The URL as it was delivered, if the job could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Extra detail: the error message or a cut of the response body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When it became a dead letter, in ms since the epoch.
+    pub dead_at: u64,
+    /// The job itself, ready to be replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
+    /// The queued string of a malformed job, kept for inspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+}
+
+impl DeadLetter {
+    /// Compact JSON, as it is stored in the dead-letter list.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn method_parses_any_case_and_prints_upper_case() {
+        assert_eq!("get".parse::<Method>().unwrap(), Method::Get);
+        assert_eq!("PaTcH".parse::<Method>().unwrap(), Method::Patch);
+        assert!("HEAD".parse::<Method>().is_err());
+        assert_eq!(Method::Delete.to_string(), "DELETE");
+    }
+
+    #[test]
+    fn job_round_trips_through_its_encoding() {
+        let job = Job {
+            id: Job::new_id(),
+            method: Method::Post,
+            url: "http://h/{a}".into(),
+            data: json!({"a": 1}).as_object().unwrap().clone(),
+            attempt: 2,
+            enqueued_at: 1,
+            request_id: Some("r".into()),
+        };
+        assert_eq!(Job::decode(job.encode().as_bytes()).unwrap(), job);
+    }
+
+    #[test]
+    fn a_new_job_encodes_like_a_job() {
+        let data = serde_json::value::RawValue::from_string(r#"{"a":"b"}"#.into()).unwrap();
+        let new = NewJob {
+            id: "x1",
+            method: Method::Get,
+            url: "http://h/{a}",
+            data: &data,
+            attempt: 1,
+            enqueued_at: 7,
+            request_id: None,
+        };
+        let job = Job::decode(new.encode().as_bytes()).unwrap();
+        assert_eq!(job.encode(), new.encode());
+    }
+
+    #[test]
+    fn a_minimal_hand_written_job_decodes() {
+        let raw = r#"{"id":"x1","method":"GET","url":"http://h/?a={a}","data":{"a":"b"},"enqueued_at":0}"#;
+        let job = Job::decode(raw.as_bytes()).unwrap();
+        assert_eq!(job.attempt, 1);
+    }
+
+    #[test]
+    fn malformed_jobs_are_refused() {
+        for raw in [
+            "not json",
+            "{}",
+            r#"{"id":"x","method":"HEAD","url":"http://h/","data":{},"enqueued_at":0}"#,
+            r#"{"id":"x","method":"GET","url":"ftp://h/","data":{},"enqueued_at":0}"#,
+            r#"{"id":"x","method":"GET","url":"http://h/","data":[],"enqueued_at":0}"#,
+            r#"{"id":"x","method":"GET","url":"http://h/","data":{},"enqueued_at":0,"attempt":0}"#,
+        ] {
+            assert!(Job::decode(raw.as_bytes()).is_err(), "{raw}");
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The contract between `ingest` and `deliver`.
+//!
+//! The two services share nothing but a Redis queue, so everything both of
+//! them must agree on lives here, once:
+//!
+//! - [`job`]: the job that travels through the queue, and the dead letter a
+//!   failed job becomes;
+//! - [`template`]: how a URL template is checked (by ingest) and filled (by
+//!   deliver);
+//! - [`queue`]: every Redis key of a queue and every operation on it, with
+//!   the Lua scripts that make those operations atomic;
+//! - [`config`]: reading typed settings from the environment, so that a bad
+//!   value stops a program at start with one clear line;
+//! - [`redis_pool`]: how both services connect to Redis.
+
+pub mod config;
+pub mod job;
+pub mod queue;
+pub mod redis_pool;
+pub mod template;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp in a job.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,7 @@
+-- Empties the dead-letter list and says how many letters it held, in one
+-- step so the count is exactly what was removed.
+-- KEYS[1] dead-letter list (postback:{q}:dead)
+-- Returns the number removed.
+local n = redis.call('LLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return n

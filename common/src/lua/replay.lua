@@ -1,0 +1,15 @@
+-- Requeues dead letters: each one leaves the dead-letter list and its job
+-- (with a fresh attempt count) joins the ready list, atomically, so a
+-- replay run twice or by two operators at once requeues each letter once.
+-- KEYS[1] dead-letter list (postback:{q}:dead)
+-- KEYS[2] ready list       (postback:{q}:ready)
+-- ARGV    pairs: the dead letter exactly as stored, the job to queue
+-- Returns how many were requeued.
+local requeued = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    requeued = requeued + 1
+  end
+end
+return requeued

@@ -1,0 +1,30 @@
+-- Settles a batch of attempts: each job leaves the worker's in-flight list
+-- and, if it failed, goes to the retry set or the dead-letter list, in one
+-- atomic step so that a crash can neither lose it nor duplicate it.
+-- KEYS[1] in-flight list    (postback:{q}:inflight:<worker>)
+-- KEYS[2] retry sorted set  (postback:{q}:retry), scored by due time in ms
+-- KEYS[3] dead-letter list  (postback:{q}:dead)
+-- ARGV    groups of four: op, taken, payload, delay_ms
+--           op "a": acknowledge (delivered); payload and delay are ignored
+--           op "r": retry: add payload to the retry set, due in delay_ms
+--           op "d": dead letter: push payload onto the dead-letter list
+--         taken is the exact string the worker took from the queue.
+-- A job no longer in the in-flight list was handed to another worker (this
+-- one was presumed dead); its outcome is then dropped here, since the other
+-- worker now owns it.
+-- Returns how many jobs were settled.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local settled = 0
+for i = 1, #ARGV, 4 do
+  local op, taken, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('LREM', KEYS[1], 1, taken) == 1 then
+    settled = settled + 1
+    if op == 'r' then
+      redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[i + 3]), payload)
+    elseif op == 'd' then
+      redis.call('LPUSH', KEYS[3], payload)
+    end
+  end
+end
+return settled

@@ -1,0 +1,313 @@
+//! The queue protocol: every Redis key of a queue and every operation on it.
+//!
+//! Nothing outside this module names a Redis key or sends a queue command,
+//! so the protocol can be read in one place.
+//!
+//! | key                                | type       | holds |
+//! |------------------------------------|------------|-------|
+//! | `postback:{q}:ready`               | list       | jobs waiting for delivery; producers `LPUSH`, workers take from the right |
+//! | `postback:{q}:inflight:<worker>`   | list       | jobs a worker has taken and not yet settled |
+//! | `postback:{q}:heartbeat:<worker>`  | string+TTL | present while the worker is alive |
+//! | `postback:{q}:workers`             | set        | worker ids that may own an in-flight list |
+//! | `postback:{q}:retry`               | sorted set | jobs waiting for their next attempt, scored by due time (ms) |
+//! | `postback:{q}:dead`                | list       | dead letters, newest first |
+//!
+//! `{q}` is the queue name inside braces: a Redis Cluster hash tag, so all
+//! keys of one queue live in one slot and every script below stays valid
+//! when queues are spread over a cluster.
+//!
+//! The lifecycle of a job: `push` → ready → `take` → in-flight → `settle`
+//! (delivered: gone; failed: retry set or dead letters) → retry set →
+//! `promote_due` → ready. A worker that dies leaves its in-flight list
+//! behind; `reclaim_dead_workers` (run by every live worker) puts it back.
+
+use crate::job::DeadLetter;
+use deadpool_redis::redis::{self, aio::ConnectionLike, RedisResult, Script};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/take.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/settle.lua")));
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/promote.lua")));
+static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reclaim.lua")));
+static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
+static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
+
+/// The most jobs moved by one script call; far below Lua's `unpack` limit.
+pub const MAX_BATCH: usize = 1000;
+
+/// The Redis keys of one named queue.
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    prefix: String,
+    /// Jobs waiting for delivery.
+    pub ready: String,
+    /// Jobs waiting for a retry, scored by due time.
+    pub retry: String,
+    /// Dead letters.
+    pub dead: String,
+    /// Ids of workers that may own an in-flight list.
+    pub workers: String,
+}
+
+impl QueueKeys {
+    /// The keys of queue `name` (see the module table).
+    pub fn new(name: &str) -> Self {
+        let prefix = format!("postback:{{{name}}}");
+        QueueKeys {
+            ready: format!("{prefix}:ready"),
+            retry: format!("{prefix}:retry"),
+            dead: format!("{prefix}:dead"),
+            workers: format!("{prefix}:workers"),
+            prefix,
+        }
+    }
+
+    /// The in-flight list of `worker`.
+    pub fn inflight(&self, worker: &str) -> String {
+        format!("{}:inflight:{worker}", self.prefix)
+    }
+
+    /// The heartbeat key of `worker`.
+    pub fn heartbeat(&self, worker: &str) -> String {
+        format!("{}:heartbeat:{worker}", self.prefix)
+    }
+}
+
+/// Queues encoded jobs in one `LPUSH`: a request's jobs are queued wholly
+/// or not at all. Returns the ready list's new length.
+pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, jobs: &[String]) -> RedisResult<u64> {
+    redis::cmd("LPUSH").arg(&keys.ready).arg(jobs).query_async(conn).await
+}
+
+/// How many jobs wait in the ready list, the retry set and the dead-letter
+/// list, in one round trip.
+pub async fn depths<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys) -> RedisResult<Depths> {
+    let (ready, retry, dead): (u64, u64, u64) = redis::pipe()
+        .cmd("LLEN")
+        .arg(&keys.ready)
+        .cmd("ZCARD")
+        .arg(&keys.retry)
+        .cmd("LLEN")
+        .arg(&keys.dead)
+        .query_async(conn)
+        .await?;
+    Ok(Depths { ready, retry, dead })
+}
+
+/// Queue depths at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Depths {
+    /// Jobs waiting for delivery.
+    pub ready: u64,
+    /// Jobs waiting for a retry.
+    pub retry: u64,
+    /// Dead letters.
+    pub dead: u64,
+}
+
+/// Takes up to `max` jobs (at most [`MAX_BATCH`]) into `worker`'s in-flight
+/// list without waiting. Returns them oldest first.
+pub async fn take<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    worker: &str,
+    max: usize,
+) -> RedisResult<Vec<Vec<u8>>> {
+    TAKE.key(&keys.ready)
+        .key(keys.inflight(worker))
+        .arg(max.clamp(1, MAX_BATCH))
+        .invoke_async(conn)
+        .await
+}
+
+/// Waits up to `wait` for one job and takes it into `worker`'s in-flight
+/// list (`BLMOVE`), so an idle worker wakes as soon as a job arrives
+/// without polling. The connection's response timeout must exceed `wait`.
+pub async fn take_blocking<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    worker: &str,
+    wait: Duration,
+) -> RedisResult<Option<Vec<u8>>> {
+    redis::cmd("BLMOVE")
+        .arg(&keys.ready)
+        .arg(keys.inflight(worker))
+        .arg("RIGHT")
+        .arg("RIGHT")
+        .arg(wait.as_secs_f64())
+        .query_async(conn)
+        .await
+}
+
+/// What became of one attempt, to be recorded by [`settle`].
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// Delivered: forget the job.
+    Ack {
+        /// The exact bytes taken from the queue.
+        taken: Vec<u8>,
+    },
+    /// Failed, to be tried again after `delay`.
+    Retry {
+        /// The exact bytes taken from the queue.
+        taken: Vec<u8>,
+        /// The job for its next attempt, encoded.
+        next: String,
+        /// How long to wait before it is due.
+        delay: Duration,
+    },
+    /// Failed for good.
+    Dead {
+        /// The exact bytes taken from the queue.
+        taken: Vec<u8>,
+        /// The dead letter to keep.
+        letter: DeadLetter,
+    },
+}
+
+/// Records a batch of outcomes in one atomic script call. Returns how many
+/// were still owned by `worker` (the others were reclaimed meanwhile and are
+/// another worker's to settle).
+pub async fn settle<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    worker: &str,
+    outcomes: &[Settlement],
+) -> RedisResult<u64> {
+    if outcomes.is_empty() {
+        return Ok(0);
+    }
+    let mut call = SETTLE.prepare_invoke();
+    call.key(keys.inflight(worker)).key(&keys.retry).key(&keys.dead);
+    for outcome in outcomes {
+        match outcome {
+            Settlement::Ack { taken } => call.arg("a").arg(taken).arg("").arg(0),
+            Settlement::Retry { taken, next, delay } => {
+                call.arg("r").arg(taken).arg(next).arg(delay.as_millis() as u64)
+            }
+            Settlement::Dead { taken, letter } => call.arg("d").arg(taken).arg(letter.encode()).arg(0),
+        };
+    }
+    call.invoke_async(conn).await
+}
+
+/// Moves up to `max` due retries back to the ready list. Returns how many.
+pub async fn promote_due<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, max: usize) -> RedisResult<u64> {
+    PROMOTE
+        .key(&keys.retry)
+        .key(&keys.ready)
+        .arg(max.clamp(1, MAX_BATCH))
+        .invoke_async(conn)
+        .await
+}
+
+/// Marks `worker` alive for `ttl` and registers it in the worker set.
+pub async fn heartbeat<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    worker: &str,
+    info: &str,
+    ttl: Duration,
+) -> RedisResult<()> {
+    redis::pipe()
+        .cmd("SET")
+        .arg(keys.heartbeat(worker))
+        .arg(info)
+        .arg("PX")
+        .arg(ttl.as_millis() as u64)
+        .ignore()
+        .cmd("SADD")
+        .arg(&keys.workers)
+        .arg(worker)
+        .ignore()
+        .query_async(conn)
+        .await
+}
+
+/// Returns the in-flight jobs of every registered worker whose heartbeat
+/// has expired to the ready list. Returns how many jobs were returned.
+pub async fn reclaim_dead_workers<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, me: &str) -> RedisResult<u64> {
+    let workers: Vec<String> = redis::cmd("SMEMBERS").arg(&keys.workers).query_async(conn).await?;
+    let mut returned = 0;
+    for worker in workers.iter().filter(|w| *w != me) {
+        let moved = reclaim(conn, keys, worker).await?;
+        if moved > 0 {
+            log::warn!("worker {worker} stopped heartbeating; returned its {moved} in-flight jobs to the queue");
+            returned += moved as u64;
+        }
+    }
+    Ok(returned)
+}
+
+/// A stopping worker hands back its unsettled jobs: it drops its heartbeat
+/// and reclaims its own in-flight list. Returns how many jobs it returned.
+pub async fn release<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, worker: &str) -> RedisResult<u64> {
+    redis::cmd("DEL").arg(keys.heartbeat(worker)).query_async::<()>(conn).await?;
+    Ok(reclaim(conn, keys, worker).await?.max(0) as u64)
+}
+
+async fn reclaim<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, worker: &str) -> RedisResult<i64> {
+    RECLAIM
+        .key(keys.heartbeat(worker))
+        .key(keys.inflight(worker))
+        .key(&keys.ready)
+        .key(&keys.workers)
+        .arg(worker)
+        .invoke_async(conn)
+        .await
+}
+
+/// The newest `limit` dead letters, each as stored (needed to replay it)
+/// and decoded (`None` if it is not a dead letter this version can read).
+pub async fn dead_letters<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    limit: usize,
+) -> RedisResult<Vec<(String, Option<DeadLetter>)>> {
+    let stop = if limit == 0 { -1 } else { limit as i64 - 1 };
+    let raw: Vec<String> = redis::cmd("LRANGE").arg(&keys.dead).arg(0).arg(stop).query_async(conn).await?;
+    Ok(raw
+        .into_iter()
+        .map(|stored| {
+            let letter = serde_json::from_str(&stored).ok();
+            (stored, letter)
+        })
+        .collect())
+}
+
+/// Requeues dead letters: `(stored letter, encoded job)` pairs. Returns how
+/// many were requeued (a letter already gone is skipped).
+pub async fn replay<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, pairs: &[(String, String)]) -> RedisResult<u64> {
+    let mut requeued = 0;
+    for chunk in pairs.chunks(MAX_BATCH) {
+        let mut call = REPLAY.prepare_invoke();
+        call.key(&keys.dead).key(&keys.ready);
+        for (stored, job) in chunk {
+            call.arg(stored).arg(job);
+        }
+        requeued += call.invoke_async::<u64>(conn).await?;
+    }
+    Ok(requeued)
+}
+
+/// Empties the dead-letter list. Returns how many letters it removed.
+pub async fn purge_dead<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys) -> RedisResult<u64> {
+    PURGE.key(&keys.dead).invoke_async(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_keys_of_a_queue_share_one_hash_tag() {
+        let keys = QueueKeys::new("default");
+        assert_eq!(keys.ready, "postback:{default}:ready");
+        assert_eq!(keys.retry, "postback:{default}:retry");
+        assert_eq!(keys.dead, "postback:{default}:dead");
+        assert_eq!(keys.workers, "postback:{default}:workers");
+        assert_eq!(keys.inflight("w1"), "postback:{default}:inflight:w1");
+        assert_eq!(keys.heartbeat("w1"), "postback:{default}:heartbeat:w1");
+    }
+}

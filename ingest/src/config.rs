@@ -1,0 +1,67 @@
+//! Ingest's settings, read once from the environment at start.
+
+use common::config::{self, ConfigError, Source};
+use std::time::Duration;
+
+/// Every setting of `ingest`, with its environment variable and default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `REDIS_URL`: where the queue lives.
+    pub redis_url: String,
+    /// `POSTBACK_QUEUE`: the queue's name; every Redis key derives from it.
+    pub queue: String,
+    /// `INGEST_BIND`: address to listen on.
+    pub bind: String,
+    /// `INGEST_WORKERS`: HTTP worker threads.
+    pub workers: usize,
+    /// `INGEST_MAX_BODY_BYTES`: largest request body accepted.
+    pub max_body_bytes: usize,
+    /// `INGEST_MAX_ITEMS`: most data items in one request.
+    pub max_items: usize,
+    /// `INGEST_MAX_QUEUE`: above this many ready jobs, answer 503.
+    pub max_queue: u64,
+    /// `INGEST_REDIS_TIMEOUT_MS`: longest wait for Redis before answering 503.
+    pub redis_timeout: Duration,
+    /// `INGEST_REDIS_POOL`: Redis connections.
+    pub redis_pool: usize,
+    /// `INGEST_SHUTDOWN_GRACE_MS`: how long requests in flight may finish
+    /// after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// The `--help` table: variable, default, meaning.
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    ("REDIS_URL", "redis://127.0.0.1:6379", "Redis holding the queue (redis://[:password@]host:port[/db])"),
+    ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
+    ("INGEST_BIND", "127.0.0.1:3000", "address to listen on"),
+    ("INGEST_WORKERS", "number of CPUs", "HTTP worker threads"),
+    ("INGEST_MAX_BODY_BYTES", "1048576", "largest request body (413 above)"),
+    ("INGEST_MAX_ITEMS", "10000", "most items in `data` (413 above)"),
+    ("INGEST_MAX_QUEUE", "10000000", "ready jobs above which requests get 503"),
+    ("INGEST_REDIS_TIMEOUT_MS", "2000", "longest wait for Redis before a 503"),
+    ("INGEST_REDIS_POOL", "16", "Redis connections"),
+    ("INGEST_SHUTDOWN_GRACE_MS", "10000", "time for requests in flight after SIGTERM"),
+    ("RUST_LOG", "info", "log filter (error, warn, info, debug)"),
+];
+
+impl Config {
+    /// Reads and checks every setting.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Config, ConfigError> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let bind = config::string(src, "INGEST_BIND", "127.0.0.1:3000");
+        bind.parse::<std::net::SocketAddr>()
+            .map_err(|_| ConfigError::new("INGEST_BIND", &bind, "expected ip:port, e.g. 127.0.0.1:3000"))?;
+        Ok(Config {
+            redis_url: config::redis_url(src)?,
+            queue: config::queue_name(src)?,
+            bind,
+            workers: config::count(src, "INGEST_WORKERS", cpus, 1)?,
+            max_body_bytes: config::count(src, "INGEST_MAX_BODY_BYTES", 1 << 20, 64)?,
+            max_items: config::count(src, "INGEST_MAX_ITEMS", 10_000, 1)?,
+            max_queue: config::parsed(src, "INGEST_MAX_QUEUE", 10_000_000, "a whole number")?,
+            redis_timeout: config::millis(src, "INGEST_REDIS_TIMEOUT_MS", 2_000)?,
+            redis_pool: config::count(src, "INGEST_REDIS_POOL", 16, 1)?,
+            shutdown_grace: config::millis(src, "INGEST_SHUTDOWN_GRACE_MS", 10_000)?,
+        })
+    }
+}

@@ -1,0 +1,107 @@
+//! The one error type of ingest's HTTP boundary. Every variant becomes a
+//! status code and a JSON body `{"error": {"code": "...", "message": "..."}}`
+//! that says what is wrong and what to do.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+/// Seconds a client is asked to wait before trying again after a 503.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// Why a request was not accepted. Nothing is queued when any of these is
+/// returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not a valid postback request; `code` names the rule.
+    #[error("{message}")]
+    Invalid {
+        /// Machine-readable rule name, e.g. `invalid_url`.
+        code: &'static str,
+        /// Human-readable explanation naming the field.
+        message: String,
+    },
+    /// The body is larger than `INGEST_MAX_BODY_BYTES`.
+    #[error("request body is larger than the limit of {limit} bytes; split the data into several requests")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// `data` has more items than `INGEST_MAX_ITEMS`.
+    #[error("`data` has {count} items, more than the limit of {limit}; split it into several requests")]
+    TooManyItems {
+        /// Items sent.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Redis did not answer in time.
+    #[error("the queue is unavailable right now ({0}); nothing was queued, retry later")]
+    QueueUnavailable(String),
+    /// The queue is over `INGEST_MAX_QUEUE`.
+    #[error("the queue holds {depth} jobs, more than its limit of {limit}; nothing was queued, retry later")]
+    QueueFull {
+        /// Ready jobs last seen.
+        depth: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A method other than POST on an ingest route.
+    #[error("{method} is not allowed here; send POST with the JSON request as body")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+    },
+    /// No such route.
+    #[error("no such route: {path}; post postbacks to /ingest")]
+    NotFound {
+        /// The path asked for.
+        path: String,
+    },
+}
+
+impl ApiError {
+    /// Shorthand for [`ApiError::Invalid`].
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Invalid { code, message: message.into() }
+    }
+
+    /// The machine-readable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Invalid { code, .. } => code,
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::TooManyItems { .. } => "too_many_items",
+            ApiError::QueueUnavailable(_) => "queue_unavailable",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::NotFound { .. } => "not_found",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } | ApiError::TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QueueUnavailable(_) | ApiError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::QueueUnavailable(_) | ApiError::QueueFull { .. } => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+            }
+            ApiError::MethodNotAllowed { .. } => {
+                response.insert_header((header::ALLOW, "POST"));
+            }
+            _ => {}
+        }
+        response.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+    }
+}

@@ -1,0 +1,162 @@
+//! Parsing and validating a postback request, and turning it into jobs.
+//!
+//! The body is read as raw JSON whatever the Content-Type (the old PHP
+//! endpoint did the same, and `curl -d` sends form-urlencoded). Data items
+//! are kept as the raw JSON text the producer sent and copied into each job
+//! unparsed, so a large request costs one parse and no re-serialisation.
+
+use crate::error::ApiError;
+use common::job::{Job, Method, NewJob};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    endpoint: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Endpoint {
+    #[serde(default)]
+    method: Option<Value>,
+    #[serde(default)]
+    url: Option<Value>,
+}
+
+/// A validated request, ready to be queued.
+#[derive(Debug)]
+pub struct Accepted {
+    /// One id per data item, in order.
+    pub ids: Vec<String>,
+    /// One encoded job per data item, in the same order.
+    pub jobs: Vec<String>,
+}
+
+/// Validates `body` and builds its jobs. `max_items` bounds `data`.
+pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<Accepted, ApiError> {
+    let not_an_object = || ApiError::invalid("not_an_object", "the body must be a JSON object with `endpoint` and `data`");
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            not_an_object()
+        } else {
+            ApiError::invalid("invalid_json", format!("the body is not valid JSON: {e}"))
+        }
+    })?;
+    // serde also builds a struct from a JSON array; only an object will do.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(not_an_object());
+    }
+
+    let endpoint = parsed
+        .endpoint
+        .ok_or_else(|| ApiError::invalid("missing_endpoint", "`endpoint` is missing; send {\"method\": ..., \"url\": ...}"))?;
+    let invalid_endpoint = || ApiError::invalid("invalid_endpoint", "`endpoint` must be an object with `method` and `url`");
+    if !endpoint.get().starts_with('{') {
+        return Err(invalid_endpoint());
+    }
+    let endpoint: Endpoint = serde_json::from_str(endpoint.get()).map_err(|_| invalid_endpoint())?;
+    let method = match &endpoint.method {
+        Some(Value::String(m)) => m.parse::<Method>().map_err(|_| {
+            ApiError::invalid("invalid_method", format!("`endpoint.method` is {m:?}; use GET, POST, PUT, PATCH or DELETE"))
+        })?,
+        Some(_) => return Err(ApiError::invalid("invalid_method", "`endpoint.method` must be a string")),
+        None => return Err(ApiError::invalid("invalid_method", "`endpoint.method` is missing")),
+    };
+    let url = match &endpoint.url {
+        Some(Value::String(u)) => u.as_str(),
+        Some(_) => return Err(ApiError::invalid("invalid_url", "`endpoint.url` must be a string")),
+        None => return Err(ApiError::invalid("invalid_url", "`endpoint.url` is missing")),
+    };
+    common::template::check(url).map_err(|e| {
+        ApiError::invalid("invalid_url", format!("{e}; expected an absolute http(s) URL such as http://host/path?x={{key}}").replace("`url`", "`endpoint.url`"))
+    })?;
+
+    let data = parsed.data.ok_or_else(|| ApiError::invalid("missing_data", "`data` is missing; send an array of objects"))?;
+    let items: Vec<&RawValue> = serde_json::from_str(data.get())
+        .map_err(|_| ApiError::invalid("invalid_data", "`data` must be an array of objects"))?;
+    if items.is_empty() {
+        return Err(ApiError::invalid("empty_data", "`data` is empty; send at least one object"));
+    }
+    if items.len() > max_items {
+        return Err(ApiError::TooManyItems { count: items.len(), limit: max_items });
+    }
+    if let Some((index, item)) = items.iter().enumerate().find(|(_, item)| !item.get().starts_with('{')) {
+        return Err(ApiError::invalid(
+            "invalid_item",
+            format!("`data[{index}]` must be a JSON object, found {}", json_kind(item.get())),
+        ));
+    }
+
+    let enqueued_at = common::now_ms();
+    let mut ids = Vec::with_capacity(items.len());
+    let mut jobs = Vec::with_capacity(items.len());
+    for item in items {
+        let id = Job::new_id();
+        jobs.push(
+            NewJob { id: &id, method, url, data: item, attempt: 1, enqueued_at, request_id }.encode(),
+        );
+        ids.push(id);
+    }
+    Ok(Accepted { ids, jobs })
+}
+
+fn json_kind(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"endpoint":{"method":"get","url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"},"data":[{"mascot":"Gopher","location":"https://blog.golang.org/gopher/gopher.png"}]}"#;
+
+    fn code(body: &str) -> &'static str {
+        parse(body.as_bytes(), 10, None).unwrap_err().code()
+    }
+
+    #[test]
+    fn the_sample_becomes_one_job_with_the_method_upper_cased() {
+        let accepted = parse(SAMPLE.as_bytes(), 10, Some("req-1")).unwrap();
+        assert_eq!(accepted.ids.len(), 1);
+        let job = Job::decode(accepted.jobs[0].as_bytes()).unwrap();
+        assert_eq!(job.id, accepted.ids[0]);
+        assert_eq!(job.method, Method::Get);
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.request_id.as_deref(), Some("req-1"));
+        assert_eq!(job.data["mascot"], "Gopher");
+    }
+
+    #[test]
+    fn each_rule_has_its_code() {
+        assert_eq!(code("nope"), "invalid_json");
+        assert_eq!(code("[1]"), "not_an_object");
+        assert_eq!(code(r#"{"data":[{}]}"#), "missing_endpoint");
+        assert_eq!(code(r#"{"endpoint":"x","data":[{}]}"#), "invalid_endpoint");
+        assert_eq!(code(r#"{"endpoint":{"method":"HEAD","url":"http://h/"},"data":[{}]}"#), "invalid_method");
+        assert_eq!(code(r#"{"endpoint":{"url":"http://h/"},"data":[{}]}"#), "invalid_method");
+        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"ftp://h/"},"data":[{}]}"#), "invalid_url");
+        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"/x"},"data":[{}]}"#), "invalid_url");
+        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"http://h/"}}"#), "missing_data");
+        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":{}}"#), "invalid_data");
+        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[]}"#), "empty_data");
+        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},"x"]}"#), "invalid_item");
+        let many = format!(r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{}]}}"#, vec!["{}"; 11].join(","));
+        assert_eq!(code(&many), "too_many_items");
+    }
+
+    #[test]
+    fn an_invalid_item_is_named_by_its_index() {
+        let err = parse(br#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},[1]]}"#, 10, None).unwrap_err();
+        assert_eq!(err.to_string(), "`data[2]` must be a JSON object, found an array");
+    }
+}

@@ -1,0 +1,93 @@
+//! Building and running the HTTP server. Tests call [`Application::build`]
+//! with their own configuration, exactly as `main` does.
+
+use crate::backlog::{self, Backlog};
+use crate::config::Config;
+use crate::routes;
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use common::queue::QueueKeys;
+use common::redis_pool::Outage;
+use deadpool_redis::Pool;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every handler shares.
+pub struct AppState {
+    /// Redis connections.
+    pub pool: Pool,
+    /// The queue's keys.
+    pub keys: QueueKeys,
+    /// Cached queue length for backpressure.
+    pub backlog: Arc<Backlog>,
+    /// Logs Redis outages once.
+    pub outage: Arc<Outage>,
+    /// See [`Config::max_body_bytes`].
+    pub max_body_bytes: usize,
+    /// See [`Config::max_items`].
+    pub max_items: usize,
+    /// See [`Config::redis_timeout`].
+    pub redis_timeout: Duration,
+}
+
+/// A bound, ready-to-run ingest server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    /// Binds the listener and builds the server. Must be called inside a
+    /// Tokio runtime (the backlog refresher is spawned on it).
+    pub fn build(config: &Config) -> std::io::Result<Application> {
+        let listener = TcpListener::bind(&config.bind)?;
+        let port = listener.local_addr()?.port();
+        let pool = common::redis_pool::connect(&config.redis_url, config.redis_pool, config.redis_timeout)
+            .map_err(std::io::Error::other)?;
+        let keys = QueueKeys::new(&config.queue);
+        let backlog = Arc::new(Backlog::new(config.max_queue));
+        let outage = Arc::new(Outage::default());
+        let refresher = tokio::spawn(backlog::refresh(backlog.clone(), pool.clone(), keys.clone(), outage.clone()));
+        let state = web::Data::new(AppState {
+            pool,
+            keys,
+            backlog,
+            outage,
+            max_body_bytes: config.max_body_bytes,
+            max_items: config.max_items,
+            redis_timeout: config.redis_timeout,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                // The aliases keep clients of the old PHP endpoint working.
+                .service(
+                    web::resource(["/ingest", "/ingest.php", "/i"])
+                        .route(web::post().to(routes::ingest))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .route("/health", web::get().to(routes::health))
+                .default_service(web::to(routes::not_found))
+        })
+        .workers(config.workers)
+        .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
+        .listen(listener)?
+        .run();
+        Ok(Application { port, server, refresher })
+    }
+
+    /// The port it listens on (useful when bound to port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops accepting and lets the
+    /// requests in flight finish (up to the shutdown grace).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.refresher.abort();
+        result
+    }
+}

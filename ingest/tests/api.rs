@@ -1,0 +1,168 @@
+//! Ingest against a real Redis and a real HTTP client: what it accepts,
+//! what it refuses, and how it behaves when Redis goes away.
+
+use common::job::{Job, Method};
+use common::queue::QueueKeys;
+use common::testkit::{get, http, post, wait_until, RedisServer};
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use ingest::config::Config;
+use ingest::startup::Application;
+use std::time::{Duration, Instant};
+
+const SAMPLE: &str = r#"{"endpoint":{"method":"GET","url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"},"data":[{"mascot":"Gopher","location":"https://blog.golang.org/gopher/gopher.png"}]}"#;
+
+struct TestApp {
+    base: String,
+    keys: QueueKeys,
+    redis: RedisServer,
+}
+
+impl TestApp {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn conn(&self) -> MultiplexedConnection {
+        self.redis.connection().await
+    }
+
+    async fn queued(&self) -> Vec<String> {
+        redis::cmd("LRANGE").arg(&self.keys.ready).arg(0).arg(-1).query_async(&mut self.conn().await).await.unwrap()
+    }
+}
+
+async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut env = vec![("INGEST_BIND", "127.0.0.1:0"), ("REDIS_URL", url.as_str()), ("INGEST_WORKERS", "2")];
+    env.extend_from_slice(extra);
+    let config = Config::from_source(env.as_slice()).expect("test config");
+    let app = Application::build(&config).expect("ingest builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp { base, keys: QueueKeys::new(&config.queue), redis }
+}
+
+#[tokio::test]
+async fn the_sample_is_accepted_and_queued_as_one_job() {
+    let app = spawn_app(&[]).await;
+    let response = post(&app.url("/ingest"), SAMPLE).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+    let body = response.json();
+    assert_eq!(body["accepted"], 1);
+    let id = body["ids"][0].as_str().unwrap();
+
+    let queued = app.queued().await;
+    assert_eq!(queued.len(), 1);
+    let job = Job::decode(queued[0].as_bytes()).unwrap();
+    assert_eq!(job.id, id);
+    assert_eq!(job.method, Method::Get);
+    assert_eq!(job.url, "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}");
+    assert_eq!(job.data["location"], "https://blog.golang.org/gopher/gopher.png");
+    assert_eq!(job.attempt, 1);
+    assert!(job.enqueued_at > 0);
+}
+
+#[tokio::test]
+async fn the_old_php_routes_accept_the_same_request() {
+    let app = spawn_app(&[]).await;
+    for path in ["/ingest.php", "/i"] {
+        let response = post(&app.url(path), SAMPLE).await;
+        assert_eq!(response.status, 202, "{path}: {}", response.body);
+    }
+    assert_eq!(app.queued().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_thousand_items_are_queued_in_order_with_distinct_ids() {
+    let app = spawn_app(&[]).await;
+    let items: Vec<String> = (0..1000).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    let body = format!(r#"{{"endpoint":{{"method":"post","url":"http://h/{{n}}"}},"data":[{}]}}"#, items.join(","));
+    let response = post(&app.url("/ingest"), body).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+    let ids: Vec<String> = serde_json::from_value(response.json()["ids"].clone()).unwrap();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 1000);
+    assert_eq!(app.queued().await.len(), 1000);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_error_and_queues_nothing() {
+    let app = spawn_app(&[("INGEST_MAX_BODY_BYTES", "2000"), ("INGEST_MAX_ITEMS", "3")]).await;
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("this is not json".into(), 400, "invalid_json"),
+        ("[1,2]".into(), 400, "not_an_object"),
+        (r#"{"data":[{}]}"#.into(), 400, "missing_endpoint"),
+        (r#"{"endpoint":[],"data":[{}]}"#.into(), 400, "invalid_endpoint"),
+        (r#"{"endpoint":{"method":"TRACE","url":"http://h/"},"data":[{}]}"#.into(), 400, "invalid_method"),
+        (r#"{"endpoint":{"method":"GET","url":"mailto:x@y"},"data":[{}]}"#.into(), 400, "invalid_url"),
+        (r#"{"endpoint":{"method":"GET","url":"http:///nohost"},"data":[{}]}"#.into(), 400, "invalid_url"),
+        (r#"{"endpoint":{"method":"GET","url":"http://h/"}}"#.into(), 400, "missing_data"),
+        (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":"x"}"#.into(), 400, "invalid_data"),
+        (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[]}"#.into(), 400, "empty_data"),
+        (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},1]}"#.into(), 400, "invalid_item"),
+        (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},{},{}]}"#.into(), 413, "too_many_items"),
+        (format!(r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{{"x":"{}"}}]}}"#, "a".repeat(3000)), 413, "body_too_large"),
+    ];
+    for (body, status, code) in cases {
+        let response = post(&app.url("/ingest"), body.clone()).await;
+        assert_eq!(response.status, status, "{code}: {}", response.body);
+        let json = response.json();
+        assert_eq!(json["error"]["code"], code, "{}", response.body);
+        assert!(!json["error"]["message"].as_str().unwrap().is_empty());
+    }
+    assert!(app.queued().await.is_empty(), "a refused request queued something");
+}
+
+#[tokio::test]
+async fn other_methods_get_405_and_unknown_routes_404_in_json() {
+    let app = spawn_app(&[]).await;
+    let response = get(&app.url("/ingest")).await;
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("allow"), Some("POST"));
+    assert_eq!(response.json()["error"]["code"], "method_not_allowed");
+    let response = http("PUT", &app.url("/i"), &[], "").await;
+    assert_eq!(response.status, 405);
+    let response = get(&app.url("/nope")).await;
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn without_redis_ingest_answers_503_quickly_and_recovers_without_restart() {
+    let mut app = spawn_app(&[("INGEST_REDIS_TIMEOUT_MS", "500")]).await;
+    assert_eq!(get(&app.url("/health")).await.status, 200);
+
+    app.redis.kill();
+    let started = Instant::now();
+    let response = post(&app.url("/ingest"), SAMPLE).await;
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert_eq!(response.json()["error"]["code"], "queue_unavailable");
+    assert!(response.header("retry-after").is_some());
+    assert!(started.elapsed() < Duration::from_secs(10), "503 took {:?}", started.elapsed());
+    let health = get(&app.url("/health")).await;
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["redis"], "down");
+
+    app.redis.restart();
+    let base = app.base.clone();
+    wait_until(Duration::from_secs(15), "ingest to accept again", || {
+        let url = format!("{base}/ingest");
+        async move { post(&url, SAMPLE).await.status == 202 }
+    })
+    .await;
+    assert_eq!(get(&app.url("/health")).await.status, 200);
+    assert_eq!(app.queued().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_queue_over_its_limit_gets_503_queue_full() {
+    let app = spawn_app(&[("INGEST_MAX_QUEUE", "5")]).await;
+    let six = r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},{},{},{},{}]}"#;
+    assert_eq!(post(&app.url("/ingest"), six).await.status, 202);
+    let response = post(&app.url("/ingest"), SAMPLE).await;
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert_eq!(response.json()["error"]["code"], "queue_full");
+    assert!(response.header("retry-after").is_some());
+    assert_eq!(app.queued().await.len(), 6);
+}
