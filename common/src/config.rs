@@ -23,7 +23,11 @@ pub struct ConfigError {
 impl ConfigError {
     /// Builds an error for `var` holding `value`.
     pub fn new(var: &str, value: &str, problem: impl Into<String>) -> Self {
-        ConfigError { var: var.into(), value: value.into(), problem: problem.into() }
+        ConfigError {
+            var: var.into(),
+            value: value.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -63,15 +67,13 @@ pub fn string(src: &(impl Source + ?Sized), var: &str, default: &str) -> String 
 
 /// Reads `var` with `FromStr`; `what` describes the expected value in the
 /// error ("a whole number", "host:port").
-pub fn parsed<T: FromStr>(
-    src: &(impl Source + ?Sized),
-    var: &str,
-    default: T,
-    what: &str,
-) -> Result<T, ConfigError> {
+pub fn parsed<T: FromStr>(src: &(impl Source + ?Sized), var: &str, default: T, what: &str) -> Result<T, ConfigError> {
     match src.get(var) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ConfigError::new(var, &v, format!("expected {what}"))),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(var, &v, format!("expected {what}"))),
     }
 }
 
@@ -100,7 +102,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
     let ms_per_unit = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -130,7 +134,9 @@ pub fn queue_name(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
     let name = string(src, "POSTBACK_QUEUE", "default");
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
         return Err(ConfigError::new(
             "POSTBACK_QUEUE",
@@ -182,7 +188,10 @@ mod tests {
         let env = [("DELIVER_CONCURRENCY", "lots")];
         let err = count(&env, "DELIVER_CONCURRENCY", 256, 1).unwrap_err();
         assert_eq!(err.to_string(), "DELIVER_CONCURRENCY=\"lots\": expected a whole number");
-        assert_eq!(count(&[("X", "0")], "X", 1, 1).unwrap_err().problem, "must be at least 1");
+        assert_eq!(
+            count(&[("X", "0")], "X", 1, 1).unwrap_err().problem,
+            "must be at least 1"
+        );
         assert_eq!(count(&env, "OTHER", 256, 1), Ok(256));
     }
 

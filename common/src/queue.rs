@@ -107,16 +107,22 @@ pub struct Depths {
 }
 
 /// Takes up to `max` jobs (at most [`MAX_BATCH`]) into `worker`'s in-flight
-/// list without waiting. Returns them oldest first.
+/// list without waiting. Returns them oldest first. Restores the worker's
+/// registration and heartbeat (for `heartbeat_ttl`) if Redis lost them.
 pub async fn take<C: ConnectionLike>(
     conn: &mut C,
     keys: &QueueKeys,
     worker: &str,
     max: usize,
+    heartbeat_ttl: Duration,
 ) -> RedisResult<Vec<Vec<u8>>> {
     TAKE.key(&keys.ready)
         .key(keys.inflight(worker))
+        .key(&keys.workers)
+        .key(keys.heartbeat(worker))
         .arg(max.clamp(1, MAX_BATCH))
+        .arg(worker)
+        .arg(heartbeat_ttl.as_millis() as u64)
         .invoke_async(conn)
         .await
 }
@@ -161,8 +167,9 @@ pub enum Settlement {
     Dead {
         /// The exact bytes taken from the queue.
         taken: Vec<u8>,
-        /// The dead letter to keep.
-        letter: DeadLetter,
+        /// The dead letter to keep (boxed: it is much larger than the
+        /// other variants, and rare).
+        letter: Box<DeadLetter>,
     },
 }
 
@@ -243,7 +250,10 @@ pub async fn reclaim_dead_workers<C: ConnectionLike>(conn: &mut C, keys: &QueueK
 /// A stopping worker hands back its unsettled jobs: it drops its heartbeat
 /// and reclaims its own in-flight list. Returns how many jobs it returned.
 pub async fn release<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, worker: &str) -> RedisResult<u64> {
-    redis::cmd("DEL").arg(keys.heartbeat(worker)).query_async::<()>(conn).await?;
+    redis::cmd("DEL")
+        .arg(keys.heartbeat(worker))
+        .query_async::<()>(conn)
+        .await?;
     Ok(reclaim(conn, keys, worker).await?.max(0) as u64)
 }
 
@@ -266,7 +276,12 @@ pub async fn dead_letters<C: ConnectionLike>(
     limit: usize,
 ) -> RedisResult<Vec<(String, Option<DeadLetter>)>> {
     let stop = if limit == 0 { -1 } else { limit as i64 - 1 };
-    let raw: Vec<String> = redis::cmd("LRANGE").arg(&keys.dead).arg(0).arg(stop).query_async(conn).await?;
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(&keys.dead)
+        .arg(0)
+        .arg(stop)
+        .query_async(conn)
+        .await?;
     Ok(raw
         .into_iter()
         .map(|stored| {

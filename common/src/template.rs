@@ -222,7 +222,10 @@ mod tests {
             r("http://h/?v={v}", json!({"v": "a b&c=d?e#f/g+h%i"})),
             "http://h/?v=a%20b%26c%3Dd%3Fe%23f%2Fg%2Bh%25i"
         );
-        assert_eq!(r("http://h/?v={v}", json!({"v": "-._~AZaz09"})), "http://h/?v=-._~AZaz09");
+        assert_eq!(
+            r("http://h/?v={v}", json!({"v": "-._~AZaz09"})),
+            "http://h/?v=-._~AZaz09"
+        );
     }
 
     #[test]
@@ -233,7 +236,10 @@ mod tests {
 
     #[test]
     fn empty_missing_and_null_values() {
-        assert_eq!(r("http://h/?a={a}&b={b}&c={c}", json!({"a": "", "c": null})), "http://h/?a=&b=&c=");
+        assert_eq!(
+            r("http://h/?a={a}&b={b}&c={c}", json!({"a": "", "c": null})),
+            "http://h/?a=&b=&c="
+        );
         assert_eq!(
             render("http://h/?b={b}", &data(json!({})), "n/a"),
             "http://h/?b=n%2Fa",
@@ -244,12 +250,18 @@ mod tests {
     #[test]
     fn key_used_twice_and_adjacent_placeholders() {
         assert_eq!(r("http://h/{a}/{a}", json!({"a": "x y"})), "http://h/x%20y/x%20y");
-        assert_eq!(r("http://h/?v={a}{b}{a}", json!({"a": "1", "b": "2"})), "http://h/?v=121");
+        assert_eq!(
+            r("http://h/?v={a}{b}{a}", json!({"a": "1", "b": "2"})),
+            "http://h/?v=121"
+        );
     }
 
     #[test]
     fn non_ascii_keys() {
-        assert_eq!(r("http://h/?v={ключ}&w={日本}", json!({"ключ": "v", "日本": "w"})), "http://h/?v=v&w=w");
+        assert_eq!(
+            r("http://h/?v={ключ}&w={日本}", json!({"ключ": "v", "日本": "w"})),
+            "http://h/?v=v&w=w"
+        );
     }
 
     #[test]
@@ -267,7 +279,10 @@ mod tests {
     #[test]
     fn numbers_booleans_and_nested_values_render_as_json() {
         assert_eq!(
-            r("http://h/?i={i}&f={f}&n={n}&t={t}&e={e}", json!({"i": 42, "f": 1.5, "n": -3, "t": true, "e": 1e30})),
+            r(
+                "http://h/?i={i}&f={f}&n={n}&t={t}&e={e}",
+                json!({"i": 42, "f": 1.5, "n": -3, "t": true, "e": 1e30})
+            ),
             "http://h/?i=42&f=1.5&n=-3&t=true&e=1e%2B30"
         );
         assert_eq!(

@@ -239,12 +239,21 @@ pub struct Reply {
 impl Reply {
     /// An immediate answer with `status` and a short body.
     pub fn status(status: u16) -> Self {
-        Reply { status, headers: Vec::new(), body: format!("status {status}"), delay: Duration::ZERO, hang: false }
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: format!("status {status}"),
+            delay: Duration::ZERO,
+            hang: false,
+        }
     }
 
     /// A request that is never answered.
     pub fn hang() -> Self {
-        Reply { hang: true, ..Reply::status(200) }
+        Reply {
+            hang: true,
+            ..Reply::status(200)
+        }
     }
 
     /// Adds a response header.
@@ -279,13 +288,17 @@ impl Sink {
 
     /// A sink that answers with `responder`.
     pub async fn start(responder: Responder) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("cannot bind sink");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("cannot bind sink");
         let addr = listener.local_addr().expect("sink has no address");
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let log = log.clone();
                 let responder = responder.clone();
                 tokio::spawn(async move {
@@ -320,7 +333,10 @@ impl Sink {
 
     /// Waits until at least `n` requests have arrived.
     pub async fn wait_for(&self, n: usize, limit: Duration) {
-        wait_until(limit, &format!("{n} requests at the sink"), || async { self.count() >= n }).await;
+        wait_until(limit, &format!("{n} requests at the sink"), || async {
+            self.count() >= n
+        })
+        .await;
     }
 }
 
@@ -339,7 +355,12 @@ async fn answer(req: Request<Incoming>, log: &Mutex<Vec<Received>>, responder: &
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body,
         at: Instant::now(),
@@ -360,7 +381,9 @@ async fn answer(req: Request<Incoming>, log: &Mutex<Vec<Received>>, responder: &
     for (k, v) in &reply.headers {
         response = response.header(k, v);
     }
-    response.body(Full::new(Bytes::from(reply.body))).expect("bad test reply")
+    response
+        .body(Full::new(Bytes::from(reply.body)))
+        .expect("bad test reply")
 }
 
 /// An HTTP response as a test sees it.
@@ -388,8 +411,7 @@ impl HttpResponse {
 
 /// Sends one HTTP/1.1 request with a fresh connection and reads the answer.
 pub async fn http(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> HttpResponse {
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -403,16 +425,36 @@ pub async fn http(method: &str, url: &str, headers: &[(&str, &str)], body: impl 
     let headers = response
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// POSTs `body` to `url`, the way `curl -d` would (form content type, raw
 /// JSON body).
 pub async fn post(url: &str, body: impl Into<Bytes>) -> HttpResponse {
-    http("POST", url, &[("content-type", "application/x-www-form-urlencoded")], body).await
+    http(
+        "POST",
+        url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        body,
+    )
+    .await
 }
 
 /// GETs `url`.

@@ -26,7 +26,10 @@ pub struct Backlog {
 impl Backlog {
     /// A backlog that refuses work above `limit` ready jobs.
     pub fn new(limit: u64) -> Self {
-        Backlog { ready: AtomicU64::new(0), limit }
+        Backlog {
+            ready: AtomicU64::new(0),
+            limit,
+        }
     }
 
     /// Records a freshly observed length.
@@ -38,7 +41,10 @@ impl Backlog {
     pub fn check(&self) -> Result<(), ApiError> {
         let depth = self.ready.load(Ordering::Relaxed);
         if depth > self.limit {
-            return Err(ApiError::QueueFull { depth, limit: self.limit });
+            return Err(ApiError::QueueFull {
+                depth,
+                limit: self.limit,
+            });
         }
         Ok(())
     }

@@ -31,16 +31,28 @@ pub struct Config {
 
 /// The `--help` table: variable, default, meaning.
 pub const SETTINGS: &[(&str, &str, &str)] = &[
-    ("REDIS_URL", "redis://127.0.0.1:6379", "Redis holding the queue (redis://[:password@]host:port[/db])"),
+    (
+        "REDIS_URL",
+        "redis://127.0.0.1:6379",
+        "Redis holding the queue (redis://[:password@]host:port[/db])",
+    ),
     ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
     ("INGEST_BIND", "127.0.0.1:3000", "address to listen on"),
     ("INGEST_WORKERS", "number of CPUs", "HTTP worker threads"),
     ("INGEST_MAX_BODY_BYTES", "1048576", "largest request body (413 above)"),
     ("INGEST_MAX_ITEMS", "10000", "most items in `data` (413 above)"),
-    ("INGEST_MAX_QUEUE", "10000000", "ready jobs above which requests get 503"),
+    (
+        "INGEST_MAX_QUEUE",
+        "10000000",
+        "ready jobs above which requests get 503",
+    ),
     ("INGEST_REDIS_TIMEOUT_MS", "2000", "longest wait for Redis before a 503"),
     ("INGEST_REDIS_POOL", "16", "Redis connections"),
-    ("INGEST_SHUTDOWN_GRACE_MS", "10000", "time for requests in flight after SIGTERM"),
+    (
+        "INGEST_SHUTDOWN_GRACE_MS",
+        "10000",
+        "time for requests in flight after SIGTERM",
+    ),
     ("RUST_LOG", "info", "log filter (error, warn, info, debug)"),
 ];
 

@@ -63,7 +63,10 @@ pub enum ApiError {
 impl ApiError {
     /// Shorthand for [`ApiError::Invalid`].
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::Invalid { code, message: message.into() }
+        ApiError::Invalid {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The machine-readable code of the JSON body.

@@ -38,7 +38,12 @@ pub struct Accepted {
 
 /// Validates `body` and builds its jobs. `max_items` bounds `data`.
 pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<Accepted, ApiError> {
-    let not_an_object = || ApiError::invalid("not_an_object", "the body must be a JSON object with `endpoint` and `data`");
+    let not_an_object = || {
+        ApiError::invalid(
+            "not_an_object",
+            "the body must be a JSON object with `endpoint` and `data`",
+        )
+    };
     let parsed: Body = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             not_an_object()
@@ -51,19 +56,35 @@ pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<
         return Err(not_an_object());
     }
 
-    let endpoint = parsed
-        .endpoint
-        .ok_or_else(|| ApiError::invalid("missing_endpoint", "`endpoint` is missing; send {\"method\": ..., \"url\": ...}"))?;
-    let invalid_endpoint = || ApiError::invalid("invalid_endpoint", "`endpoint` must be an object with `method` and `url`");
+    let endpoint = parsed.endpoint.ok_or_else(|| {
+        ApiError::invalid(
+            "missing_endpoint",
+            "`endpoint` is missing; send {\"method\": ..., \"url\": ...}",
+        )
+    })?;
+    let invalid_endpoint = || {
+        ApiError::invalid(
+            "invalid_endpoint",
+            "`endpoint` must be an object with `method` and `url`",
+        )
+    };
     if !endpoint.get().starts_with('{') {
         return Err(invalid_endpoint());
     }
     let endpoint: Endpoint = serde_json::from_str(endpoint.get()).map_err(|_| invalid_endpoint())?;
     let method = match &endpoint.method {
         Some(Value::String(m)) => m.parse::<Method>().map_err(|_| {
-            ApiError::invalid("invalid_method", format!("`endpoint.method` is {m:?}; use GET, POST, PUT, PATCH or DELETE"))
+            ApiError::invalid(
+                "invalid_method",
+                format!("`endpoint.method` is {m:?}; use GET, POST, PUT, PATCH or DELETE"),
+            )
         })?,
-        Some(_) => return Err(ApiError::invalid("invalid_method", "`endpoint.method` must be a string")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_method",
+                "`endpoint.method` must be a string",
+            ))
+        }
         None => return Err(ApiError::invalid("invalid_method", "`endpoint.method` is missing")),
     };
     let url = match &endpoint.url {
@@ -72,17 +93,29 @@ pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<
         None => return Err(ApiError::invalid("invalid_url", "`endpoint.url` is missing")),
     };
     common::template::check(url).map_err(|e| {
-        ApiError::invalid("invalid_url", format!("{e}; expected an absolute http(s) URL such as http://host/path?x={{key}}").replace("`url`", "`endpoint.url`"))
+        ApiError::invalid(
+            "invalid_url",
+            format!("{e}; expected an absolute http(s) URL such as http://host/path?x={{key}}")
+                .replace("`url`", "`endpoint.url`"),
+        )
     })?;
 
-    let data = parsed.data.ok_or_else(|| ApiError::invalid("missing_data", "`data` is missing; send an array of objects"))?;
+    let data = parsed
+        .data
+        .ok_or_else(|| ApiError::invalid("missing_data", "`data` is missing; send an array of objects"))?;
     let items: Vec<&RawValue> = serde_json::from_str(data.get())
         .map_err(|_| ApiError::invalid("invalid_data", "`data` must be an array of objects"))?;
     if items.is_empty() {
-        return Err(ApiError::invalid("empty_data", "`data` is empty; send at least one object"));
+        return Err(ApiError::invalid(
+            "empty_data",
+            "`data` is empty; send at least one object",
+        ));
     }
     if items.len() > max_items {
-        return Err(ApiError::TooManyItems { count: items.len(), limit: max_items });
+        return Err(ApiError::TooManyItems {
+            count: items.len(),
+            limit: max_items,
+        });
     }
     if let Some((index, item)) = items.iter().enumerate().find(|(_, item)| !item.get().starts_with('{')) {
         return Err(ApiError::invalid(
@@ -97,7 +130,16 @@ pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<
     for item in items {
         let id = Job::new_id();
         jobs.push(
-            NewJob { id: &id, method, url, data: item, attempt: 1, enqueued_at, request_id }.encode(),
+            NewJob {
+                id: &id,
+                method,
+                url,
+                data: item,
+                attempt: 1,
+                enqueued_at,
+                request_id,
+            }
+            .encode(),
         );
         ids.push(id);
     }
@@ -142,21 +184,53 @@ mod tests {
         assert_eq!(code("[1]"), "not_an_object");
         assert_eq!(code(r#"{"data":[{}]}"#), "missing_endpoint");
         assert_eq!(code(r#"{"endpoint":"x","data":[{}]}"#), "invalid_endpoint");
-        assert_eq!(code(r#"{"endpoint":{"method":"HEAD","url":"http://h/"},"data":[{}]}"#), "invalid_method");
-        assert_eq!(code(r#"{"endpoint":{"url":"http://h/"},"data":[{}]}"#), "invalid_method");
-        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"ftp://h/"},"data":[{}]}"#), "invalid_url");
-        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"/x"},"data":[{}]}"#), "invalid_url");
-        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"http://h/"}}"#), "missing_data");
-        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":{}}"#), "invalid_data");
-        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[]}"#), "empty_data");
-        assert_eq!(code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},"x"]}"#), "invalid_item");
-        let many = format!(r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{}]}}"#, vec!["{}"; 11].join(","));
+        assert_eq!(
+            code(r#"{"endpoint":{"method":"HEAD","url":"http://h/"},"data":[{}]}"#),
+            "invalid_method"
+        );
+        assert_eq!(
+            code(r#"{"endpoint":{"url":"http://h/"},"data":[{}]}"#),
+            "invalid_method"
+        );
+        assert_eq!(
+            code(r#"{"endpoint":{"method":"GET","url":"ftp://h/"},"data":[{}]}"#),
+            "invalid_url"
+        );
+        assert_eq!(
+            code(r#"{"endpoint":{"method":"GET","url":"/x"},"data":[{}]}"#),
+            "invalid_url"
+        );
+        assert_eq!(
+            code(r#"{"endpoint":{"method":"GET","url":"http://h/"}}"#),
+            "missing_data"
+        );
+        assert_eq!(
+            code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":{}}"#),
+            "invalid_data"
+        );
+        assert_eq!(
+            code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[]}"#),
+            "empty_data"
+        );
+        assert_eq!(
+            code(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},"x"]}"#),
+            "invalid_item"
+        );
+        let many = format!(
+            r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{}]}}"#,
+            ["{}"; 11].join(",")
+        );
         assert_eq!(code(&many), "too_many_items");
     }
 
     #[test]
     fn an_invalid_item_is_named_by_its_index() {
-        let err = parse(br#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},[1]]}"#, 10, None).unwrap_err();
+        let err = parse(
+            br#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},[1]]}"#,
+            10,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "`data[2]` must be a JSON object, found an array");
     }
 }

@@ -11,7 +11,11 @@ use serde_json::json;
 
 /// `POST /ingest` (also `/ingest.php` and `/i`): validate, queue one job per
 /// data item in one round trip, answer 202 with the job ids.
-pub async fn ingest(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn ingest(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let request_id = request_id(&req);
     let accepted = request::parse(&body, state.max_items, request_id)?;
@@ -19,7 +23,9 @@ pub async fn ingest(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
 
     let push = async {
         let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
-        common::queue::push(&mut *conn, &state.keys, &accepted.jobs).await.map_err(|e| e.to_string())
+        common::queue::push(&mut *conn, &state.keys, &accepted.jobs)
+            .await
+            .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(state.redis_timeout, push).await {
         Ok(Ok(depth)) => {
@@ -51,7 +57,10 @@ fn request_id(req: &HttpRequest) -> Option<&str> {
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let ping = async {
         let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
-        deadpool_redis::redis::cmd("PING").query_async::<String>(&mut *conn).await.map_err(|e| e.to_string())
+        deadpool_redis::redis::cmd("PING")
+            .query_async::<String>(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(state.redis_timeout, ping).await {
         Ok(Ok(_)) => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up"})),
@@ -68,12 +77,18 @@ fn unhealthy(error: String) -> HttpResponse {
 
 /// Any method but POST on an ingest route.
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    ApiError::MethodNotAllowed { method: req.method().to_string() }.error_response()
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+    }
+    .error_response()
 }
 
 /// Any unknown path.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::NotFound { path: req.path().to_string() }.error_response()
+    ApiError::NotFound {
+        path: req.path().to_string(),
+    }
+    .error_response()
 }
 
 mod bytes_buf {
@@ -95,7 +110,8 @@ mod bytes_buf {
         }
         let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit));
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| ApiError::invalid("unreadable_body", format!("could not read the request body: {e}")))?;
+            let chunk = chunk
+                .map_err(|e| ApiError::invalid("unreadable_body", format!("could not read the request body: {e}")))?;
             if body.len() + chunk.len() > limit {
                 return Err(ApiError::BodyTooLarge { limit });
             }

@@ -49,7 +49,12 @@ impl Application {
         let keys = QueueKeys::new(&config.queue);
         let backlog = Arc::new(Backlog::new(config.max_queue));
         let outage = Arc::new(Outage::default());
-        let refresher = tokio::spawn(backlog::refresh(backlog.clone(), pool.clone(), keys.clone(), outage.clone()));
+        let refresher = tokio::spawn(backlog::refresh(
+            backlog.clone(),
+            pool.clone(),
+            keys.clone(),
+            outage.clone(),
+        ));
         let state = web::Data::new(AppState {
             pool,
             keys,
@@ -75,7 +80,11 @@ impl Application {
         .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
         .listen(listener)?
         .run();
-        Ok(Application { port, server, refresher })
+        Ok(Application {
+            port,
+            server,
+            refresher,
+        })
     }
 
     /// The port it listens on (useful when bound to port 0).

@@ -27,20 +27,34 @@ impl TestApp {
     }
 
     async fn queued(&self) -> Vec<String> {
-        redis::cmd("LRANGE").arg(&self.keys.ready).arg(0).arg(-1).query_async(&mut self.conn().await).await.unwrap()
+        redis::cmd("LRANGE")
+            .arg(&self.keys.ready)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn().await)
+            .await
+            .unwrap()
     }
 }
 
 async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
     let redis = RedisServer::start();
     let url = redis.url();
-    let mut env = vec![("INGEST_BIND", "127.0.0.1:0"), ("REDIS_URL", url.as_str()), ("INGEST_WORKERS", "2")];
+    let mut env = vec![
+        ("INGEST_BIND", "127.0.0.1:0"),
+        ("REDIS_URL", url.as_str()),
+        ("INGEST_WORKERS", "2"),
+    ];
     env.extend_from_slice(extra);
     let config = Config::from_source(env.as_slice()).expect("test config");
     let app = Application::build(&config).expect("ingest builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
-    TestApp { base, keys: QueueKeys::new(&config.queue), redis }
+    TestApp {
+        base,
+        keys: QueueKeys::new(&config.queue),
+        redis,
+    }
 }
 
 #[tokio::test]
@@ -57,7 +71,10 @@ async fn the_sample_is_accepted_and_queued_as_one_job() {
     let job = Job::decode(queued[0].as_bytes()).unwrap();
     assert_eq!(job.id, id);
     assert_eq!(job.method, Method::Get);
-    assert_eq!(job.url, "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}");
+    assert_eq!(
+        job.url,
+        "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"
+    );
     assert_eq!(job.data["location"], "https://blog.golang.org/gopher/gopher.png");
     assert_eq!(job.attempt, 1);
     assert!(job.enqueued_at > 0);
@@ -77,7 +94,10 @@ async fn the_old_php_routes_accept_the_same_request() {
 async fn a_thousand_items_are_queued_in_order_with_distinct_ids() {
     let app = spawn_app(&[]).await;
     let items: Vec<String> = (0..1000).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
-    let body = format!(r#"{{"endpoint":{{"method":"post","url":"http://h/{{n}}"}},"data":[{}]}}"#, items.join(","));
+    let body = format!(
+        r#"{{"endpoint":{{"method":"post","url":"http://h/{{n}}"}},"data":[{}]}}"#,
+        items.join(",")
+    );
     let response = post(&app.url("/ingest"), body).await;
     assert_eq!(response.status, 202, "{}", response.body);
     let ids: Vec<String> = serde_json::from_value(response.json()["ids"].clone()).unwrap();
@@ -94,15 +114,54 @@ async fn bad_input_gets_a_json_error_and_queues_nothing() {
         ("[1,2]".into(), 400, "not_an_object"),
         (r#"{"data":[{}]}"#.into(), 400, "missing_endpoint"),
         (r#"{"endpoint":[],"data":[{}]}"#.into(), 400, "invalid_endpoint"),
-        (r#"{"endpoint":{"method":"TRACE","url":"http://h/"},"data":[{}]}"#.into(), 400, "invalid_method"),
-        (r#"{"endpoint":{"method":"GET","url":"mailto:x@y"},"data":[{}]}"#.into(), 400, "invalid_url"),
-        (r#"{"endpoint":{"method":"GET","url":"http:///nohost"},"data":[{}]}"#.into(), 400, "invalid_url"),
-        (r#"{"endpoint":{"method":"GET","url":"http://h/"}}"#.into(), 400, "missing_data"),
-        (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":"x"}"#.into(), 400, "invalid_data"),
-        (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[]}"#.into(), 400, "empty_data"),
-        (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},1]}"#.into(), 400, "invalid_item"),
-        (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},{},{}]}"#.into(), 413, "too_many_items"),
-        (format!(r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{{"x":"{}"}}]}}"#, "a".repeat(3000)), 413, "body_too_large"),
+        (
+            r#"{"endpoint":{"method":"TRACE","url":"http://h/"},"data":[{}]}"#.into(),
+            400,
+            "invalid_method",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"mailto:x@y"},"data":[{}]}"#.into(),
+            400,
+            "invalid_url",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http:///nohost"},"data":[{}]}"#.into(),
+            400,
+            "invalid_url",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h/"}}"#.into(),
+            400,
+            "missing_data",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":"x"}"#.into(),
+            400,
+            "invalid_data",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[]}"#.into(),
+            400,
+            "empty_data",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},1]}"#.into(),
+            400,
+            "invalid_item",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},{},{}]}"#.into(),
+            413,
+            "too_many_items",
+        ),
+        (
+            format!(
+                r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{{"x":"{}"}}]}}"#,
+                "a".repeat(3000)
+            ),
+            413,
+            "body_too_large",
+        ),
     ];
     for (body, status, code) in cases {
         let response = post(&app.url("/ingest"), body.clone()).await;
@@ -139,7 +198,11 @@ async fn without_redis_ingest_answers_503_quickly_and_recovers_without_restart()
     assert_eq!(response.status, 503, "{}", response.body);
     assert_eq!(response.json()["error"]["code"], "queue_unavailable");
     assert!(response.header("retry-after").is_some());
-    assert!(started.elapsed() < Duration::from_secs(10), "503 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "503 took {:?}",
+        started.elapsed()
+    );
     let health = get(&app.url("/health")).await;
     assert_eq!(health.status, 503);
     assert_eq!(health.json()["redis"], "down");

@@ -1,0 +1,287 @@
+//! The outbound HTTP client: one pooled, keep-alive hyper client for http
+//! and https (rustls with the webpki roots, plus an optional CA file for
+//! private endpoints), and the classification of every failure into a short
+//! kind (`timeout`, `dns`, `connect`, `tls`, ...) for logs and retries.
+
+use bytes::Bytes;
+use common::job::Method;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::error::Error as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Past this many bytes the rest of a response body is not read; the
+/// connection is dropped instead of drained.
+const DRAIN_LIMIT: usize = 256 * 1024;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pooled HTTP client that makes postback requests.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<Connector, Full<Bytes>>,
+    timeout: Duration,
+    body_max: usize,
+}
+
+/// What the endpoint answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status code.
+    pub status: u16,
+    /// The first `body_max` bytes of the body, as text.
+    pub body: String,
+    /// `Retry-After`, when given as seconds or an HTTP date.
+    pub retry_after: Option<Duration>,
+}
+
+/// Why no answer was had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No complete answer within the timeout.
+    Timeout,
+    /// The host name did not resolve.
+    Dns,
+    /// The TCP connection failed (refused, unreachable).
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The connection broke or the answer was not valid HTTP.
+    Io,
+    /// The filled-in URL is not a valid URL (e.g. a value made the host
+    /// invalid). Retrying cannot help.
+    InvalidUrl,
+}
+
+impl FailureKind {
+    /// The name used as `status` in the delivery log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::Dns => "dns",
+            FailureKind::Connect => "connect",
+            FailureKind::Tls => "tls",
+            FailureKind::Io => "io",
+            FailureKind::InvalidUrl => "invalid_url",
+        }
+    }
+}
+
+/// A request that got no usable answer.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The kind, for logs and the retry decision.
+    pub kind: FailureKind,
+    /// The underlying error, for the log.
+    pub message: String,
+}
+
+/// The result of one attempt and how long it took.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The answer or the failure.
+    pub result: Result<Answer, Failure>,
+    /// Time from sending to the end of reading the answer.
+    pub elapsed: Duration,
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The extra CA file could not be read or holds no certificate.
+    #[error("DELIVER_EXTRA_CA_FILE {path}: {problem}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl HttpClient {
+    /// Builds the client. `pool_per_host` bounds idle connections kept per
+    /// host; `extra_ca` adds trusted CAs to the webpki roots.
+    pub fn new(
+        timeout: Duration,
+        body_max: usize,
+        pool_per_host: usize,
+        extra_ca: Option<&Path>,
+    ) -> Result<HttpClient, ClientError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = extra_ca {
+            add_ca_file(&mut roots, path)?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(timeout));
+        tcp.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(pool_per_host)
+            .build(connector);
+        Ok(HttpClient {
+            client,
+            timeout,
+            body_max,
+        })
+    }
+
+    /// Sends one request and reads the answer, all within the timeout.
+    /// Redirects are not followed: a 3xx is an answer like any other.
+    pub async fn send(&self, method: Method, url: &str, body: Option<Bytes>) -> Attempt {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, self.exchange(method, url, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure {
+                kind: FailureKind::Timeout,
+                message: format!("no complete answer within {} ms", self.timeout.as_millis()),
+            }),
+        };
+        Attempt {
+            result,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    async fn exchange(&self, method: Method, url: &str, body: Option<Bytes>) -> Result<Answer, Failure> {
+        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| Failure {
+            kind: FailureKind::InvalidUrl,
+            message: e.to_string(),
+        })?;
+        let mut request = http::Request::builder().method(method.as_str()).uri(uri).header(
+            http::header::USER_AGENT,
+            concat!("postback-deliver/", env!("CARGO_PKG_VERSION")),
+        );
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(Full::new(body.unwrap_or_default())).map_err(|e| Failure {
+            kind: FailureKind::InvalidUrl,
+            message: e.to_string(),
+        })?;
+
+        let response = self.client.request(request).await.map_err(classify)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(parse_retry_after);
+        let mut body = response.into_body();
+        let mut kept = Vec::with_capacity(self.body_max.min(4096));
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Failure {
+                kind: FailureKind::Io,
+                message: e.to_string(),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                let room = self.body_max.saturating_sub(kept.len());
+                kept.extend_from_slice(&data[..data.len().min(room)]);
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        }
+        Ok(Answer {
+            status,
+            body: String::from_utf8_lossy(&kept).into_owned(),
+            retry_after,
+        })
+    }
+}
+
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), ClientError> {
+    let fail = |problem: String| ClientError::CaFile {
+        path: path.display().to_string(),
+        problem,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut added = 0;
+    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+        let cert = cert.map_err(|e| fail(e.to_string()))?;
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(fail("no PEM certificate in the file".into()));
+    }
+    Ok(())
+}
+
+/// Sorts a client error into a kind by walking its chain of causes.
+fn classify(error: hyper_util::client::legacy::Error) -> Failure {
+    let mut kind = if error.is_connect() {
+        FailureKind::Connect
+    } else {
+        FailureKind::Io
+    };
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            kind = FailureKind::Tls;
+        } else if text.contains("dns error") || text.contains("failed to lookup address") {
+            kind = FailureKind::Dns;
+        } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                kind = FailureKind::Tls;
+            } else if io.kind() == std::io::ErrorKind::TimedOut && error.is_connect() {
+                kind = FailureKind::Timeout;
+            }
+        }
+        message.push_str(": ");
+        message.push_str(&text);
+        source = cause.source();
+    }
+    Failure { kind, message }
+}
+
+/// `Retry-After` as seconds (`120`) or an HTTP date.
+fn parse_retry_after(value: &http::HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_as_seconds_or_date() {
+        assert_eq!(
+            parse_retry_after(&http::HeaderValue::from_static("7")),
+            Some(Duration::from_secs(7))
+        );
+        let past = http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(&http::HeaderValue::from_static("soon")), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! Deliver's settings, read once from the environment at start.
+
+use common::config::{self, ConfigError, Source};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How delivery log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` pairs, one line per attempt.
+    Logfmt,
+    /// One JSON object per line with the same fields.
+    Json,
+}
+
+/// Every setting of `deliver`, with its environment variable and default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `REDIS_URL`: where the queue lives.
+    pub redis_url: String,
+    /// `POSTBACK_QUEUE`: the queue's name.
+    pub queue: String,
+    /// `DELIVER_CONCURRENCY`: deliveries in flight at once.
+    pub concurrency: usize,
+    /// `DELIVER_TIMEOUT_MS`: longest time for one outbound request.
+    pub timeout: Duration,
+    /// `DELIVER_UNMATCHED_DEFAULT`: value of a `{key}` with no data.
+    pub unmatched_default: String,
+    /// `DELIVER_LOG_FORMAT`: `logfmt` or `json`.
+    pub log_format: LogFormat,
+    /// `DELIVER_LOG_BODY_MAX`: bytes of response body kept in the log.
+    pub log_body_max: usize,
+    /// `DELIVER_EXTRA_CA_FILE`: PEM file of extra trusted CAs.
+    pub extra_ca_file: Option<PathBuf>,
+    /// `DELIVER_RETRY_SCHEDULE`: delays before attempts 2, 3, ...
+    pub retry_schedule: Vec<Duration>,
+    /// `DELIVER_RETRY_JITTER_PCT`: each delay varies by up to this percentage.
+    pub retry_jitter_pct: u32,
+    /// `DELIVER_RETRY_AFTER_MAX_MS`: cap on an endpoint's `Retry-After`.
+    pub retry_after_max: Duration,
+    /// `DELIVER_SHUTDOWN_GRACE_MS`: time for deliveries in flight after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `DELIVER_HEARTBEAT_MS`: how often this process says it is alive.
+    pub heartbeat_every: Duration,
+    /// `DELIVER_HEARTBEAT_TTL_MS`: silence after which it is presumed dead
+    /// and its in-flight jobs are returned to the queue.
+    pub heartbeat_ttl: Duration,
+    /// `DELIVER_POLL_MS`: how often due retries are moved back to the queue.
+    pub poll_every: Duration,
+    /// `DELIVER_BATCH`: most jobs taken or settled per Redis round trip.
+    pub batch: usize,
+}
+
+/// The `--help` table: variable, default, meaning.
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "REDIS_URL",
+        "redis://127.0.0.1:6379",
+        "Redis holding the queue (redis://[:password@]host:port[/db])",
+    ),
+    ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
+    ("DELIVER_CONCURRENCY", "256", "deliveries in flight at once"),
+    ("DELIVER_TIMEOUT_MS", "10000", "longest time for one outbound request"),
+    (
+        "DELIVER_UNMATCHED_DEFAULT",
+        "(empty)",
+        "value of a {key} missing from the data",
+    ),
+    ("DELIVER_LOG_FORMAT", "logfmt", "delivery log format: logfmt or json"),
+    ("DELIVER_LOG_BODY_MAX", "1024", "bytes of response body kept in the log"),
+    (
+        "DELIVER_EXTRA_CA_FILE",
+        "(none)",
+        "PEM file of CAs trusted besides the webpki roots",
+    ),
+    (
+        "DELIVER_RETRY_SCHEDULE",
+        "5s,30s,2m,10m,1h,6h",
+        "delays before attempts 2, 3, ... (ms, s, m, h, d)",
+    ),
+    (
+        "DELIVER_RETRY_JITTER_PCT",
+        "10",
+        "random spread of each retry delay, in percent",
+    ),
+    (
+        "DELIVER_RETRY_AFTER_MAX_MS",
+        "3600000",
+        "cap on an endpoint's Retry-After",
+    ),
+    (
+        "DELIVER_SHUTDOWN_GRACE_MS",
+        "10000",
+        "time for deliveries in flight after SIGTERM",
+    ),
+    (
+        "DELIVER_HEARTBEAT_MS",
+        "2000",
+        "how often the process marks itself alive",
+    ),
+    (
+        "DELIVER_HEARTBEAT_TTL_MS",
+        "10000",
+        "silence after which its jobs go back to the queue",
+    ),
+    ("DELIVER_POLL_MS", "250", "how often due retries return to the queue"),
+    ("DELIVER_BATCH", "64", "most jobs taken or settled per Redis round trip"),
+    ("RUST_LOG", "info", "log filter for operational messages (stderr)"),
+];
+
+impl Config {
+    /// Reads and checks every setting.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Config, ConfigError> {
+        let log_format = match config::string(src, "DELIVER_LOG_FORMAT", "logfmt").as_str() {
+            "logfmt" => LogFormat::Logfmt,
+            "json" => LogFormat::Json,
+            other => return Err(ConfigError::new("DELIVER_LOG_FORMAT", other, "expected logfmt or json")),
+        };
+        let extra_ca_file = src
+            .get("DELIVER_EXTRA_CA_FILE")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        if let Some(path) = &extra_ca_file {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "DELIVER_EXTRA_CA_FILE",
+                    &path.display().to_string(),
+                    "no such file",
+                ));
+            }
+        }
+        let heartbeat_every = config::millis(src, "DELIVER_HEARTBEAT_MS", 2_000)?;
+        let heartbeat_ttl = config::millis(src, "DELIVER_HEARTBEAT_TTL_MS", 10_000)?;
+        if heartbeat_ttl < heartbeat_every * 2 {
+            return Err(ConfigError::new(
+                "DELIVER_HEARTBEAT_TTL_MS",
+                &heartbeat_ttl.as_millis().to_string(),
+                "must be at least twice DELIVER_HEARTBEAT_MS, or a live process could be presumed dead",
+            ));
+        }
+        let retry_jitter_pct = config::parsed(src, "DELIVER_RETRY_JITTER_PCT", 10u32, "a whole percentage")?;
+        if retry_jitter_pct > 100 {
+            return Err(ConfigError::new(
+                "DELIVER_RETRY_JITTER_PCT",
+                &retry_jitter_pct.to_string(),
+                "must be 0 to 100",
+            ));
+        }
+        Ok(Config {
+            redis_url: config::redis_url(src)?,
+            queue: config::queue_name(src)?,
+            concurrency: config::count(src, "DELIVER_CONCURRENCY", 256, 1)?,
+            timeout: config::millis(src, "DELIVER_TIMEOUT_MS", 10_000)?,
+            unmatched_default: config::string(src, "DELIVER_UNMATCHED_DEFAULT", ""),
+            log_format,
+            log_body_max: config::parsed(src, "DELIVER_LOG_BODY_MAX", 1024, "a whole number of bytes")?,
+            extra_ca_file,
+            retry_schedule: config::durations(src, "DELIVER_RETRY_SCHEDULE", "5s,30s,2m,10m,1h,6h")?,
+            retry_jitter_pct,
+            retry_after_max: config::millis(src, "DELIVER_RETRY_AFTER_MAX_MS", 3_600_000)?,
+            shutdown_grace: config::millis(src, "DELIVER_SHUTDOWN_GRACE_MS", 10_000)?,
+            heartbeat_every,
+            heartbeat_ttl,
+            poll_every: config::millis(src, "DELIVER_POLL_MS", 250)?,
+            batch: config::count(src, "DELIVER_BATCH", 64, 1)?.min(common::queue::MAX_BATCH),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_source(&[] as &[(&str, &str)]).unwrap();
+        assert_eq!(config.concurrency, 256);
+        assert_eq!(config.retry_schedule.len(), 6);
+        assert_eq!(config.retry_schedule[2], Duration::from_secs(120));
+        assert_eq!(config.log_format, LogFormat::Logfmt);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_source(&[("DELIVER_LOG_FORMAT", "xml")]).unwrap_err();
+        assert_eq!(err.var, "DELIVER_LOG_FORMAT");
+        let err = Config::from_source(&[("DELIVER_RETRY_SCHEDULE", "5s,soon")]).unwrap_err();
+        assert_eq!(err.var, "DELIVER_RETRY_SCHEDULE");
+        let err =
+            Config::from_source(&[("DELIVER_HEARTBEAT_MS", "1000"), ("DELIVER_HEARTBEAT_TTL_MS", "1500")]).unwrap_err();
+        assert_eq!(err.var, "DELIVER_HEARTBEAT_TTL_MS");
+    }
+}

@@ -1,0 +1,231 @@
+//! The delivery log: one line per attempt on stdout, in logfmt or JSON.
+//!
+//! Lines go through a bounded channel to one writer thread that writes
+//! them into a buffer and flushes when the channel runs dry, so under load
+//! many lines share one write syscall, and when idle each line still
+//! appears at once. Operational messages (start, stop, outages) go through
+//! `log`/env_logger to stderr instead, so the delivery log stays a clean
+//! record that tools can parse.
+
+use crate::config::LogFormat;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use tokio::sync::mpsc;
+
+/// Lines waiting for the writer; senders wait when it is full.
+const BUFFERED_LINES: usize = 8192;
+
+/// One attempt, as logged.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// When the attempt finished, ms since the epoch.
+    pub delivery_time_ms: u64,
+    /// Job id.
+    pub id: &'a str,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// HTTP method.
+    pub method: &'a str,
+    /// The URL as delivered.
+    pub url: &'a str,
+    /// HTTP status, or the failure kind.
+    pub status: &'a str,
+    /// Time taken, ms.
+    pub response_ms: u64,
+    /// The (truncated) response body or error message.
+    pub response_body: &'a str,
+    /// `delivered`, `retry`, `dead` or `malformed`.
+    pub outcome: &'a str,
+    /// Delay before the next attempt, for `retry`.
+    pub retry_in_ms: Option<u64>,
+    /// The ingest request's id, for tracing.
+    pub request_id: Option<&'a str>,
+}
+
+/// A cheap handle for sending lines to the writer thread.
+#[derive(Clone)]
+pub struct DeliveryLog {
+    format: LogFormat,
+    tx: mpsc::Sender<String>,
+}
+
+impl DeliveryLog {
+    /// Starts the writer thread on stdout. It ends when every handle is
+    /// dropped, after writing what is left.
+    pub fn stdout(format: LogFormat) -> (DeliveryLog, std::thread::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<String>(BUFFERED_LINES);
+        let writer = std::thread::Builder::new()
+            .name("delivery-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+                while let Some(line) = rx.blocking_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    while let Ok(line) = rx.try_recv() {
+                        let _ = out.write_all(line.as_bytes());
+                    }
+                    let _ = out.flush();
+                }
+                let _ = out.flush();
+            })
+            .expect("cannot start the delivery log thread");
+        (DeliveryLog { format, tx }, writer)
+    }
+
+    /// Formats and queues one record.
+    pub async fn write(&self, record: &Record<'_>) {
+        let line = format_record(self.format, record);
+        let _ = self.tx.send(line).await;
+    }
+}
+
+/// Formats `record` as one line, newline included.
+pub fn format_record(format: LogFormat, r: &Record<'_>) -> String {
+    let mut line = String::with_capacity(192 + r.url.len() + r.response_body.len());
+    let time = rfc3339_millis(r.delivery_time_ms);
+    match format {
+        LogFormat::Logfmt => {
+            let _ = write!(
+                line,
+                "delivery_time={time} id={} attempt={} method={} url=",
+                r.id, r.attempt, r.method
+            );
+            logfmt_value(&mut line, r.url);
+            line.push_str(" status=");
+            logfmt_value(&mut line, r.status);
+            let _ = write!(line, " response_ms={} outcome={}", r.response_ms, r.outcome);
+            if let Some(ms) = r.retry_in_ms {
+                let _ = write!(line, " retry_in_ms={ms}");
+            }
+            if let Some(id) = r.request_id {
+                line.push_str(" request_id=");
+                logfmt_value(&mut line, id);
+            }
+            line.push_str(" response_body=");
+            quoted(&mut line, r.response_body);
+        }
+        LogFormat::Json => {
+            let value = serde_json::json!({
+                "delivery_time": time,
+                "id": r.id,
+                "attempt": r.attempt,
+                "method": r.method,
+                "url": r.url,
+                "status": r.status,
+                "response_ms": r.response_ms,
+                "outcome": r.outcome,
+                "retry_in_ms": r.retry_in_ms,
+                "request_id": r.request_id,
+                "response_body": r.response_body,
+            });
+            line.push_str(&value.to_string());
+        }
+    }
+    line.push('\n');
+    line
+}
+
+/// A logfmt value: bare when it is a plain token, quoted otherwise.
+fn logfmt_value(out: &mut String, value: &str) {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+    if plain {
+        out.push_str(value);
+    } else {
+        quoted(out, value);
+    }
+}
+
+/// A double-quoted value with `"`, `\` and control characters escaped, so
+/// a response body can never break the one-line-per-attempt shape.
+fn quoted(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-28T05:44:25.123Z` from ms since the epoch (UTC).
+pub fn rfc3339_millis(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(body: &'a str) -> Record<'a> {
+        Record {
+            delivery_time_ms: 1_764_308_665_123,
+            id: "abc",
+            attempt: 2,
+            method: "GET",
+            url: "http://h/?a=1&b=%20",
+            status: "500",
+            response_ms: 12,
+            response_body: body,
+            outcome: "retry",
+            retry_in_ms: Some(5000),
+            request_id: Some("req-1"),
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_milliseconds() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(1_764_308_665_123), "2025-11-28T05:44:25.123Z");
+        assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn logfmt_line_has_every_field_and_stays_on_one_line() {
+        let line = format_record(LogFormat::Logfmt, &record("oops \"x\"\nnext"));
+        assert_eq!(
+            line,
+            "delivery_time=2025-11-28T05:44:25.123Z id=abc attempt=2 method=GET url=\"http://h/?a=1&b=%20\" status=500 response_ms=12 outcome=retry retry_in_ms=5000 request_id=req-1 response_body=\"oops \\\"x\\\"\\nnext\"\n"
+        );
+    }
+
+    #[test]
+    fn json_line_has_the_same_fields() {
+        let line = format_record(LogFormat::Json, &record("ok"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["status"], "500");
+        assert_eq!(v["attempt"], 2);
+        assert_eq!(v["url"], "http://h/?a=1&b=%20");
+        assert_eq!(v["response_body"], "ok");
+        assert_eq!(v["delivery_time"], "2025-11-28T05:44:25.123Z");
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+    }
+}

@@ -1,0 +1,13 @@
+//! `deliver`: takes postback jobs from the Redis queue and delivers them.
+//!
+//! [`worker`] is the loop; [`client`] makes the outbound requests;
+//! [`retry`] decides what follows a failure; [`delivery_log`] writes one line
+//! per attempt; [`dead`] is the operator's command line for dead letters;
+//! [`config`] reads the settings.
+
+pub mod client;
+pub mod config;
+pub mod dead;
+pub mod delivery_log;
+pub mod retry;
+pub mod worker;

@@ -1,0 +1,165 @@
+//! What to do after an attempt: done, try again later, or give up.
+//!
+//! Retried: network errors, timeouts, 408, 429 and 5xx, on the configured
+//! schedule with jitter (so that jobs that failed together do not all come
+//! back at the same instant). A `Retry-After` on 429 or 503 is honoured up
+//! to a cap, and never shortens the schedule. Final: 3xx (redirects are not
+//! followed), every other 4xx, and a URL that cannot be built.
+
+use crate::client::{Attempt, FailureKind};
+use std::time::Duration;
+
+/// The decision after one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx: delivered.
+    Delivered,
+    /// Try again after this delay.
+    Retry(Duration),
+    /// Give up: the failure is final.
+    Final,
+    /// Give up: every attempt of the schedule was used.
+    Exhausted,
+}
+
+/// The retry schedule and its limits.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Delays before attempts 2, 3, ...; its length + 1 is the most attempts.
+    pub schedule: Vec<Duration>,
+    /// Spread of each delay, in percent either way.
+    pub jitter_pct: u32,
+    /// Cap on an endpoint's `Retry-After`.
+    pub retry_after_max: Duration,
+}
+
+impl RetryPolicy {
+    /// Decides what follows attempt number `attempt` (1-based).
+    pub fn decide(&self, attempt: u32, outcome: &Attempt) -> Verdict {
+        let retry_after = match &outcome.result {
+            Ok(answer) if (200..300).contains(&answer.status) => return Verdict::Delivered,
+            Ok(answer) if matches!(answer.status, 429 | 503) => answer.retry_after,
+            Ok(answer) if answer.status == 408 || answer.status >= 500 => None,
+            Ok(_) => return Verdict::Final,
+            Err(failure) if failure.kind == FailureKind::InvalidUrl => return Verdict::Final,
+            Err(_) => None,
+        };
+        let Some(base) = self.schedule.get(attempt.saturating_sub(1) as usize) else {
+            return Verdict::Exhausted;
+        };
+        let mut delay = self.jittered(*base);
+        if let Some(asked) = retry_after {
+            delay = delay.max(asked.min(self.retry_after_max));
+        }
+        Verdict::Retry(delay)
+    }
+
+    fn jittered(&self, base: Duration) -> Duration {
+        if self.jitter_pct == 0 {
+            return base;
+        }
+        let spread = self.jitter_pct as f64 / 100.0;
+        let factor = 1.0 + spread * (fastrand::f64() * 2.0 - 1.0);
+        base.mul_f64(factor.max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Answer, Failure};
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            schedule: vec![Duration::from_secs(5), Duration::from_secs(30)],
+            jitter_pct: 0,
+            retry_after_max: Duration::from_secs(60),
+        }
+    }
+
+    fn answered(status: u16, retry_after: Option<u64>) -> Attempt {
+        Attempt {
+            result: Ok(Answer {
+                status,
+                body: String::new(),
+                retry_after: retry_after.map(Duration::from_secs),
+            }),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn failed(kind: FailureKind) -> Attempt {
+        Attempt {
+            result: Err(Failure {
+                kind,
+                message: String::new(),
+            }),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn success_and_final_statuses() {
+        let p = policy();
+        assert_eq!(p.decide(1, &answered(200, None)), Verdict::Delivered);
+        assert_eq!(p.decide(1, &answered(204, None)), Verdict::Delivered);
+        assert_eq!(p.decide(1, &answered(302, None)), Verdict::Final);
+        assert_eq!(p.decide(1, &answered(404, None)), Verdict::Final);
+        assert_eq!(p.decide(1, &answered(400, None)), Verdict::Final);
+        assert_eq!(p.decide(1, &failed(FailureKind::InvalidUrl)), Verdict::Final);
+    }
+
+    #[test]
+    fn transient_failures_follow_the_schedule_then_exhaust() {
+        let p = policy();
+        for attempt in [
+            answered(500, None),
+            answered(408, None),
+            answered(429, None),
+            failed(FailureKind::Timeout),
+            failed(FailureKind::Connect),
+        ] {
+            assert_eq!(p.decide(1, &attempt), Verdict::Retry(Duration::from_secs(5)));
+            assert_eq!(p.decide(2, &attempt), Verdict::Retry(Duration::from_secs(30)));
+            assert_eq!(p.decide(3, &attempt), Verdict::Exhausted);
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_cap_and_only_on_429_and_503() {
+        let p = policy();
+        assert_eq!(
+            p.decide(1, &answered(429, Some(20))),
+            Verdict::Retry(Duration::from_secs(20))
+        );
+        assert_eq!(
+            p.decide(1, &answered(503, Some(999))),
+            Verdict::Retry(Duration::from_secs(60))
+        );
+        assert_eq!(
+            p.decide(1, &answered(503, Some(1))),
+            Verdict::Retry(Duration::from_secs(5))
+        );
+        assert_eq!(
+            p.decide(1, &answered(500, Some(20))),
+            Verdict::Retry(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_its_spread() {
+        let p = RetryPolicy {
+            jitter_pct: 10,
+            ..policy()
+        };
+        for _ in 0..1000 {
+            let Verdict::Retry(d) = p.decide(1, &answered(500, None)) else {
+                panic!()
+            };
+            assert!(
+                d >= Duration::from_millis(4500) && d <= Duration::from_millis(5500),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! The worker loop: take jobs, deliver them concurrently, settle outcomes.
+//!
+//! Four activities run side by side in one process:
+//! - the *fetcher* takes batches of jobs into this worker's in-flight list
+//!   (never more than there are free delivery slots), or blocks on Redis
+//!   for one job when the queue is empty, so an idle worker costs nothing;
+//! - one *delivery task* per job fills the URL, makes the request, logs the
+//!   attempt and hands the outcome to the settler;
+//! - the *settler* records outcomes in batches, one script call for many
+//!   jobs (acknowledge, schedule a retry, or dead-letter);
+//! - *housekeeping* keeps the heartbeat alive, returns the jobs of dead
+//!   workers to the queue, and moves due retries back to it.
+//!
+//! On shutdown the fetcher stops, deliveries in flight get the grace period,
+//! outcomes are settled, and whatever is still unsettled goes back to the
+//! queue. A crash skips all that; the in-flight list in Redis is then
+//! returned by the other workers (or this one's successor) once the
+//! heartbeat expires.
+
+use crate::client::HttpClient;
+use crate::config::Config;
+use crate::delivery_log::{DeliveryLog, Record};
+use crate::retry::{RetryPolicy, Verdict};
+use bytes::Bytes;
+use common::job::{DeadLetter, DeadReason, Job};
+use common::queue::{self, QueueKeys, Settlement};
+use common::redis_pool::Outage;
+use deadpool_redis::Pool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long an idle fetcher blocks on Redis for a new job per call.
+const BLOCK_WAIT: Duration = Duration::from_secs(1);
+/// Back-off bounds while Redis is unreachable.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    /// The Redis pool could not be built.
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+/// What a worker did when it stopped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Deliveries still running when the grace period ended.
+    pub cut_short: usize,
+    /// Jobs handed back to the queue.
+    pub returned: u64,
+}
+
+/// Everything the tasks of one worker share.
+struct Context {
+    id: String,
+    keys: QueueKeys,
+    pool: Pool,
+    client: HttpClient,
+    policy: RetryPolicy,
+    log: DeliveryLog,
+    outage: Outage,
+    unmatched_default: String,
+    heartbeat_ttl: Duration,
+}
+
+/// A unique id for this process: host, pid and a random suffix (a restarted
+/// process must never take over a predecessor's in-flight list while that
+/// list may still be in use).
+pub fn new_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    format!("{}-{}-{:04x}", host.trim(), std::process::id(), fastrand::u16(..))
+}
+
+/// Runs a worker until `shutdown` is cancelled, then stops gracefully.
+pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken) -> Result<Stopped, StartError> {
+    let client = HttpClient::new(
+        config.timeout,
+        config.log_body_max,
+        config.concurrency,
+        config.extra_ca_file.as_deref(),
+    )?;
+    // Commands must be allowed to outlast the blocking take.
+    let pool = common::redis_pool::connect(&config.redis_url, 8, BLOCK_WAIT + Duration::from_secs(4))
+        .map_err(StartError::Redis)?;
+    let ctx = Arc::new(Context {
+        id: new_worker_id(),
+        keys: QueueKeys::new(&config.queue),
+        pool,
+        client,
+        policy: RetryPolicy {
+            schedule: config.retry_schedule.clone(),
+            jitter_pct: config.retry_jitter_pct,
+            retry_after_max: config.retry_after_max,
+        },
+        log,
+        outage: Outage::default(),
+        unmatched_default: config.unmatched_default.clone(),
+        heartbeat_ttl: config.heartbeat_ttl,
+    });
+    log::info!(
+        "deliver worker {} started on queue {:?} (concurrency {}, timeout {} ms)",
+        ctx.id,
+        config.queue,
+        config.concurrency,
+        config.timeout.as_millis()
+    );
+
+    // Be registered and alive before taking anything, so no other worker
+    // can mistake this one's fresh in-flight list for an orphan.
+    if !first_heartbeat(&ctx, &shutdown).await {
+        return Ok(Stopped::default());
+    }
+    let stop_housekeeping = CancellationToken::new();
+    let housekeeping = tokio::spawn(housekeeping(ctx.clone(), config.clone(), stop_housekeeping.clone()));
+    // Room for every delivery slot plus one batch, so a finished delivery
+    // never waits to hand over its outcome.
+    let (settle_tx, settle_rx) = mpsc::channel(config.concurrency + config.batch);
+    let settler = tokio::spawn(settler(ctx.clone(), settle_rx, config.batch));
+
+    let mut deliveries = JoinSet::new();
+    fetch(&ctx, config, &mut deliveries, &settle_tx, &shutdown).await;
+    drop(settle_tx);
+
+    log::info!(
+        "shutting down: no longer taking jobs; waiting up to {} ms for {} deliveries in flight",
+        config.shutdown_grace.as_millis(),
+        deliveries.len()
+    );
+    let grace = tokio::time::timeout(config.shutdown_grace, async {
+        while deliveries.join_next().await.is_some() {}
+    });
+    let cut_short = if grace.await.is_ok() { 0 } else { deliveries.len() };
+    deliveries.shutdown().await;
+    // The settler ends once the last delivery task has dropped its sender.
+    if tokio::time::timeout(BACKOFF_MAX, settler).await.is_err() {
+        log::warn!("could not record every outcome (redis unavailable); those jobs stay in flight and will be returned to the queue");
+    }
+    stop_housekeeping.cancel();
+    let _ = housekeeping.await;
+    let returned = release(&ctx).await;
+    log::info!("stopped: {cut_short} deliveries cut short by the grace period, {returned} unsettled jobs returned to the queue");
+    Ok(Stopped { cut_short, returned })
+}
+
+async fn first_heartbeat(ctx: &Context, shutdown: &CancellationToken) -> bool {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let result = async {
+            let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
+            queue::heartbeat(&mut *conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                ctx.outage.succeeded();
+                return true;
+            }
+            Err(e) => ctx.outage.failed("heartbeat", &e),
+        }
+        if !pause(&mut backoff, shutdown).await {
+            return false;
+        }
+    }
+}
+
+/// Sleeps for the current back-off (doubling it, up to the cap); false if
+/// shutdown came first.
+async fn pause(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Takes jobs while there are free delivery slots, until shutdown.
+async fn fetch(
+    ctx: &Arc<Context>,
+    config: &Config,
+    deliveries: &mut JoinSet<()>,
+    settle_tx: &mpsc::Sender<Settlement>,
+    shutdown: &CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let mut backoff = BACKOFF_MIN;
+    let mut conn = None;
+    loop {
+        // Finished tasks keep a slot in the JoinSet until joined.
+        while deliveries.try_join_next().is_some() {}
+        let mut permits = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
+        };
+        let more = slots.available_permits().min(config.batch - 1);
+        if more > 0 {
+            if let Ok(extra) = slots.clone().try_acquire_many_owned(more as u32) {
+                permits.merge(extra);
+            }
+        }
+
+        let connection = match conn.take() {
+            Some(c) => c,
+            None => match ctx.pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    ctx.outage.failed("take", &e);
+                    if !pause(&mut backoff, shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let mut connection = connection;
+        let taken = queue::take(
+            &mut *connection,
+            &ctx.keys,
+            &ctx.id,
+            permits.num_permits(),
+            ctx.heartbeat_ttl,
+        )
+        .await;
+        let jobs = match taken {
+            Ok(jobs) if !jobs.is_empty() => jobs,
+            Ok(_) => {
+                // Queue empty: wait in Redis for the next job. On shutdown
+                // the wait is abandoned with its connection; a job it may
+                // have moved is in our in-flight list and goes back on release.
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        drop(deadpool_redis::Connection::take(connection));
+                        return;
+                    }
+                    one = queue::take_blocking(&mut *connection, &ctx.keys, &ctx.id, BLOCK_WAIT) => match one {
+                        Ok(one) => one.into_iter().collect(),
+                        Err(e) => {
+                            ctx.outage.failed("take", &e);
+                            if !pause(&mut backoff, shutdown).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.outage.failed("take", &e);
+                if !pause(&mut backoff, shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        ctx.outage.succeeded();
+        backoff = BACKOFF_MIN;
+        conn = Some(connection);
+        for raw in jobs {
+            let permit = permits.split(1).expect("one slot per job taken");
+            deliveries.spawn(deliver_one(ctx.clone(), raw, permit, settle_tx.clone()));
+        }
+    }
+}
+
+/// Makes one attempt and hands its outcome to the settler. Holds its
+/// delivery slot until the outcome is handed over.
+async fn deliver_one(ctx: Arc<Context>, raw: Vec<u8>, _slot: OwnedSemaphorePermit, settle: mpsc::Sender<Settlement>) {
+    let settlement = match Job::decode(&raw) {
+        Ok(job) => attempt(&ctx, job, raw).await,
+        Err(error) => malformed(&ctx, raw, &error.to_string()).await,
+    };
+    let _ = settle.send(settlement).await;
+}
+
+async fn attempt(ctx: &Context, job: Job, raw: Vec<u8>) -> Settlement {
+    let mut url = String::with_capacity(job.url.len() + 64);
+    common::template::render_into(&mut url, &job.url, &job.data, &ctx.unmatched_default);
+    let body = job
+        .method
+        .has_body()
+        .then(|| Bytes::from(serde_json::to_vec(&job.data).unwrap_or_default()));
+    let outcome = ctx.client.send(job.method, &url, body).await;
+    let verdict = ctx.policy.decide(job.attempt, &outcome);
+
+    let (status, response_body) = match &outcome.result {
+        Ok(answer) => (answer.status.to_string(), answer.body.as_str()),
+        Err(failure) => (failure.kind.as_str().to_string(), failure.message.as_str()),
+    };
+    let (label, retry_in_ms) = match verdict {
+        Verdict::Delivered => ("delivered", None),
+        Verdict::Retry(delay) => ("retry", Some(delay.as_millis() as u64)),
+        Verdict::Final | Verdict::Exhausted => ("dead", None),
+    };
+    let now = common::now_ms();
+    ctx.log
+        .write(&Record {
+            delivery_time_ms: now,
+            id: &job.id,
+            attempt: job.attempt,
+            method: job.method.as_str(),
+            url: &url,
+            status: &status,
+            response_ms: outcome.elapsed.as_millis() as u64,
+            response_body,
+            outcome: label,
+            retry_in_ms,
+            request_id: job.request_id.as_deref(),
+        })
+        .await;
+
+    match verdict {
+        Verdict::Delivered => Settlement::Ack { taken: raw },
+        Verdict::Retry(delay) => {
+            let next = Job {
+                attempt: job.attempt + 1,
+                ..job
+            }
+            .encode();
+            Settlement::Retry {
+                taken: raw,
+                next,
+                delay,
+            }
+        }
+        Verdict::Final | Verdict::Exhausted => {
+            let reason = if verdict == Verdict::Final {
+                DeadReason::FinalStatus
+            } else {
+                DeadReason::RetriesExhausted
+            };
+            let detail = (!response_body.is_empty()).then(|| response_body.to_string());
+            let letter = DeadLetter {
+                id: job.id.clone(),
+                reason,
+                attempts: job.attempt,
+                last_status: status,
+                method: Some(job.method),
+                url: Some(url),
+                detail,
+                dead_at: now,
+                job: Some(job),
+                raw: None,
+            };
+            Settlement::Dead {
+                taken: raw,
+                letter: Box::new(letter),
+            }
+        }
+    }
+}
+
+/// A queued string that is not a job: keep it aside, never retry it.
+async fn malformed(ctx: &Context, raw: Vec<u8>, error: &str) -> Settlement {
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    // Keep the producer's id when there is one, so it can be traced.
+    let id = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
+        .unwrap_or_else(Job::new_id);
+    let now = common::now_ms();
+    log::warn!("malformed job {id} moved to the dead letters: {error}");
+    ctx.log
+        .write(&Record {
+            delivery_time_ms: now,
+            id: &id,
+            attempt: 0,
+            method: "-",
+            url: "-",
+            status: "malformed",
+            response_ms: 0,
+            response_body: error,
+            outcome: "dead",
+            retry_in_ms: None,
+            request_id: None,
+        })
+        .await;
+    let letter = DeadLetter {
+        id,
+        reason: DeadReason::Malformed,
+        attempts: 0,
+        last_status: "malformed".into(),
+        method: None,
+        url: None,
+        detail: Some(error.to_string()),
+        dead_at: now,
+        job: None,
+        raw: Some(text),
+    };
+    Settlement::Dead {
+        taken: raw,
+        letter: Box::new(letter),
+    }
+}
+
+/// Records outcomes in batches until every sender is gone. A batch that
+/// fails is retried as it is, so no outcome is dropped while Redis is away.
+async fn settler(ctx: Arc<Context>, mut rx: mpsc::Receiver<Settlement>, batch_max: usize) {
+    let mut batch = Vec::with_capacity(batch_max);
+    let never = CancellationToken::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let result = async {
+                let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
+                queue::settle(&mut *conn, &ctx.keys, &ctx.id, &batch)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(settled) => {
+                    ctx.outage.succeeded();
+                    if (settled as usize) < batch.len() {
+                        log::warn!(
+                            "{} outcomes dropped: their jobs had been returned to the queue while this worker was presumed dead",
+                            batch.len() - settled as usize
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    ctx.outage.failed("settle", &e);
+                    pause(&mut backoff, &never).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Heartbeat, recovery of dead workers' jobs, and promotion of due retries.
+async fn housekeeping(ctx: Arc<Context>, config: Config, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(config.poll_every.min(config.heartbeat_every));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_heartbeat = Instant::now() + config.heartbeat_every;
+    // Recover right away at start: a predecessor may have crashed.
+    let mut next_reclaim = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let result: Result<(), String> = async {
+            let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
+            if now >= next_heartbeat {
+                queue::heartbeat(&mut *conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                next_heartbeat = now + config.heartbeat_every;
+            }
+            if now >= next_reclaim {
+                queue::reclaim_dead_workers(&mut *conn, &ctx.keys, &ctx.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                next_reclaim = now + config.heartbeat_every;
+            }
+            while queue::promote_due(&mut *conn, &ctx.keys, queue::MAX_BATCH)
+                .await
+                .map_err(|e| e.to_string())?
+                == queue::MAX_BATCH as u64
+            {}
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => ctx.outage.succeeded(),
+            Err(e) => ctx.outage.failed("housekeeping", &e),
+        }
+    }
+}
+
+/// Hands this worker's unsettled jobs back to the queue, trying for a
+/// little while if Redis is away (after that the heartbeat expires and
+/// another worker does it).
+async fn release(ctx: &Context) -> u64 {
+    let deadline = Instant::now() + BACKOFF_MAX;
+    let mut backoff = BACKOFF_MIN;
+    let never = CancellationToken::new();
+    loop {
+        let result = async {
+            let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
+            queue::release(&mut *conn, &ctx.keys, &ctx.id)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(returned) => return returned,
+            Err(e) if Instant::now() >= deadline => {
+                log::warn!("could not return unsettled jobs to the queue ({e}); they will be recovered when this worker's heartbeat expires");
+                return 0;
+            }
+            Err(e) => {
+                ctx.outage.failed("release", &e);
+                pause(&mut backoff, &never).await;
+            }
+        }
+    }
+}

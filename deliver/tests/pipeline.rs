@@ -1,0 +1,222 @@
+//! The whole path of a postback: ingest → Redis → deliver → a real HTTP
+//! endpoint, and the delivery log it leaves.
+
+mod support;
+
+use common::job::Method;
+use common::queue::QueueKeys;
+use common::testkit::{post, wait_until, RedisServer, Reply, Sink};
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{depths, fast_env, field, ids_at, job, set, spawn_ingest, Deliver};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_request_produces_exactly_the_expected_outbound_request() {
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let deliver = Deliver::start(&fast_env(&redis));
+
+    let body = json!({
+        "endpoint": {"method": "GET", "url": sink.url("/data?title={mascot}&image={location}&foo={bar}")},
+        "data": [{"mascot": "Gopher", "location": "https://blog.golang.org/gopher/gopher.png"}]
+    });
+    let response = post(&format!("{ingest}/ingest"), body.to_string()).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+    let id = response.json()["ids"][0].as_str().unwrap().to_string();
+
+    sink.wait_for(1, LIMIT).await;
+    let got = &sink.received()[0];
+    assert_eq!(got.method, "GET");
+    assert_eq!(
+        got.path_and_query,
+        "/data?title=Gopher&image=https%3A%2F%2Fblog.golang.org%2Fgopher%2Fgopher.png&foo="
+    );
+    assert!(got.body.is_empty(), "GET must send no body");
+
+    wait_until(LIMIT, "the delivery log line", || async { !deliver.log().is_empty() }).await;
+    let line = &deliver.log()[0];
+    assert_eq!(field(line, "id").as_deref(), Some(id.as_str()));
+    assert_eq!(field(line, "attempt").as_deref(), Some("1"));
+    assert_eq!(field(line, "method").as_deref(), Some("GET"));
+    assert_eq!(field(line, "url"), Some(sink.url(&got.path_and_query)));
+    assert_eq!(field(line, "status").as_deref(), Some("200"));
+    assert_eq!(field(line, "response_body").as_deref(), Some("status 200"));
+    assert!(field(line, "response_ms").unwrap().parse::<u64>().is_ok());
+    let time = field(line, "delivery_time").unwrap();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[19] == b'.',
+        "{time}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_item_request_is_delivered_a_thousand_times_each_with_its_own_url() {
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let _deliver = Deliver::start(&fast_env(&redis));
+
+    let data: Vec<_> = (0..1000).map(|i| json!({"n": i, "word": format!("w {i}")})).collect();
+    let body = json!({"endpoint": {"method": "get", "url": sink.url("/p?n={n}&w={word}")}, "data": data});
+    let response = post(&format!("{ingest}/i"), body.to_string()).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+
+    sink.wait_for(1000, LIMIT).await;
+    let paths: HashSet<String> = sink.received().into_iter().map(|r| r.path_and_query).collect();
+    let expected: HashSet<String> = (0..1000).map(|i| format!("/p?n={i}&w=w%20{i}")).collect();
+    assert_eq!(paths, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_put_and_patch_deliver_the_data_as_a_json_body() {
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let _deliver = Deliver::start(&fast_env(&redis));
+
+    for method in ["POST", "put", "Patch"] {
+        let body = json!({"endpoint": {"method": method, "url": sink.url("/hook/{kind}")}, "data": [{"kind": "buy", "amount": 9.5, "tags": ["a"]}]});
+        assert_eq!(post(&format!("{ingest}/ingest"), body.to_string()).await.status, 202);
+    }
+    sink.wait_for(3, LIMIT).await;
+    let mut methods: Vec<String> = sink.received().iter().map(|r| r.method.clone()).collect();
+    methods.sort();
+    assert_eq!(methods, ["PATCH", "POST", "PUT"]);
+    for got in sink.received() {
+        assert_eq!(got.path_and_query, "/hook/buy");
+        assert_eq!(got.header("content-type"), Some("application/json"));
+        let sent: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        assert_eq!(sent, json!({"kind": "buy", "amount": 9.5, "tags": ["a"]}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_bodies_are_cut_in_the_json_log() {
+    let redis = RedisServer::start();
+    let long_body = "x".repeat(5000);
+    let sink = Sink::start(Arc::new(move |r, _| {
+        if r.path_and_query.starts_with("/moved") {
+            Reply::status(302).header("location", "/elsewhere")
+        } else {
+            Reply {
+                body: long_body.clone(),
+                ..Reply::status(200)
+            }
+        }
+    }))
+    .await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_LOG_FORMAT", "json");
+    set(&mut env, "DELIVER_LOG_BODY_MAX", "100");
+    let deliver = Deliver::start(&env);
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    support::enqueue(
+        &mut conn,
+        &keys,
+        &[
+            job(Method::Get, &sink.url("/moved"), json!({})),
+            job(Method::Get, &sink.url("/long"), json!({})),
+        ],
+    )
+    .await;
+
+    wait_until(LIMIT, "two log lines", || async { deliver.log().len() >= 2 }).await;
+    let lines: Vec<serde_json::Value> = deliver.log().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let moved = lines
+        .iter()
+        .find(|l| l["url"].as_str().unwrap().ends_with("/moved"))
+        .unwrap();
+    assert_eq!(moved["status"], "302");
+    assert_eq!(moved["outcome"], "dead", "a redirect is final");
+    let long = lines
+        .iter()
+        .find(|l| l["url"].as_str().unwrap().ends_with("/long"))
+        .unwrap();
+    assert_eq!(long["response_body"].as_str().unwrap().len(), 100);
+    for key in [
+        "delivery_time",
+        "id",
+        "attempt",
+        "method",
+        "url",
+        "status",
+        "response_ms",
+        "response_body",
+    ] {
+        assert!(!long[key].is_null(), "{key} missing from {long}");
+    }
+    // Only the two requests: the redirect's target was never asked for.
+    assert_eq!(sink.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoints_are_logged_with_their_error_kind() {
+    let redis = RedisServer::start();
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_RETRY_SCHEDULE", "");
+    let deliver = Deliver::start(&env);
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let closed = format!("http://127.0.0.1:{}/x", common::testkit::free_port());
+    support::enqueue(
+        &mut conn,
+        &keys,
+        &[
+            job(Method::Get, &closed, json!({})),
+            job(Method::Get, "http://no-such-host.invalid/x", json!({})),
+        ],
+    )
+    .await;
+    wait_until(LIMIT, "two log lines", || async { deliver.log().len() >= 2 }).await;
+    let statuses: HashSet<String> = deliver.log().iter().filter_map(|l| field(l, "status")).collect();
+    assert_eq!(statuses, HashSet::from(["connect".to_string(), "dns".to_string()]));
+    assert_eq!(
+        depths(&mut conn, &keys).await.dead,
+        2,
+        "with an empty schedule a failure is final"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_rides_out_a_redis_restart_without_being_restarted() {
+    let mut redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let deliver = Deliver::start(&fast_env(&redis));
+    let keys = QueueKeys::new("default");
+    let first = job(Method::Get, &sink.url("/x?id={id}"), json!({"id": "before"}));
+    support::enqueue(&mut redis.connection().await, &keys, &[first]).await;
+    sink.wait_for(1, LIMIT).await;
+
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    redis.restart();
+    let second = job(Method::Get, &sink.url("/x?id={id}"), json!({"id": "after"}));
+    support::enqueue(&mut redis.connection().await, &keys, &[second]).await;
+    sink.wait_for(2, LIMIT).await;
+    assert_eq!(ids_at(&sink), ["before", "after"]);
+
+    let messages = deliver.messages();
+    let outages = messages.iter().filter(|m| m.contains("redis unavailable")).count();
+    let recoveries = messages.iter().filter(|m| m.contains("redis is back")).count();
+    assert_eq!(
+        (outages, recoveries),
+        (1, 1),
+        "one line for the outage and one for its end: {messages:#?}"
+    );
+}
+
+#[test]
+fn a_bad_setting_stops_deliver_at_start_naming_the_variable() {
+    let mut deliver = Deliver::start(&[("DELIVER_CONCURRENCY".to_string(), "many".to_string())]);
+    let status = deliver.wait_exit(Duration::from_secs(10)).expect("deliver must exit");
+    assert_eq!(status.code(), Some(2));
+    let messages = deliver.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(messages[0].contains("DELIVER_CONCURRENCY"), "{messages:?}");
+}

@@ -1,0 +1,249 @@
+//! Helpers for deliver's integration tests: the real `deliver` binary as a
+//! child process (its log lines captured), an in-process ingest, and jobs
+//! written straight onto the queue.
+
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use common::job::{Job, Method};
+use common::queue::QueueKeys;
+use common::testkit::RedisServer;
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Settings that make a test run in seconds: a millisecond retry schedule,
+/// short heartbeats, no jitter.
+pub fn fast_env(redis: &RedisServer) -> Vec<(String, String)> {
+    [
+        ("REDIS_URL", redis.url().as_str()),
+        ("DELIVER_RETRY_SCHEDULE", "50ms,100ms"),
+        ("DELIVER_RETRY_JITTER_PCT", "0"),
+        ("DELIVER_HEARTBEAT_MS", "100"),
+        ("DELIVER_HEARTBEAT_TTL_MS", "500"),
+        ("DELIVER_POLL_MS", "20"),
+        ("DELIVER_TIMEOUT_MS", "2000"),
+        ("DELIVER_SHUTDOWN_GRACE_MS", "3000"),
+        ("RUST_LOG", "info"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Replaces or adds `key` in an environment list.
+pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_string(), value.to_string()));
+}
+
+/// A running `deliver` process; killed on drop.
+pub struct Deliver {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn capture(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Deliver {
+    /// Starts `deliver` with exactly `env` (plus PATH).
+    pub fn start(env: &[(String, String)]) -> Deliver {
+        Self::command(env, &[])
+    }
+
+    /// Runs `deliver` with arguments (e.g. `dead list`).
+    pub fn command(env: &[(String, String)], args: &[&str]) -> Deliver {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_deliver"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the deliver binary");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        capture(child.stdout.take().unwrap(), stdout.clone());
+        capture(child.stderr.take().unwrap(), stderr.clone());
+        Deliver { child, stdout, stderr }
+    }
+
+    /// Delivery log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Operational log lines (stderr) so far.
+    pub fn messages(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Deliver {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A first-attempt job for `url` with `data`.
+pub fn job(method: Method, url: &str, data: serde_json::Value) -> Job {
+    Job {
+        id: Job::new_id(),
+        method,
+        url: url.to_string(),
+        data: data.as_object().expect("data must be an object").clone(),
+        attempt: 1,
+        enqueued_at: common::now_ms(),
+        request_id: None,
+    }
+}
+
+/// Queues jobs (in chunks, as several producers would).
+pub async fn enqueue(conn: &mut MultiplexedConnection, keys: &QueueKeys, jobs: &[Job]) {
+    for chunk in jobs.chunks(1000) {
+        let encoded: Vec<String> = chunk.iter().map(Job::encode).collect();
+        common::queue::push(conn, keys, &encoded).await.unwrap();
+    }
+}
+
+/// Queues a raw string, as a foreign producer might.
+pub async fn enqueue_raw(conn: &mut MultiplexedConnection, keys: &QueueKeys, raw: &str) {
+    common::queue::push(conn, keys, &[raw.to_string()]).await.unwrap();
+}
+
+/// Queue depths.
+pub async fn depths(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> common::queue::Depths {
+    common::queue::depths(conn, keys).await.unwrap()
+}
+
+/// Total length of all in-flight lists.
+pub async fn in_flight(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> usize {
+    let workers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&keys.workers)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut total = 0;
+    for w in workers {
+        let n: usize = redis::cmd("LLEN")
+            .arg(keys.inflight(&w))
+            .query_async(conn)
+            .await
+            .unwrap();
+        total += n;
+    }
+    total
+}
+
+/// The `id` query parameter of each request the sink received.
+pub fn ids_at(sink: &common::testkit::Sink) -> Vec<String> {
+    sink.received()
+        .iter()
+        .filter_map(|r| r.query_param("id").map(str::to_string))
+        .collect()
+}
+
+/// Starts an in-process ingest on a free port; returns its base URL.
+pub fn spawn_ingest(redis: &RedisServer, extra: &[(&str, &str)]) -> String {
+    let url = redis.url();
+    let mut env = vec![
+        ("INGEST_BIND", "127.0.0.1:0"),
+        ("REDIS_URL", url.as_str()),
+        ("INGEST_WORKERS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let config = ingest::config::Config::from_source(env.as_slice()).expect("test ingest config");
+    let app = ingest::startup::Application::build(&config).expect("ingest builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    base
+}
+
+/// Parses a logfmt line into (key, value) pairs, unquoting values.
+pub fn logfmt(line: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, e)) = chars.next() {
+                            value.push(match e {
+                                'n' => '\n',
+                                't' => '\t',
+                                'r' => '\r',
+                                other => other,
+                            });
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        pairs.push((key.to_string(), value));
+        rest = next.trim_start();
+    }
+    pairs
+}
+
+/// The value of `key` in a logfmt line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    logfmt(line).into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
