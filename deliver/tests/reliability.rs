@@ -1,0 +1,481 @@
+//! Nothing accepted is ever lost: crashes, signals, Redis restarts, retries
+//! and dead letters, with real processes, real signals and a real Redis.
+
+mod support;
+
+use common::job::{DeadLetter, DeadReason, Method};
+use common::queue::QueueKeys;
+use common::testkit::{wait_until, RedisServer, Reply, Sink};
+use deadpool_redis::redis;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{depths, enqueue, enqueue_raw, fast_env, field, ids_at, in_flight, job, set, Deliver};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn numbered_jobs(sink: &Sink, n: usize) -> (Vec<common::job::Job>, HashSet<String>) {
+    let jobs: Vec<_> = (0..n)
+        .map(|i| job(Method::Get, &sink.url("/p?id={id}"), json!({"id": format!("j{i}")})))
+        .collect();
+    let ids = (0..n).map(|i| format!("j{i}")).collect();
+    (jobs, ids)
+}
+
+async fn dead_letters(conn: &mut redis::aio::MultiplexedConnection, keys: &QueueKeys) -> Vec<DeadLetter> {
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(&keys.dead)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    raw.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_three_times_during_a_drain_loses_nothing() {
+    let redis = RedisServer::start();
+    let sink = Sink::start(Arc::new(|_, _| Reply::status(200).after(Duration::from_millis(5)))).await;
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let (jobs, expected) = numbered_jobs(&sink, 20_000);
+    enqueue(&mut conn, &keys, &jobs).await;
+
+    let mut env = fast_env(&redis);
+    // Slow enough that the drain takes seconds and the kills land mid-way.
+    set(&mut env, "DELIVER_CONCURRENCY", "32");
+    let mut deliver = Deliver::start(&env);
+    for fraction in [0.2, 0.45, 0.7] {
+        sink.wait_for((20_000.0 * fraction) as usize, LIMIT).await;
+        deliver.kill();
+        deliver = Deliver::start(&env);
+    }
+    wait_until(LIMIT, "every id at the sink", || async {
+        ids_at(&sink).into_iter().collect::<HashSet<_>>().len() == expected.len()
+    })
+    .await;
+    let received = ids_at(&sink);
+    let distinct: HashSet<_> = received.iter().cloned().collect();
+    assert_eq!(distinct, expected);
+    println!(
+        "kill test: {} ids delivered twice or more after 3 SIGKILLs",
+        received.len() - distinct.len()
+    );
+    wait_until(LIMIT, "the queue to be empty", || async {
+        let mut c = redis.connection().await;
+        depths(&mut c, &keys).await.ready == 0 && in_flight(&mut c, &keys).await == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work_exits_zero_and_redelivers_nothing_finished() {
+    let redis = RedisServer::start();
+    let sink = Sink::start(Arc::new(|_, _| Reply::status(200).after(Duration::from_millis(20)))).await;
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let (jobs, expected) = numbered_jobs(&sink, 3000);
+    enqueue(&mut conn, &keys, &jobs).await;
+
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_CONCURRENCY", "64");
+    let mut deliver = Deliver::start(&env);
+    sink.wait_for(500, LIMIT).await;
+    deliver.terminate();
+    let signalled = Instant::now();
+    let status = deliver
+        .wait_exit(Duration::from_secs(10))
+        .expect("deliver must exit after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3) + Duration::from_secs(2),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
+    let messages = deliver.messages().join("\n");
+    assert!(messages.contains("shutting down"), "{messages}");
+    assert!(messages.contains("returned to the queue"), "{messages}");
+    // Whatever reached the sink before the process ended was settled.
+    let before: Vec<String> = ids_at(&sink);
+    assert_eq!(
+        in_flight(&mut conn, &keys).await,
+        0,
+        "nothing may stay in flight after a graceful stop"
+    );
+
+    let _successor = Deliver::start(&env);
+    wait_until(LIMIT, "every id at the sink", || async {
+        ids_at(&sink).into_iter().collect::<HashSet<_>>().len() == expected.len()
+    })
+    .await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in ids_at(&sink) {
+        *counts.entry(id).or_default() += 1;
+    }
+    let again: Vec<_> = before.iter().filter(|id| counts[*id] > 1).collect();
+    assert!(again.is_empty(), "delivered again after a graceful stop: {again:?}");
+}
+
+/// A sink that answers each id with the next status of `script` (the last
+/// one repeating), and records when each request arrived.
+fn scripted(script: &'static [Reply]) -> common::testkit::Responder {
+    let seen: Mutex<HashMap<String, usize>> = Mutex::new(HashMap::new());
+    Arc::new(move |r, _| {
+        let id = r.query_param("id").unwrap_or("").to_string();
+        let mut seen = seen.lock().unwrap();
+        let n = seen.entry(id).or_default();
+        let reply = script[(*n).min(script.len() - 1)].clone();
+        *n += 1;
+        reply
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_status_codes() {
+    static FLAKY: std::sync::LazyLock<Vec<Reply>> =
+        std::sync::LazyLock::new(|| vec![Reply::status(500), Reply::status(500), Reply::status(200)]);
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let flaky = Sink::start(scripted(FLAKY.as_slice())).await;
+    let missing = Sink::start(Arc::new(|_, _| Reply::status(404))).await;
+    let silent = Sink::start(Arc::new(|_, _| Reply::hang())).await;
+    let limited = Sink::start(scripted(Box::leak(Box::new([
+        Reply::status(429).header("retry-after", "1"),
+        Reply::status(200),
+    ]))))
+    .await;
+
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_TIMEOUT_MS", "300");
+    let deliver = Deliver::start(&env);
+    let jobs = [
+        job(Method::Get, &flaky.url("/f?id=flaky"), json!({})),
+        job(Method::Get, &missing.url("/m?id=missing"), json!({})),
+        job(Method::Get, &silent.url("/s?id=silent"), json!({})),
+        job(Method::Get, &limited.url("/l?id=limited"), json!({})),
+    ];
+    enqueue(&mut conn, &keys, &jobs).await;
+
+    // 500, 500, 200: delivered on attempt 3, with three log lines.
+    flaky.wait_for(3, LIMIT).await;
+    wait_until(LIMIT, "the flaky job's third log line", || async {
+        deliver
+            .log()
+            .iter()
+            .filter(|l| field(l, "id").as_deref() == Some(jobs[0].id.as_str()))
+            .count()
+            == 3
+    })
+    .await;
+    let flaky_lines: Vec<String> = deliver
+        .log()
+        .into_iter()
+        .filter(|l| field(l, "id").as_deref() == Some(jobs[0].id.as_str()))
+        .collect();
+    let seen: Vec<_> = flaky_lines
+        .iter()
+        .map(|l| (field(l, "attempt").unwrap(), field(l, "status").unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("1".into(), "500".into()),
+            ("2".into(), "500".into()),
+            ("3".into(), "200".into())
+        ] as [(String, String); 3]
+    );
+
+    // 429 with Retry-After: 1 — the next attempt not before one second.
+    limited.wait_for(2, LIMIT).await;
+    let arrivals = limited.received();
+    let gap = arrivals[1].at - arrivals[0].at;
+    assert!(
+        gap >= Duration::from_millis(1000),
+        "retried after {gap:?} despite Retry-After: 1"
+    );
+
+    // 404: one attempt, then a dead letter with status 404. A silent
+    // endpoint: timeouts on the schedule (3 attempts), then a dead letter.
+    wait_until(LIMIT, "two dead letters", || async {
+        depths(&mut redis.connection().await, &keys).await.dead == 2
+    })
+    .await;
+    assert_eq!(missing.count(), 1);
+    assert_eq!(silent.count(), 3);
+    let letters = dead_letters(&mut conn, &keys).await;
+    let by_id = |id: &str| letters.iter().find(|l| l.id == id).unwrap().clone();
+    let gone = by_id(&jobs[1].id);
+    assert_eq!(
+        (gone.reason, gone.attempts, gone.last_status.as_str()),
+        (DeadReason::FinalStatus, 1, "404")
+    );
+    assert_eq!(gone.url.as_deref(), Some(missing.url("/m?id=missing").as_str()));
+    let timed_out = by_id(&jobs[2].id);
+    assert_eq!(
+        (timed_out.reason, timed_out.attempts, timed_out.last_status.as_str()),
+        (DeadReason::RetriesExhausted, 3, "timeout")
+    );
+    let timeouts = deliver
+        .log()
+        .iter()
+        .filter(|l| field(l, "id").as_deref() == Some(jobs[2].id.as_str()))
+        .map(|l| field(l, "status").unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(timeouts, ["timeout", "timeout", "timeout"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_pending_at_shutdown_is_carried_out_after_restart() {
+    static SCRIPT: std::sync::LazyLock<Vec<Reply>> =
+        std::sync::LazyLock::new(|| vec![Reply::status(503), Reply::status(200)]);
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let sink = Sink::start(scripted(SCRIPT.as_slice())).await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_RETRY_SCHEDULE", "2s");
+    let mut deliver = Deliver::start(&env);
+    enqueue(
+        &mut conn,
+        &keys,
+        &[job(Method::Get, &sink.url("/r?id=pending"), json!({}))],
+    )
+    .await;
+    sink.wait_for(1, LIMIT).await;
+    wait_until(LIMIT, "the retry to be scheduled", || async {
+        depths(&mut redis.connection().await, &keys).await.retry == 1
+    })
+    .await;
+    deliver.terminate();
+    assert_eq!(
+        deliver.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    assert_eq!(sink.count(), 1);
+    assert_eq!(
+        depths(&mut conn, &keys).await.retry,
+        1,
+        "the pending retry survives the stop"
+    );
+
+    let _restarted = Deliver::start(&env);
+    sink.wait_for(2, LIMIT).await;
+    wait_until(LIMIT, "the retry set to empty", || async {
+        let d = depths(&mut redis.connection().await, &keys).await;
+        d.retry == 0 && d.ready == 0 && d.dead == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_killed_mid_load_loses_no_accepted_postback() {
+    let mut redis = RedisServer::start_durable();
+    let sink = Sink::ok().await;
+    let ingest = support::spawn_ingest(&redis, &[("INGEST_REDIS_TIMEOUT_MS", "500")]);
+    let _deliver = Deliver::start(&fast_env(&redis));
+
+    let mut accepted = HashSet::new();
+    let mut refused = 0;
+    let started = Instant::now();
+    let mut killed = false;
+    let mut restarted = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        let n = accepted.len() + refused;
+        let body =
+            json!({"endpoint": {"method": "GET", "url": sink.url("/k?id={id}")}, "data": [{"id": format!("k{n}")}]});
+        let response = common::testkit::post(&format!("{ingest}/ingest"), body.to_string()).await;
+        match response.status {
+            202 => {
+                accepted.insert(format!("k{n}"));
+            }
+            503 => refused += 1,
+            other => panic!("unexpected status {other}: {}", response.body),
+        }
+        if !killed && accepted.len() >= 300 {
+            redis.kill();
+            killed = true;
+        } else if killed && !restarted && refused >= 20 {
+            redis.restart();
+            restarted = true;
+        }
+        if restarted && accepted.len() >= 600 {
+            break;
+        }
+    }
+    assert!(killed && restarted, "the test never got to kill and restart redis");
+    assert!(refused > 0, "requests while redis was down must get 503");
+    wait_until(LIMIT, "every accepted id at the sink", || async {
+        let at_sink: HashSet<String> = ids_at(&sink).into_iter().collect();
+        accepted.is_subset(&at_sink)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_never_carry_out_the_same_retry_twice() {
+    static SCRIPT: std::sync::LazyLock<Vec<Reply>> =
+        std::sync::LazyLock::new(|| vec![Reply::status(500), Reply::status(500), Reply::status(200)]);
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let sink = Sink::start(scripted(SCRIPT.as_slice())).await;
+    let (jobs, expected) = numbered_jobs(&sink, 500);
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_RETRY_SCHEDULE", "20ms,20ms");
+    let _a = Deliver::start(&env);
+    let _b = Deliver::start(&env);
+    enqueue(&mut conn, &keys, &jobs).await;
+    sink.wait_for(1500, LIMIT).await;
+    wait_until(LIMIT, "the queue to settle", || async {
+        let mut c = redis.connection().await;
+        let d = depths(&mut c, &keys).await;
+        d.ready == 0 && d.retry == 0 && in_flight(&mut c, &keys).await == 0
+    })
+    .await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in ids_at(&sink) {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), expected);
+    let wrong: Vec<_> = counts.iter().filter(|(_, n)| **n != 3).collect();
+    assert!(wrong.is_empty(), "each id must be tried exactly 3 times: {wrong:?}");
+    assert_eq!(depths(&mut conn, &keys).await.dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_listed_replayed_and_purged() {
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = healthy.clone();
+    let sink = Sink::start(Arc::new(move |_, _| {
+        Reply::status(if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            200
+        } else {
+            410
+        })
+    }))
+    .await;
+    let env = fast_env(&redis);
+    let _deliver = Deliver::start(&env);
+    let (jobs, _) = numbered_jobs(&sink, 5);
+    enqueue(&mut conn, &keys, &jobs).await;
+    enqueue_raw(&mut conn, &keys, "{not a job").await;
+    wait_until(LIMIT, "six dead letters", || async {
+        depths(&mut redis.connection().await, &keys).await.dead == 6
+    })
+    .await;
+
+    let mut list = Deliver::command(&env, &["dead", "list", "--limit", "3"]);
+    assert_eq!(list.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+    let lines = list.log();
+    assert_eq!(lines.len(), 4, "three letters and a summary: {lines:?}");
+    assert!(lines[3].contains("3 of 6 dead letters"), "{lines:?}");
+    let gone = lines
+        .iter()
+        .find(|l| field(l, "reason").as_deref() == Some("final_status"))
+        .unwrap();
+    assert_eq!(field(gone, "last_status").as_deref(), Some("410"));
+    assert_eq!(field(gone, "attempts").as_deref(), Some("1"));
+    assert_eq!(field(gone, "method").as_deref(), Some("GET"));
+    assert!(field(gone, "url").unwrap().starts_with(&sink.url("/p?id=j")));
+    assert!(field(gone, "time").unwrap().ends_with('Z'));
+
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = sink.count();
+    let mut replay = Deliver::command(&env, &["dead", "replay", "--all"]);
+    assert_eq!(
+        replay.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let said = replay.log().join("\n");
+    assert!(said.contains("requeued 5 dead letters"), "{said}");
+    assert!(said.contains("malformed, cannot be replayed"), "{said}");
+    sink.wait_for(before + 5, LIMIT).await;
+    let replayed: HashSet<String> = ids_at(&sink).split_off(before).into_iter().collect();
+    assert_eq!(replayed, (0..5).map(|i| format!("j{i}")).collect());
+    assert_eq!(
+        depths(&mut conn, &keys).await.dead,
+        1,
+        "only the malformed letter is left"
+    );
+
+    let mut purge = Deliver::command(&env, &["dead", "purge"]);
+    assert_eq!(purge.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+    assert!(
+        purge.log().join("\n").contains("purged 1 dead letters"),
+        "{:?}",
+        purge.log()
+    );
+    assert_eq!(depths(&mut conn, &keys).await.dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_job_is_dead_lettered_and_its_neighbours_delivered() {
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let sink = Sink::ok().await;
+    let deliver = Deliver::start(&fast_env(&redis));
+    enqueue(
+        &mut conn,
+        &keys,
+        &[job(Method::Get, &sink.url("/n?id=before"), json!({}))],
+    )
+    .await;
+    enqueue_raw(
+        &mut conn,
+        &keys,
+        r#"{"id":"bad-1","method":"GET","url":"ftp://nowhere/","data":{},"enqueued_at":0}"#,
+    )
+    .await;
+    enqueue_raw(&mut conn, &keys, "\u{1}garbage").await;
+    enqueue(
+        &mut conn,
+        &keys,
+        &[job(Method::Get, &sink.url("/n?id=after"), json!({}))],
+    )
+    .await;
+
+    sink.wait_for(2, LIMIT).await;
+    wait_until(LIMIT, "two dead letters", || async {
+        depths(&mut redis.connection().await, &keys).await.dead == 2
+    })
+    .await;
+    assert_eq!(
+        ids_at(&sink).into_iter().collect::<HashSet<_>>(),
+        HashSet::from(["before".into(), "after".into()])
+    );
+    let letters = dead_letters(&mut conn, &keys).await;
+    assert!(letters
+        .iter()
+        .all(|l| l.reason == DeadReason::Malformed && l.raw.is_some()));
+    assert!(letters.iter().any(|l| l.id == "bad-1"), "the producer's id is kept");
+    assert!(deliver.messages().iter().any(|m| m.contains("malformed job bad-1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_is_never_delivered_twice_concurrently() {
+    // Deliveries far longer than the heartbeat TTL: a visibility timeout
+    // would hand the job to the second worker; the heartbeat must not.
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let sink = Sink::start(Arc::new(|_, _| Reply::status(200).after(Duration::from_millis(2000)))).await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_TIMEOUT_MS", "5000");
+    let _a = Deliver::start(&env);
+    let _b = Deliver::start(&env);
+    let (jobs, _) = numbered_jobs(&sink, 20);
+    enqueue(&mut conn, &keys, &jobs).await;
+    wait_until(LIMIT, "the queue to settle", || async {
+        let mut c = redis.connection().await;
+        sink.count() >= 20 && depths(&mut c, &keys).await.ready == 0 && in_flight(&mut c, &keys).await == 0
+    })
+    .await;
+    assert_eq!(sink.count(), 20, "a job was delivered twice");
+}
