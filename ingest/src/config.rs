@@ -12,6 +12,9 @@ pub struct Config {
     pub queue: String,
     /// `INGEST_BIND`: address to listen on.
     pub bind: String,
+    /// `INGEST_REUSEPORT`: bind with SO_REUSEPORT, so that several ingest
+    /// processes can share one port and the kernel spreads connections.
+    pub reuse_port: bool,
     /// `INGEST_WORKERS`: HTTP worker threads.
     pub workers: usize,
     /// `INGEST_MAX_BODY_BYTES`: largest request body accepted.
@@ -38,6 +41,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
     ("INGEST_BIND", "127.0.0.1:3000", "address to listen on"),
+    (
+        "INGEST_REUSEPORT",
+        "false",
+        "share the port with other ingest processes (SO_REUSEPORT)",
+    ),
     ("INGEST_WORKERS", "number of CPUs", "HTTP worker threads"),
     ("INGEST_MAX_BODY_BYTES", "1048576", "largest request body (413 above)"),
     ("INGEST_MAX_ITEMS", "10000", "most items in `data` (413 above)"),
@@ -67,6 +75,7 @@ impl Config {
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
             bind,
+            reuse_port: flag(src, "INGEST_REUSEPORT")?,
             workers: config::count(src, "INGEST_WORKERS", cpus, 1)?,
             max_body_bytes: config::count(src, "INGEST_MAX_BODY_BYTES", 1 << 20, 64)?,
             max_items: config::count(src, "INGEST_MAX_ITEMS", 10_000, 1)?,
@@ -75,5 +84,14 @@ impl Config {
             redis_pool: config::count(src, "INGEST_REDIS_POOL", 16, 1)?,
             shutdown_grace: config::millis(src, "INGEST_SHUTDOWN_GRACE_MS", 10_000)?,
         })
+    }
+}
+
+/// Reads a yes/no setting (1/0, true/false, yes/no), default no.
+fn flag(src: &(impl Source + ?Sized), var: &str) -> Result<bool, ConfigError> {
+    match config::string(src, var, "false").to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(ConfigError::new(var, other, "expected true or false")),
     }
 }

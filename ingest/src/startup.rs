@@ -42,7 +42,7 @@ impl Application {
     /// Binds the listener and builds the server. Must be called inside a
     /// Tokio runtime (the backlog refresher is spawned on it).
     pub fn build(config: &Config) -> std::io::Result<Application> {
-        let listener = TcpListener::bind(&config.bind)?;
+        let listener = bind(&config.bind, config.reuse_port)?;
         let port = listener.local_addr()?.port();
         let pool = common::redis_pool::connect(&config.redis_url, config.redis_pool, config.redis_timeout)
             .map_err(std::io::Error::other)?;
@@ -99,4 +99,19 @@ impl Application {
         self.refresher.abort();
         result
     }
+}
+
+/// Binds the listening socket, with SO_REUSEPORT when asked, so several
+/// ingest processes under supervisord can serve one port.
+fn bind(address: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let address: std::net::SocketAddr = address.parse().map_err(std::io::Error::other)?;
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }

@@ -1,0 +1,129 @@
+# shellcheck shell=bash
+# The production-shaped stack (nginx -> ingest, Redis, deliver, all under
+# supervisord), rendered from the repository's templates. Used by
+# scripts/run (var/), scripts/test (temp folders), scripts/bench and
+# scripts/provision (/ or --root), so all of them run the same configs.
+#
+# Layout variables (set them before calling stack_render):
+#   POSTBACK_CONF_DIR  configs and postback.env     POSTBACK_LOG_DIR  logs
+#   POSTBACK_DATA_DIR  Redis data                   POSTBACK_RUN_DIR  sockets, pids
+#   POSTBACK_BIN_DIR   ingest and deliver binaries  POSTBACK_LIB_DIR  with-env
+#   POSTBACK_NGINX_USER  user of nginx workers
+#   POSTBACK_USER        user of ingest and deliver (default: the caller)
+#   POSTBACK_REDIS_USER  user of redis-server (default: the caller)
+#   STACK_OUT_DIR      where rendered files are written (default: POSTBACK_CONF_DIR)
+
+STACK_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+# render TEMPLATE OUT : replace every {{NAME}} with $NAME; an unset name is
+# an error, so a template and its variables can never drift apart silently.
+render() {
+  perl -pe 's/\{\{(\w+)\}\}/exists $ENV{$1} ? $ENV{$1} : die "$ARGV: {{$1}} is not set\n"/ge' "$1" >"$2.tmp" &&
+    mv "$2.tmp" "$2"
+}
+
+# stack_init_env : writes postback.env once, with a fresh Redis password.
+# Ports come from REDIS_PORT, INGEST_PORT, POSTBACK_HTTP_LISTEN if set.
+stack_init_env() {
+  local env_file=$POSTBACK_CONF_DIR/postback.env
+  [ -f "$env_file" ] && return 0
+  mkdir -p "$POSTBACK_CONF_DIR"
+  (
+    umask 077
+    export REDIS_PORT=${REDIS_PORT:-6379}
+    export INGEST_PORT=${INGEST_PORT:-3000}
+    export POSTBACK_HTTP_LISTEN=${POSTBACK_HTTP_LISTEN:-80}
+    export REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-2gb}
+    REDIS_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+    export REDIS_PASSWORD
+    render "$STACK_REPO/supervisor.templates/postback.env.template" "$env_file"
+  )
+}
+
+# stack_render : renders every config from the templates and postback.env.
+stack_render() {
+  : "${POSTBACK_NGINX_USER:=www-data}" "${POSTBACK_USER:=$(id -un)}" "${POSTBACK_REDIS_USER:=$(id -un)}"
+  export POSTBACK_NGINX_USER POSTBACK_USER POSTBACK_REDIS_USER
+  (
+    set -a
+    # shellcheck disable=SC1091
+    . "$POSTBACK_CONF_DIR/postback.env"
+    set +a
+    [ -n "${POSTBACK_HTTP_PORT_OVERRIDE:-}" ] && POSTBACK_HTTP_LISTEN=127.0.0.1:$POSTBACK_HTTP_PORT_OVERRIDE
+    export POSTBACK_HTTP_LISTEN
+    NGINX_MAX_BODY=$(( ${INGEST_MAX_BODY_BYTES:-1048576} ))
+    # supervisord must wait longer than deliver's own grace period.
+    SUPERVISOR_STOPWAITSECS=$(( ${DELIVER_SHUTDOWN_GRACE_MS:-10000} / 1000 + 10 ))
+    NGINX_ADMIN_RULES=""
+    local addr
+    for addr in ${POSTBACK_ADMIN_ALLOW:-}; do
+      NGINX_ADMIN_RULES+="        allow $addr;"$'\n'
+    done
+    export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES
+    export POSTBACK_CONF_DIR POSTBACK_LOG_DIR POSTBACK_DATA_DIR POSTBACK_RUN_DIR POSTBACK_BIN_DIR POSTBACK_LIB_DIR
+    local out=${STACK_OUT_DIR:-$POSTBACK_CONF_DIR}
+    mkdir -p "$out/supervisor.d"
+    local t=$STACK_REPO
+    render "$t/nginx/nginx.conf.template" "$out/nginx.conf"
+    render "$t/nginx/postback.conf.template" "$out/nginx-site.conf"
+    (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
+    render "$t/supervisor.templates/supervisord.conf.template" "$out/supervisord.conf"
+    local program
+    for program in redis ingest deliver nginx; do
+      render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
+    done
+  )
+}
+
+# stack_ctl ARGS... : supervisorctl for this stack.
+stack_ctl() {
+  supervisorctl -c "$POSTBACK_CONF_DIR/supervisord.conf" "$@"
+}
+
+# stack_running : whether this stack's supervisord is alive.
+stack_running() {
+  local pid_file=$POSTBACK_RUN_DIR/supervisord.pid
+  [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+}
+
+# stack_start : starts supervisord (which starts everything).
+stack_start() {
+  mkdir -p "$POSTBACK_RUN_DIR" "$POSTBACK_LOG_DIR" "$POSTBACK_DATA_DIR/redis"
+  nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e "$POSTBACK_LOG_DIR/nginx-error.log" ||
+    die "nginx -t failed on $POSTBACK_CONF_DIR/nginx.conf"
+  supervisord -c "$POSTBACK_CONF_DIR/supervisord.conf"
+}
+
+# stack_http_base : the http://host:port nginx listens on, for curl.
+stack_http_base() {
+  local listen
+  listen=$(sed -n 's/^ *listen \([^ ;]*\).*/\1/p' "$POSTBACK_CONF_DIR/nginx-site.conf" | head -n1)
+  case "$listen" in
+    *:*) echo "http://$listen" ;;
+    *) echo "http://127.0.0.1:$listen" ;;
+  esac
+}
+
+stack_all_running() {
+  local status
+  status=$(stack_ctl status 2>/dev/null) || return 1
+  [ -n "$status" ] && ! grep -qv ' RUNNING ' <<<"$status"
+}
+
+stack_healthy() {
+  stack_all_running && curl -fsS -o /dev/null "$(stack_http_base)/health"
+}
+
+# stack_wait_healthy SECONDS : every program RUNNING and /health 200.
+stack_wait_healthy() {
+  wait_for "${1:-60}" "the stack to be healthy (see $POSTBACK_LOG_DIR)" stack_healthy
+}
+
+# stack_stop : stops every program gracefully, then supervisord.
+stack_stop() {
+  stack_running || return 0
+  local pid
+  pid=$(cat "$POSTBACK_RUN_DIR/supervisord.pid")
+  stack_ctl shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+  wait_for 120 "supervisord to stop" bash -c "! kill -0 $pid 2>/dev/null"
+}

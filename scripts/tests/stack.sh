@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Tests of the production-shaped stack: the repository's templates rendered
+# into a temp folder and run for real (nginx, supervisord, Redis from
+# Debian's packages, the debug binaries of ingest and deliver, and
+# postback-sink as the endpoint). Called by scripts/test after the cargo
+# build; everything it starts is stopped by PID on exit, also on failure.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$repo/scripts/lib/common.sh"
+# shellcheck source=scripts/lib/stack.sh
+. "$repo/scripts/lib/stack.sh"
+
+bin=${POSTBACK_TEST_BIN_DIR:-$repo/target/debug}
+tmp=$(mktemp -d /tmp/postback-stack-test.XXXXXX)
+sink_pid="" passed=0 failed=0 failures=()
+
+cleanup() {
+  stack_stop >/dev/null 2>&1
+  if [ -n "${provisioned_conf:-}" ] && [ -f "$provisioned_run/supervisord.pid" ]; then
+    supervisorctl -c "$provisioned_conf" shutdown >/dev/null 2>&1
+    wait_for 60 "provisioned stack to stop" bash -c "! kill -0 $(cat "$provisioned_run/supervisord.pid") 2>/dev/null"
+  fi
+  [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+check() {
+  local name=$1
+  shift
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "ok - $name"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    echo "FAILED - $name"
+  fi
+}
+
+fail() { say "    $*"; return 1; }
+
+# --- set-up: a stack in $tmp and a sink ------------------------------------
+export POSTBACK_CONF_DIR=$tmp/etc POSTBACK_LOG_DIR=$tmp/log POSTBACK_DATA_DIR=$tmp/data POSTBACK_RUN_DIR=$tmp/run
+export POSTBACK_BIN_DIR=$bin POSTBACK_LIB_DIR=$repo/scripts POSTBACK_NGINX_USER="nobody nogroup"
+http_port=$(free_port)
+REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) POSTBACK_HTTP_LISTEN=127.0.0.1:$http_port REDIS_MAXMEMORY=256mb \
+  stack_init_env
+cat >>"$POSTBACK_CONF_DIR/postback.env" <<'ENV'
+# test overrides
+DELIVER_SHUTDOWN_GRACE_MS=3000
+DELIVER_CONCURRENCY=16
+DELIVER_RETRY_SCHEDULE=100ms,200ms
+DELIVER_HEARTBEAT_MS=200
+DELIVER_HEARTBEAT_TTL_MS=1000
+INGEST_MAX_BODY_BYTES=65536
+POSTBACK_ADMIN_ALLOW="192.0.2.1"
+ENV
+base=http://127.0.0.1:$http_port
+
+"$bin/postback-sink" --listen 127.0.0.1:0 --delay-ms 20 --record "$tmp/sink.log" >"$tmp/sink.out" 2>&1 &
+sink_pid=$!
+wait_for 10 "the sink" grep -q "listening on" "$tmp/sink.out" || exit 1
+sink=http://$(sed -n 's/^listening on //p' "$tmp/sink.out")
+
+if ! stack_render || ! stack_start >/dev/null; then
+  echo "FAILED - the stack could not start"
+  exit 1
+fi
+
+# ids_at_sink : distinct `id` values the sink received.
+ids_at_sink() { sed -n 's/.*[?&]id=\([^& ]*\).*/\1/p' "$tmp/sink.log" | sort -u | wc -l; }
+
+# post_jobs FROM COUNT : COUNT jobs with ids FROM.. through nginx, 100 per request.
+post_jobs() {
+  local from=$1 count=$2 i body
+  for ((i = from; i < from + count; i += 100)); do
+    body=$(seq "$i" $((i + 99)) | sed 's/.*/{"id":"&"}/' | paste -sd, -)
+    curl -fsS -o /dev/null -X POST "$base/ingest" \
+      -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/job?id={id}\"},\"data\":[$body]}" || return 1
+  done
+}
+
+pid_of() { stack_ctl pid "$1"; }
+
+# --- 1 ----------------------------------------------------------------------
+test_all_running_and_sample_delivered() {
+  stack_wait_healthy 60 || { stack_ctl status; return 1; }
+  local status
+  status=$(stack_ctl status)
+  [ "$(grep -c ' RUNNING ' <<<"$status")" -eq 5 ] || fail "expected 5 programs RUNNING: $status" || return 1
+  local response
+  response=$(curl -sS -X POST "$base/ingest" -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/data?title={mascot}&image={location}&foo={bar}\"},\"data\":[{\"mascot\":\"Gopher\",\"location\":\"https://blog.golang.org/gopher/gopher.png\"}]}")
+  grep -q '"accepted":1' <<<"$response" || fail "ingest answered: $response" || return 1
+  wait_for 20 "the sample at the sink" grep -q ' GET /data' "$tmp/sink.log" || return 1
+  grep -qx '[0-9]* GET /data?title=Gopher&image=https%3A%2F%2Fblog.golang.org%2Fgopher%2Fgopher.png&foo=' "$tmp/sink.log" ||
+    fail "wrong URL: $(cat "$tmp/sink.log")"
+}
+
+# --- 2 ----------------------------------------------------------------------
+test_sigkilled_deliver_is_restarted_and_nothing_lost() {
+  : >"$tmp/sink.log"
+  post_jobs 0 4000 || fail "posting failed" || return 1
+  wait_for 30 "deliveries to flow" bash -c "[ \$(wc -l <'$tmp/sink.log') -ge 400 ]" || return 1
+  local old
+  old=$(pid_of deliver:deliver_00)
+  kill -KILL "$old"
+  wait_for 30 "supervisord to restart deliver_00" bash -c \
+    "supervisorctl -c '$POSTBACK_CONF_DIR/supervisord.conf' status deliver:deliver_00 | grep -q RUNNING && [ \"\$(supervisorctl -c '$POSTBACK_CONF_DIR/supervisord.conf' pid deliver:deliver_00)\" != '$old' ]" ||
+    return 1
+  wait_for 90 "all 4000 ids at the sink" bash -c "[ \$(sed -n 's/.*[?&]id=\([^& ]*\).*/\1/p' '$tmp/sink.log' | sort -u | wc -l) -eq 4000 ]" ||
+    fail "only $(ids_at_sink) of 4000 ids arrived"
+}
+
+# --- 3 ----------------------------------------------------------------------
+test_stopping_deliver_is_graceful_and_start_finishes_the_work() {
+  : >"$tmp/sink.log"
+  post_jobs 10000 4000 || fail "posting failed" || return 1
+  wait_for 30 "deliveries to flow" bash -c "[ \$(wc -l <'$tmp/sink.log') -ge 200 ]" || return 1
+  local started=$SECONDS
+  stack_ctl stop 'deliver:*' >/dev/null || fail "supervisorctl stop failed" || return 1
+  local took=$((SECONDS - started))
+  [ "$took" -le 13 ] || fail "stop took ${took}s, more than stopwaitsecs" || return 1
+  local n
+  for n in 00 01; do
+    grep -q "stopped: .* returned to the queue" "$POSTBACK_LOG_DIR/deliver_$n.log" ||
+      fail "deliver_$n did not log a graceful stop" || return 1
+  done
+  grep -q "stopped: deliver_00 (exit status 0)" "$POSTBACK_LOG_DIR/supervisord.log" ||
+    fail "deliver_00 did not exit 0: $(grep deliver_00 "$POSTBACK_LOG_DIR/supervisord.log" | tail -3)" || return 1
+  [ "$(ids_at_sink)" -lt 4000 ] || fail "the drain finished before the stop; the test proved nothing" || return 1
+  stack_ctl start 'deliver:*' >/dev/null || return 1
+  wait_for 90 "all 4000 ids at the sink" bash -c "[ \$(sed -n 's/.*[?&]id=\([^& ]*\).*/\1/p' '$tmp/sink.log' | sort -u | wc -l) -eq 4000 ]" ||
+    fail "only $(ids_at_sink) of 4000 ids arrived"
+}
+
+# --- 4 ----------------------------------------------------------------------
+test_nginx_limits_body_and_admin_pages() {
+  local code
+  code=$(head -c 70000 /dev/zero | tr '\0' a | curl -sS -o "$tmp/413.json" -w '%{http_code}' -X POST --data-binary @- "$base/ingest")
+  [ "$code" = 413 ] || fail "oversized body got $code" || return 1
+  grep -q '"body_too_large"' "$tmp/413.json" || fail "413 body: $(cat "$tmp/413.json")" || return 1
+  grep -q "Server: nginx" < <(curl -sS -D - -o /dev/null -X POST --data-binary @<(head -c 70000 /dev/zero) "$base/ingest") ||
+    fail "the 413 did not come from nginx" || return 1
+  code=$(curl -sS -o "$tmp/403.json" -w '%{http_code}' "$base/metrics")
+  [ "$code" = 403 ] || fail "/metrics from a non-allowed address got $code" || return 1
+  grep -q '"forbidden"' "$tmp/403.json" || return 1
+  # Allow loopback: the same page is now passed through to ingest.
+  echo 'POSTBACK_ADMIN_ALLOW="127.0.0.1"' >>"$POSTBACK_CONF_DIR/postback.env"
+  stack_render && stack_ctl signal HUP nginx >/dev/null || return 1
+  wait_for 10 "nginx to allow loopback" bash -c "[ \$(curl -s -o /dev/null -w '%{http_code}' '$base/metrics') != 403 ]" ||
+    fail "/metrics still refused after allowing 127.0.0.1"
+}
+
+# --- 5 ----------------------------------------------------------------------
+test_provision_dry_run_and_root() {
+  local out
+  out=$("$repo/scripts/provision" --dry-run 2>&1) || fail "dry run failed: $out" || return 1
+  local expect
+  for expect in "would install Debian packages" "would firewall: allow 22/tcp" "would firewall: allow 80/tcp" \
+    "would create a 2G swap file" "vm.swappiness=10" "disable the distribution's redis-server.service" \
+    "would enable and start postback.service"; do
+    grep -qF "$expect" <<<"$out" || fail "dry run does not mention: $expect" || return 1
+  done
+
+  local root=$tmp/root
+  provisioned_conf=$root/etc/postback/supervisord.conf provisioned_run=$root/run/postback
+  out=$(POSTBACK_BIN_SOURCE=$bin "$repo/scripts/provision" --root "$root" --swap 0 --http-port "$(free_port)" \
+    --redis-port "$(free_port)" --ingest-port "$(free_port)" 2>&1) || fail "provision --root failed: $out" || return 1
+  grep -q "skipped firewall" <<<"$out" || fail "--root must say it skips the firewall" || return 1
+  supervisord -c "$provisioned_conf" || return 1
+  POSTBACK_CONF_DIR=$root/etc/postback POSTBACK_LOG_DIR=$root/var/log/postback stack_wait_healthy 60 ||
+    fail "the provisioned stack did not become healthy" || return 1
+  supervisorctl -c "$provisioned_conf" shutdown >/dev/null
+  wait_for 60 "the provisioned stack to stop" bash -c "! kill -0 $(cat "$provisioned_run/supervisord.pid") 2>/dev/null" || return 1
+
+  touch "$tmp/marker"
+  sleep 1
+  out=$(POSTBACK_BIN_SOURCE=$bin "$repo/scripts/provision" --root "$root" --swap 0 2>&1) || fail "second run failed: $out" || return 1
+  grep -q "nothing to change" <<<"$out" || fail "second run changed something: $out" || return 1
+  local touched
+  touched=$(find "$root/etc" "$root/usr" -newer "$tmp/marker" -type f)
+  [ -z "$touched" ] || fail "second run rewrote: $touched"
+}
+
+# --- 6 ----------------------------------------------------------------------
+test_shellcheck_is_clean() {
+  (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/lib/*.sh scripts/tests/*.sh .ci/run)
+}
+
+check "templates render; every program RUNNING; the sample is delivered through nginx" test_all_running_and_sample_delivered
+check "a SIGKILLed deliver is restarted by supervisord and every job is delivered" test_sigkilled_deliver_is_restarted_and_nothing_lost
+check "supervisorctl stop of deliver is graceful; start delivers the rest" test_stopping_deliver_is_graceful_and_start_finishes_the_work
+check "nginx answers 413 over the body limit and guards /metrics with the allowlist" test_nginx_limits_body_and_admin_pages
+check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
+check "shellcheck is clean" test_shellcheck_is_clean
+
+if [ "$failed" -gt 0 ]; then
+  rm -rf "$repo/target/stack-test-logs" && mkdir -p "$repo/target" && cp -r "$POSTBACK_LOG_DIR" "$repo/target/stack-test-logs"
+  cp "$tmp/sink.log" "$repo/target/stack-test-logs/" 2>/dev/null
+  say "logs of the failed run: target/stack-test-logs"
+  for f in "${failures[@]}"; do say "  failed: $f"; done
+fi
+echo "stack: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
