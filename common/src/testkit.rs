@@ -276,6 +276,7 @@ pub type Responder = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
 /// A real HTTP/1.1 server on 127.0.0.1 that records every request.
 pub struct Sink {
     addr: SocketAddr,
+    scheme: &'static str,
     received: Arc<Mutex<Vec<Received>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -288,12 +289,23 @@ impl Sink {
 
     /// A sink that answers with `responder`.
     pub async fn start(responder: Responder) -> Sink {
+        Sink::serve(responder, None).await
+    }
+
+    /// An HTTPS sink answering 200, with a certificate for `localhost`
+    /// signed by `ca` (see [`TestCa`]).
+    pub async fn tls(ca: &TestCa) -> Sink {
+        Sink::serve(Arc::new(|_, _| Reply::status(200)), Some(ca.acceptor())).await
+    }
+
+    async fn serve(responder: Responder, tls: Option<tokio_rustls::TlsAcceptor>) -> Sink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("cannot bind sink");
         let addr = listener.local_addr().expect("sink has no address");
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -301,24 +313,42 @@ impl Sink {
                 };
                 let log = log.clone();
                 let responder = responder.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let log = log.clone();
                         let responder = responder.clone();
                         async move { Ok::<_, hyper::Error>(answer(req, &log, &responder).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
-        Sink { addr, received, task }
+        Sink {
+            addr,
+            scheme,
+            received,
+            task,
+        }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>` (`https://localhost:<port>` for a
+    /// TLS sink, matching its certificate).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        match self.scheme {
+            "https" => format!("https://localhost:{}{path}", self.addr.port()),
+            _ => format!("http://{}{path}", self.addr),
+        }
     }
 
     /// Everything received so far, in order of arrival.
@@ -460,4 +490,58 @@ pub async fn post(url: &str, body: impl Into<Bytes>) -> HttpResponse {
 /// GETs `url`.
 pub async fn get(url: &str) -> HttpResponse {
     http("GET", url, &[], Bytes::new()).await
+}
+
+/// A throw-away certificate authority and a `localhost` server certificate
+/// it signed, for testing HTTPS delivery with a private CA.
+pub struct TestCa {
+    ca_pem: String,
+    server_cert: Vec<u8>,
+    server_key: Vec<u8>,
+}
+
+impl TestCa {
+    /// Generates the CA and the server certificate.
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().expect("server key");
+        let server_params = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+        let server_cert = server_params.signed_by(&server_key, &issuer).expect("server cert");
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            server_cert: server_cert.der().to_vec(),
+            server_key: server_key.serialize_der(),
+        }
+    }
+
+    /// The CA certificate as PEM, for `DELIVER_EXTRA_CA_FILE`.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use tokio_rustls::rustls;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.server_cert.clone().into()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(self.server_key.clone().into()),
+            )
+            .expect("server tls config");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
 }

@@ -239,14 +239,12 @@ fn classify(error: hyper_util::client::legacy::Error) -> Failure {
     let mut source = error.source();
     while let Some(cause) = source {
         let text = cause.to_string();
-        if cause.downcast_ref::<rustls::Error>().is_some() {
+        if is_tls(cause) {
             kind = FailureKind::Tls;
         } else if text.contains("dns error") || text.contains("failed to lookup address") {
             kind = FailureKind::Dns;
         } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                kind = FailureKind::Tls;
-            } else if io.kind() == std::io::ErrorKind::TimedOut && error.is_connect() {
+            if io.kind() == std::io::ErrorKind::TimedOut && error.is_connect() {
                 kind = FailureKind::Timeout;
             }
         }
@@ -255,6 +253,19 @@ fn classify(error: hyper_util::client::legacy::Error) -> Failure {
         source = cause.source();
     }
     Failure { kind, message }
+}
+
+/// Whether `error` is a rustls error, possibly wrapped in `io::Error`s
+/// (hyper-rustls wraps tokio-rustls' `io::Error` in another one, and
+/// `io::Error::source` skips the wrapped error itself).
+fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    match error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        Some(inner) => is_tls(inner),
+        None => false,
+    }
 }
 
 /// `Retry-After` as seconds (`120`) or an HTTP date.

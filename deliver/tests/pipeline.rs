@@ -220,3 +220,74 @@ fn a_bad_setting_stops_deliver_at_start_naming_the_variable() {
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert!(messages[0].contains("DELIVER_CONCURRENCY"), "{messages:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_delivered_when_their_ca_is_trusted_and_refused_otherwise() {
+    let redis = RedisServer::start();
+    let ca = common::testkit::TestCa::new();
+    let sink = Sink::tls(&ca).await;
+    let dir = common::testkit::TempDir::new("ca");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+
+    // Without the private CA: a TLS failure (final with an empty schedule).
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_RETRY_SCHEDULE", "");
+    let mut untrusting = Deliver::start(&env);
+    support::enqueue(
+        &mut conn,
+        &keys,
+        &[job(Method::Get, &sink.url("/secure?id={id}"), json!({"id": "u"}))],
+    )
+    .await;
+    wait_until(LIMIT, "a log line", || async { !untrusting.log().is_empty() }).await;
+    let line = &untrusting.log()[0];
+    assert_eq!(field(line, "status").as_deref(), Some("tls"), "{line}");
+    assert_eq!(sink.count(), 0);
+    untrusting.kill();
+
+    // With DELIVER_EXTRA_CA_FILE: delivered over https.
+    set(&mut env, "DELIVER_EXTRA_CA_FILE", ca_file.to_str().unwrap());
+    let trusting = Deliver::start(&env);
+    support::enqueue(
+        &mut conn,
+        &keys,
+        &[job(Method::Get, &sink.url("/secure?id={id}"), json!({"id": "t"}))],
+    )
+    .await;
+    sink.wait_for(1, LIMIT).await;
+    assert_eq!(sink.received()[0].path_and_query, "/secure?id=t");
+    wait_until(LIMIT, "a log line", || async { !trusting.log().is_empty() }).await;
+    assert_eq!(field(&trusting.log()[0], "status").as_deref(), Some("200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_deliver_sleeps() {
+    let mut redis = RedisServer::start();
+    let deliver = Deliver::start(&fast_env(&redis));
+    wait_until(LIMIT, "deliver to start", || async {
+        deliver.messages().iter().any(|m| m.contains("started"))
+    })
+    .await;
+    redis.kill();
+    wait_until(LIMIT, "the outage to be noticed", || async {
+        deliver.messages().iter().any(|m| m.contains("redis unavailable"))
+    })
+    .await;
+    let before = support::cpu_time(&deliver);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = support::cpu_time(&deliver) - before;
+    // A busy loop would burn close to 3 s; back-off keeps it to a few ms.
+    assert!(
+        used < Duration::from_millis(300),
+        "deliver used {used:?} of CPU in 3 s while Redis was down"
+    );
+    let outages = deliver
+        .messages()
+        .iter()
+        .filter(|m| m.contains("redis unavailable"))
+        .count();
+    assert_eq!(outages, 1, "the outage is logged once");
+}

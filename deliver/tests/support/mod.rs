@@ -88,6 +88,11 @@ impl Deliver {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -246,4 +251,15 @@ pub fn logfmt(line: &str) -> Vec<(String, String)> {
 /// The value of `key` in a logfmt line.
 pub fn field(line: &str, key: &str) -> Option<String> {
     logfmt(line).into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// CPU time (user + system) the process has used so far, from /proc.
+pub fn cpu_time(process: &Deliver) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.pid())).expect("process gone");
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Linux reports in clock ticks, 100 per second on every supported platform.
+    Duration::from_millis(ticks * 10)
 }
