@@ -11,6 +11,8 @@
 //! | `postback:{q}:workers`             | set        | worker ids that may own an in-flight list |
 //! | `postback:{q}:retry`               | sorted set | jobs waiting for their next attempt, scored by due time (ms) |
 //! | `postback:{q}:dead`                | list       | dead letters, newest first |
+//! | `postback:{q}:stats:<unix second>` | hash+TTL   | delivery counts and response-time buckets of that second (see [`crate::stats`]) |
+//! | `postback:{q}:failures`            | list       | the latest failed attempts, newest first, for the dashboard |
 //!
 //! `{q}` is the queue name inside braces: a Redis Cluster hash tag, so all
 //! keys of one queue live in one slot and every script below stays valid
@@ -71,6 +73,16 @@ impl QueueKeys {
     /// The heartbeat key of `worker`.
     pub fn heartbeat(&self, worker: &str) -> String {
         format!("{}:heartbeat:{worker}", self.prefix)
+    }
+
+    /// The statistics of one second (Unix time).
+    pub fn stats(&self, second: u64) -> String {
+        format!("{}:stats:{second}", self.prefix)
+    }
+
+    /// The latest failed attempts.
+    pub fn failures(&self) -> String {
+        format!("{}:failures", self.prefix)
     }
 }
 

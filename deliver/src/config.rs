@@ -49,6 +49,9 @@ pub struct Config {
     pub poll_every: Duration,
     /// `DELIVER_BATCH`: most jobs taken or settled per Redis round trip.
     pub batch: usize,
+    /// `DELIVER_ADMIN_BIND` with `DELIVER_INSTANCE` added to its port: where
+    /// `/metrics`, `/health` and `/stats` are served.
+    pub admin_bind: std::net::SocketAddr,
 }
 
 /// The `--help` table: variable, default, meaning.
@@ -105,6 +108,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("DELIVER_POLL_MS", "250", "how often due retries return to the queue"),
     ("DELIVER_BATCH", "64", "most jobs taken or settled per Redis round trip"),
+    (
+        "DELIVER_ADMIN_BIND",
+        "127.0.0.1:3001",
+        "admin listener: /metrics, /health, /stats",
+    ),
+    (
+        "DELIVER_INSTANCE",
+        "0",
+        "added to the admin port, so numbered processes each get one",
+    ),
     ("RUST_LOG", "info", "log filter for operational messages (stderr)"),
 ];
 
@@ -146,7 +159,23 @@ impl Config {
                 "must be 0 to 100",
             ));
         }
+        let admin = config::string(src, "DELIVER_ADMIN_BIND", "127.0.0.1:3001");
+        let mut admin_bind: std::net::SocketAddr = admin
+            .parse()
+            .map_err(|_| ConfigError::new("DELIVER_ADMIN_BIND", &admin, "expected ip:port, e.g. 127.0.0.1:3001"))?;
+        let instance: u16 = config::parsed(src, "DELIVER_INSTANCE", 0, "a small whole number")?;
+        if admin_bind.port() != 0 {
+            let port = admin_bind.port().checked_add(instance).ok_or_else(|| {
+                ConfigError::new(
+                    "DELIVER_INSTANCE",
+                    &instance.to_string(),
+                    "makes the admin port larger than 65535",
+                )
+            })?;
+            admin_bind.set_port(port);
+        }
         Ok(Config {
+            admin_bind,
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
             concurrency: config::count(src, "DELIVER_CONCURRENCY", 256, 1)?,
@@ -178,6 +207,13 @@ mod tests {
         assert_eq!(config.retry_schedule.len(), 6);
         assert_eq!(config.retry_schedule[2], Duration::from_secs(120));
         assert_eq!(config.log_format, LogFormat::Logfmt);
+    }
+
+    #[test]
+    fn each_instance_gets_its_own_admin_port() {
+        let config =
+            Config::from_source(&[("DELIVER_ADMIN_BIND", "127.0.0.1:4000"), ("DELIVER_INSTANCE", "2")]).unwrap();
+        assert_eq!(config.admin_bind.to_string(), "127.0.0.1:4002");
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //!   attempt count (malformed ones cannot be replayed and are said so);
 //! - `deliver dead purge`: empties the list and says how many it removed.
 
-use crate::delivery_log::rfc3339_millis;
 use common::job::{DeadLetter, Job};
+use common::line_log::rfc3339_millis;
 use common::queue::{self, QueueKeys};
 use std::io::Write;
 

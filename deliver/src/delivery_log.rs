@@ -1,19 +1,14 @@
 //! The delivery log: one line per attempt on stdout, in logfmt or JSON.
 //!
-//! Lines go through a bounded channel to one writer thread that writes
-//! them into a buffer and flushes when the channel runs dry, so under load
-//! many lines share one write syscall, and when idle each line still
-//! appears at once. Operational messages (start, stop, outages) go through
+//! Lines are written by one buffered writer thread
+//! ([`common::line_log::LineLog`]): many lines per syscall under load, no
+//! delay when idle. Operational messages (start, stop, outages) go through
 //! `log`/env_logger to stderr instead, so the delivery log stays a clean
 //! record that tools can parse.
 
 use crate::config::LogFormat;
+use common::line_log::rfc3339_millis;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use tokio::sync::mpsc;
-
-/// Lines waiting for the writer; senders wait when it is full.
-const BUFFERED_LINES: usize = 8192;
 
 /// One attempt, as logged.
 #[derive(Debug)]
@@ -42,39 +37,24 @@ pub struct Record<'a> {
     pub request_id: Option<&'a str>,
 }
 
-/// A cheap handle for sending lines to the writer thread.
+/// A cheap handle for writing delivery log lines.
 #[derive(Clone)]
 pub struct DeliveryLog {
     format: LogFormat,
-    tx: mpsc::Sender<String>,
+    lines: common::line_log::LineLog,
 }
 
 impl DeliveryLog {
     /// Starts the writer thread on stdout. It ends when every handle is
     /// dropped, after writing what is left.
     pub fn stdout(format: LogFormat) -> (DeliveryLog, std::thread::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<String>(BUFFERED_LINES);
-        let writer = std::thread::Builder::new()
-            .name("delivery-log".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
-                while let Some(line) = rx.blocking_recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = out.write_all(line.as_bytes());
-                    }
-                    let _ = out.flush();
-                }
-                let _ = out.flush();
-            })
-            .expect("cannot start the delivery log thread");
-        (DeliveryLog { format, tx }, writer)
+        let (lines, writer) = common::line_log::LineLog::stdout();
+        (DeliveryLog { format, lines }, writer)
     }
 
     /// Formats and queues one record.
     pub async fn write(&self, record: &Record<'_>) {
-        let line = format_record(self.format, record);
-        let _ = self.tx.send(line).await;
+        self.lines.write(format_record(self.format, record)).await;
     }
 }
 
@@ -157,30 +137,6 @@ fn quoted(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// `2026-11-28T05:44:25.123Z` from ms since the epoch (UTC).
-pub fn rfc3339_millis(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,13 +155,6 @@ mod tests {
             retry_in_ms: Some(5000),
             request_id: Some("req-1"),
         }
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_with_milliseconds() {
-        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(1_764_308_665_123), "2025-11-28T05:44:25.123Z");
-        assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! [`worker`] is the loop; [`client`] makes the outbound requests;
 //! [`retry`] decides what follows a failure; [`delivery_log`] writes one line
 //! per attempt; [`dead`] is the operator's command line for dead letters;
-//! [`config`] reads the settings.
+//! [`metrics`] counts what happens and [`admin`] serves it; [`config`] reads
+//! the settings.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod dead;
 pub mod delivery_log;
+pub mod metrics;
 pub mod retry;
 pub mod worker;

@@ -20,6 +20,7 @@
 use crate::client::HttpClient;
 use crate::config::Config;
 use crate::delivery_log::{DeliveryLog, Record};
+use crate::metrics::{AttemptRecord, Metrics};
 use crate::retry::{RetryPolicy, Verdict};
 use bytes::Bytes;
 use common::job::{DeadLetter, DeadReason, Job};
@@ -47,6 +48,9 @@ pub enum StartError {
     /// The Redis pool could not be built.
     #[error("redis: {0}")]
     Redis(String),
+    /// The admin listener could not bind.
+    #[error("cannot listen on DELIVER_ADMIN_BIND {0}: {1}")]
+    Admin(std::net::SocketAddr, std::io::Error),
 }
 
 /// What a worker did when it stopped.
@@ -66,7 +70,8 @@ struct Context {
     client: HttpClient,
     policy: RetryPolicy,
     log: DeliveryLog,
-    outage: Outage,
+    outage: Arc<Outage>,
+    metrics: Arc<Metrics>,
     unmatched_default: String,
     heartbeat_ttl: Duration,
 }
@@ -101,7 +106,8 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
             retry_after_max: config.retry_after_max,
         },
         log,
-        outage: Outage::default(),
+        outage: Arc::new(Outage::default()),
+        metrics: Arc::new(Metrics::new()),
         unmatched_default: config.unmatched_default.clone(),
         heartbeat_ttl: config.heartbeat_ttl,
     });
@@ -113,11 +119,37 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
         config.timeout.as_millis()
     );
 
+    let admin = crate::admin::bind(config.admin_bind)
+        .await
+        .map_err(|e| StartError::Admin(config.admin_bind, e))?;
+    log::info!(
+        "admin listening on {} (/metrics, /health, /stats)",
+        admin
+            .local_addr()
+            .map_err(|e| StartError::Admin(config.admin_bind, e))?
+    );
+    let admin = tokio::spawn(crate::admin::serve(
+        admin,
+        Arc::new(crate::admin::AdminState {
+            metrics: ctx.metrics.clone(),
+            outage: ctx.outage.clone(),
+            worker: ctx.id.clone(),
+        }),
+    ));
+
     // Be registered and alive before taking anything, so no other worker
     // can mistake this one's fresh in-flight list for an orphan.
     if !first_heartbeat(&ctx, &shutdown).await {
+        admin.abort();
         return Ok(Stopped::default());
     }
+    let stop_stats = CancellationToken::new();
+    let stats = tokio::spawn(crate::metrics::flush_stats(
+        ctx.metrics.clone(),
+        ctx.pool.clone(),
+        ctx.keys.clone(),
+        stop_stats.clone(),
+    ));
     let stop_housekeeping = CancellationToken::new();
     let housekeeping = tokio::spawn(housekeeping(ctx.clone(), config.clone(), stop_housekeeping.clone()));
     // Room for every delivery slot plus one batch, so a finished delivery
@@ -145,7 +177,10 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     }
     stop_housekeeping.cancel();
     let _ = housekeeping.await;
+    stop_stats.cancel();
+    let _ = tokio::time::timeout(BACKOFF_MAX, stats).await;
     let returned = release(&ctx).await;
+    admin.abort();
     log::info!("stopped: {cut_short} deliveries cut short by the grace period, {returned} unsettled jobs returned to the queue");
     Ok(Stopped { cut_short, returned })
 }
@@ -276,6 +311,7 @@ async fn fetch(
 /// Makes one attempt and hands its outcome to the settler. Holds its
 /// delivery slot until the outcome is handed over.
 async fn deliver_one(ctx: Arc<Context>, raw: Vec<u8>, _slot: OwnedSemaphorePermit, settle: mpsc::Sender<Settlement>) {
+    let _in_flight = ctx.metrics.start_delivery();
     let settlement = match Job::decode(&raw) {
         Ok(job) => attempt(&ctx, job, raw).await,
         Err(error) => malformed(&ctx, raw, &error.to_string()).await,
@@ -318,6 +354,31 @@ async fn attempt(ctx: &Context, job: Job, raw: Vec<u8>) -> Settlement {
             request_id: job.request_id.as_deref(),
         })
         .await;
+
+    let failed = verdict != Verdict::Delivered;
+    ctx.metrics.attempt(&AttemptRecord {
+        outcome: match verdict {
+            Verdict::Delivered => common::stats::Outcome::Delivered,
+            Verdict::Retry(_) => common::stats::Outcome::Retry,
+            Verdict::Final | Verdict::Exhausted => common::stats::Outcome::Dead,
+        },
+        status: outcome.result.as_ref().ok().map(|a| a.status),
+        response: outcome.elapsed,
+        enqueued_at_ms: job.enqueued_at,
+        now_ms: now,
+        dead_reason: Some(if verdict == Verdict::Final {
+            "final_status"
+        } else {
+            "retries_exhausted"
+        }),
+        failure: failed.then_some((
+            job.id.as_str(),
+            job.method.as_str(),
+            url.as_str(),
+            status.as_str(),
+            response_body,
+        )),
+    });
 
     match verdict {
         Verdict::Delivered => Settlement::Ack { taken: raw },
@@ -370,6 +431,7 @@ async fn malformed(ctx: &Context, raw: Vec<u8>, error: &str) -> Settlement {
         .unwrap_or_else(Job::new_id);
     let now = common::now_ms();
     log::warn!("malformed job {id} moved to the dead letters: {error}");
+    ctx.metrics.dead("malformed");
     ctx.log
         .write(&Record {
             delivery_time_ms: now,

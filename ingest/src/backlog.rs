@@ -6,6 +6,7 @@
 //! with the new length).
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use common::queue::QueueKeys;
 use common::redis_pool::Outage;
 use deadpool_redis::Pool;
@@ -50,25 +51,25 @@ impl Backlog {
     }
 }
 
-/// Refreshes `backlog` from Redis until the task is aborted.
-pub async fn refresh(backlog: Arc<Backlog>, pool: Pool, keys: QueueKeys, outage: Arc<Outage>) {
+/// Refreshes `backlog` (and the queue gauges of `metrics`) from Redis until
+/// the task is aborted: one pipelined round trip per refresh.
+pub async fn refresh(backlog: Arc<Backlog>, pool: Pool, keys: QueueKeys, outage: Arc<Outage>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let result = async {
             let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            deadpool_redis::redis::cmd("LLEN")
-                .arg(&keys.ready)
-                .query_async::<u64>(&mut *conn)
+            common::queue::depths(&mut *conn, &keys)
                 .await
                 .map_err(|e| e.to_string())
         }
         .await;
         match result {
-            Ok(len) => {
+            Ok(depths) => {
                 outage.succeeded();
-                backlog.observe(len);
+                backlog.observe(depths.ready);
+                metrics.set_depths(depths);
             }
             Err(e) => outage.failed("queue length", &e),
         }

@@ -30,6 +30,9 @@ pub struct Config {
     /// `INGEST_SHUTDOWN_GRACE_MS`: how long requests in flight may finish
     /// after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `INGEST_ACCESS_LOG`: one line per request on stdout (`stdout`), or
+    /// none (`off`).
+    pub access_log: bool,
 }
 
 /// The `--help` table: variable, default, meaning.
@@ -61,6 +64,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "10000",
         "time for requests in flight after SIGTERM",
     ),
+    ("INGEST_ACCESS_LOG", "stdout", "one line per request on stdout, or off"),
     ("RUST_LOG", "info", "log filter (error, warn, info, debug)"),
 ];
 
@@ -83,6 +87,11 @@ impl Config {
             redis_timeout: config::millis(src, "INGEST_REDIS_TIMEOUT_MS", 2_000)?,
             redis_pool: config::count(src, "INGEST_REDIS_POOL", 16, 1)?,
             shutdown_grace: config::millis(src, "INGEST_SHUTDOWN_GRACE_MS", 10_000)?,
+            access_log: match config::string(src, "INGEST_ACCESS_LOG", "stdout").as_str() {
+                "stdout" => true,
+                "off" => false,
+                other => return Err(ConfigError::new("INGEST_ACCESS_LOG", other, "expected stdout or off")),
+            },
         })
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! A producer posts an endpoint and a list of data objects; ingest checks
 //! the request ([`request`]), queues one job per object in a single Redis
-//! round trip, and answers 202 with the job ids ([`routes`]). It never makes
+//! round trip, and answers 202 with the job ids ([`routes`]). It also
+//! serves the operator's view: `/metrics` ([`metrics`]), `/stats` and the
+//! `/dashboard`. It never makes
 //! an outbound request itself: that is `deliver`'s job, on the other side of
 //! the queue.
 
 pub mod backlog;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod request;
 pub mod routes;
 pub mod startup;

@@ -5,7 +5,7 @@ use crate::error::{ApiError, RETRY_AFTER_SECS};
 use crate::request;
 use crate::startup::AppState;
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes_buf::read_body;
 use serde_json::json;
 
@@ -17,8 +17,8 @@ pub async fn ingest(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
-    let request_id = request_id(&req);
-    let accepted = request::parse(&body, state.max_items, request_id)?;
+    let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone());
+    let accepted = request::parse(&body, state.max_items, request_id.as_deref())?;
     state.backlog.check()?;
 
     let push = async {
@@ -42,15 +42,94 @@ pub async fn ingest(
             return Err(ApiError::QueueUnavailable(e));
         }
     }
-    Ok(HttpResponse::Accepted().json(json!({"accepted": accepted.ids.len(), "ids": accepted.ids})))
+    state.metrics.accepted(accepted.ids.len());
+    let mut response = HttpResponse::Accepted().json(json!({"accepted": accepted.ids.len(), "ids": accepted.ids}));
+    response.extensions_mut().insert(Accepted(accepted.ids.len()));
+    Ok(response)
 }
 
-/// The caller's `X-Request-Id`, if it is a sane token (printable ASCII, at
-/// most 128 bytes); anything else is ignored rather than logged.
-fn request_id(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get("x-request-id")?.to_str().ok()?;
-    let sane = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-    sane.then_some(value)
+/// The request's id: the caller's (or nginx's) `X-Request-Id` if it is a
+/// sane token (printable ASCII, at most 128 bytes), otherwise a new one.
+/// Stored in each job and printed in every log line about it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id for `req`.
+    pub fn of(req: &actix_web::dev::ServiceRequest) -> RequestId {
+        let given = req.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+        match given {
+            Some(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) => {
+                RequestId(v.to_string())
+            }
+            _ => RequestId(uuid::Uuid::now_v7().simple().to_string()),
+        }
+    }
+}
+
+/// How many jobs a response accepted, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted(pub usize);
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.encode())
+}
+
+/// Query of `GET /stats`.
+#[derive(Debug, serde::Deserialize)]
+pub struct StatsQuery {
+    /// Window length in seconds (1 to 3600, default 3600).
+    seconds: Option<u64>,
+    /// Seconds per point (1 to 600, default 10).
+    step: Option<u64>,
+}
+
+/// `GET /stats`: cluster-wide delivery statistics from Redis, with the
+/// current queue depths.
+pub async fn stats(query: web::Query<StatsQuery>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let seconds = query.seconds.unwrap_or(3600);
+    let step = query.step.unwrap_or(10);
+    if !(1..=3600).contains(&seconds) || !(1..=600).contains(&step) {
+        return Err(ApiError::invalid(
+            "invalid_query",
+            "`seconds` must be 1 to 3600 and `step` 1 to 600",
+        ));
+    }
+    let read = async {
+        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
+        let depths = common::queue::depths(&mut *conn, &state.keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        let until = common::now_ms() / 1000;
+        let window = common::stats::read(&mut *conn, &state.keys, until, seconds, step, 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((depths, window))
+    };
+    match tokio::time::timeout(state.redis_timeout, read).await {
+        Ok(Ok((depths, window))) => Ok(HttpResponse::Ok().json(json!({"queue": depths, "window": window}))),
+        Ok(Err(e)) => Err(ApiError::QueueUnavailable(e)),
+        Err(_) => Err(ApiError::QueueUnavailable(format!(
+            "no answer within {} ms",
+            state.redis_timeout.as_millis()
+        ))),
+    }
+}
+
+/// `GET /dashboard`: one self-contained page (no external resources) that
+/// charts `/stats` and refreshes itself.
+pub async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+        ))
+        .body(include_str!("dashboard.html"))
 }
 
 /// `GET /health`: 200 when Redis answers a PING in time, 503 otherwise.

@@ -3,7 +3,15 @@
 
 use crate::backlog::{self, Backlog};
 use crate::config::Config;
-use crate::routes;
+use crate::metrics::Metrics;
+use crate::routes::{self, Accepted, RequestId};
+use actix_web::dev::Service;
+use actix_web::http::header::HeaderName;
+use actix_web::HttpMessage;
+use common::line_log::LineLog;
+use std::time::Instant;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use common::queue::QueueKeys;
@@ -29,6 +37,8 @@ pub struct AppState {
     pub max_items: usize,
     /// See [`Config::redis_timeout`].
     pub redis_timeout: Duration,
+    /// What ingest counts.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A bound, ready-to-run ingest server.
@@ -36,6 +46,7 @@ pub struct Application {
     port: u16,
     server: Server,
     refresher: tokio::task::JoinHandle<()>,
+    access_log_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Application {
@@ -49,12 +60,20 @@ impl Application {
         let keys = QueueKeys::new(&config.queue);
         let backlog = Arc::new(Backlog::new(config.max_queue));
         let outage = Arc::new(Outage::default());
+        let metrics = Arc::new(Metrics::new());
         let refresher = tokio::spawn(backlog::refresh(
             backlog.clone(),
             pool.clone(),
             keys.clone(),
             outage.clone(),
+            metrics.clone(),
         ));
+        let (access_log, access_log_writer) = if config.access_log {
+            let (log, writer) = LineLog::stdout();
+            (Some(log), Some(writer))
+        } else {
+            (None, None)
+        };
         let state = web::Data::new(AppState {
             pool,
             keys,
@@ -63,10 +82,45 @@ impl Application {
             max_body_bytes: config.max_body_bytes,
             max_items: config.max_items,
             redis_timeout: config.redis_timeout,
+            metrics: metrics.clone(),
         });
         let server = HttpServer::new(move || {
+            let metrics = metrics.clone();
+            let access_log = access_log.clone();
             App::new()
                 .app_data(state.clone())
+                .wrap_fn(move |req, srv| {
+                    // Count, time and log every request, and give it an id.
+                    let started = Instant::now();
+                    let route = crate::metrics::route_of(req.path());
+                    let request_id = RequestId::of(&req);
+                    let line_start = format!("method={} path={}", req.method(), req.path());
+                    req.extensions_mut().insert(request_id.clone());
+                    let response = srv.call(req);
+                    let metrics = metrics.clone();
+                    let access_log = access_log.clone();
+                    async move {
+                        let mut response = response.await?;
+                        let took = started.elapsed();
+                        let status = response.status().as_u16();
+                        metrics.request(route, status, took);
+                        let accepted = response.response().extensions().get::<Accepted>().map(|a| a.0).unwrap_or(0);
+                        if let Ok(value) = request_id.0.parse() {
+                            response.headers_mut().insert(X_REQUEST_ID, value);
+                        }
+                        if let Some(access_log) = access_log {
+                            access_log
+                            .write(format!(
+                                "time={} request_id={} {line_start} status={status} accepted={accepted} duration_us={}\n",
+                                common::line_log::rfc3339_millis(common::now_ms()),
+                                request_id.0,
+                                took.as_micros()
+                            ))
+                            .await;
+                        }
+                        Ok(response)
+                    }
+                })
                 // The aliases keep clients of the old PHP endpoint working.
                 .service(
                     web::resource(["/ingest", "/ingest.php", "/i"])
@@ -74,6 +128,9 @@ impl Application {
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .route("/health", web::get().to(routes::health))
+                .route("/metrics", web::get().to(routes::metrics))
+                .route("/stats", web::get().to(routes::stats))
+                .route("/dashboard", web::get().to(routes::dashboard))
                 .default_service(web::to(routes::not_found))
         })
         .workers(config.workers)
@@ -84,6 +141,7 @@ impl Application {
             port,
             server,
             refresher,
+            access_log_writer,
         })
     }
 
@@ -97,6 +155,11 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.refresher.abort();
+        // The app (and its log handles) are gone once the server stops: let
+        // the writer flush the last lines.
+        if let Some(writer) = self.access_log_writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
         result
     }
 }

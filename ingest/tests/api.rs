@@ -44,6 +44,7 @@ async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
         ("INGEST_BIND", "127.0.0.1:0"),
         ("REDIS_URL", url.as_str()),
         ("INGEST_WORKERS", "2"),
+        ("INGEST_ACCESS_LOG", "off"),
     ];
     env.extend_from_slice(extra);
     let config = Config::from_source(env.as_slice()).expect("test config");
@@ -228,4 +229,72 @@ async fn a_queue_over_its_limit_gets_503_queue_full() {
     assert_eq!(response.json()["error"]["code"], "queue_full");
     assert!(response.header("retry-after").is_some());
     assert_eq!(app.queued().await.len(), 6);
+}
+
+#[tokio::test]
+async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
+    use std::io::{BufRead, BufReader};
+    let redis = RedisServer::start();
+    let port = common::testkit::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .env("REDIS_URL", redis.url())
+        .env("INGEST_BIND", format!("127.0.0.1:{port}"))
+        .env("INGEST_WORKERS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(20), "ingest to listen", || {
+        let url = format!("{base}/health");
+        async move { std::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches("/health")).is_ok() }
+    })
+    .await;
+    let response = http("POST", &format!("{base}/ingest"), &[("x-request-id", "abc-42")], SAMPLE).await;
+    assert_eq!(response.status, 202);
+    assert_eq!(response.header("x-request-id"), Some("abc-42"));
+    wait_until(Duration::from_secs(10), "the access line", || {
+        let lines = lines.clone();
+        async move { lines.lock().unwrap().iter().any(|l| l.contains("request_id=abc-42")) }
+    })
+    .await;
+    let line = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("request_id=abc-42"))
+        .cloned()
+        .unwrap();
+    for part in [
+        "method=POST",
+        "path=/ingest",
+        "status=202",
+        "accepted=1",
+        "duration_us=",
+    ] {
+        assert!(line.contains(part), "{part} missing from {line}");
+    }
+    // SIGTERM: ingest stops accepting, finishes, and exits cleanly.
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ingest did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -23,7 +23,8 @@ render() {
 }
 
 # stack_init_env : writes postback.env once, with a fresh Redis password.
-# Ports come from REDIS_PORT, INGEST_PORT, POSTBACK_HTTP_LISTEN if set.
+# Ports come from REDIS_PORT, INGEST_PORT, DELIVER_ADMIN_PORT and
+# POSTBACK_HTTP_LISTEN if set.
 stack_init_env() {
   local env_file=$POSTBACK_CONF_DIR/postback.env
   [ -f "$env_file" ] && return 0
@@ -32,6 +33,7 @@ stack_init_env() {
     umask 077
     export REDIS_PORT=${REDIS_PORT:-6379}
     export INGEST_PORT=${INGEST_PORT:-3000}
+    export DELIVER_ADMIN_PORT=${DELIVER_ADMIN_PORT:-3001}
     export POSTBACK_HTTP_LISTEN=${POSTBACK_HTTP_LISTEN:-80}
     export REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-2gb}
     REDIS_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')

@@ -25,6 +25,7 @@ pub fn fast_env(redis: &RedisServer) -> Vec<(String, String)> {
         ("DELIVER_POLL_MS", "20"),
         ("DELIVER_TIMEOUT_MS", "2000"),
         ("DELIVER_SHUTDOWN_GRACE_MS", "3000"),
+        ("DELIVER_ADMIN_BIND", "127.0.0.1:0"),
         ("RUST_LOG", "info"),
     ]
     .into_iter()
@@ -86,6 +87,14 @@ impl Deliver {
     /// Operational log lines (stderr) so far.
     pub fn messages(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The admin listener's base URL, once the process has logged it.
+    pub fn admin_url(&self) -> Option<String> {
+        self.messages().iter().find_map(|m| {
+            let rest = m.split("admin listening on ").nth(1)?;
+            Some(format!("http://{}", rest.split_whitespace().next()?))
+        })
     }
 
     /// The process id.
@@ -197,6 +206,7 @@ pub fn spawn_ingest(redis: &RedisServer, extra: &[(&str, &str)]) -> String {
         ("INGEST_BIND", "127.0.0.1:0"),
         ("REDIS_URL", url.as_str()),
         ("INGEST_WORKERS", "1"),
+        ("INGEST_ACCESS_LOG", "off"),
     ];
     env.extend_from_slice(extra);
     let config = ingest::config::Config::from_source(env.as_slice()).expect("test ingest config");

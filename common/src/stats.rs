@@ -1,0 +1,339 @@
+//! Cluster-wide delivery statistics, kept in Redis so that every process
+//! (and every restart) sees the same picture.
+//!
+//! Each deliver process adds up its attempts per second in memory and
+//! flushes them once a second in one pipeline: `HINCRBY` on the hash of that
+//! second (expiring after [`RETENTION`]), plus the queue depths it last saw
+//! and the latest failures. Load does not change the number of round trips.
+//! Ingest's `/stats` reads a window of seconds back in one pipeline.
+
+use crate::queue::{Depths, QueueKeys};
+use deadpool_redis::redis::{self, aio::ConnectionLike, RedisResult};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// How long a second's statistics are kept.
+pub const RETENTION_SECS: u64 = 3900;
+/// How many recent failures are kept.
+pub const FAILURES_KEPT: isize = 100;
+/// Upper bounds (ms) of the response-time buckets; a last bucket holds
+/// everything slower.
+pub const RESPONSE_BUCKETS_MS: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
+
+/// The outcome of an attempt, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx.
+    Delivered,
+    /// Failed, retry scheduled.
+    Retry,
+    /// Failed for good.
+    Dead,
+}
+
+impl Outcome {
+    /// The field name in a second's hash.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry => "retry",
+            Outcome::Dead => "dead",
+        }
+    }
+}
+
+/// Counts of one second.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Second {
+    /// Attempts that delivered.
+    pub delivered: u64,
+    /// Attempts that failed and will be retried.
+    pub retry: u64,
+    /// Attempts that failed for good.
+    pub dead: u64,
+    /// Response-time histogram: one count per [`RESPONSE_BUCKETS_MS`] bound,
+    /// plus the overflow bucket.
+    pub buckets: Vec<u64>,
+}
+
+impl Second {
+    /// Adds one attempt.
+    pub fn add(&mut self, outcome: Outcome, response_ms: u64) {
+        match outcome {
+            Outcome::Delivered => self.delivered += 1,
+            Outcome::Retry => self.retry += 1,
+            Outcome::Dead => self.dead += 1,
+        }
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; RESPONSE_BUCKETS_MS.len() + 1];
+        }
+        let index = RESPONSE_BUCKETS_MS
+            .iter()
+            .position(|&le| response_ms <= le)
+            .unwrap_or(RESPONSE_BUCKETS_MS.len());
+        self.buckets[index] += 1;
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &Second) {
+        self.delivered += other.delivered;
+        self.retry += other.retry;
+        self.dead += other.dead;
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+    }
+
+    /// The response time (ms, a bucket's upper bound) below which `quantile`
+    /// of the attempts fell, or `None` without attempts.
+    pub fn percentile_ms(&self, quantile: f64) -> Option<u64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (quantile * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, count) in self.buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(RESPONSE_BUCKETS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        None
+    }
+}
+
+/// A failed attempt as shown on the dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// When, ms since the epoch.
+    pub time_ms: u64,
+    /// Job id.
+    pub id: String,
+    /// HTTP method.
+    pub method: String,
+    /// The endpoint's host (never the full URL: it may carry data).
+    pub host: String,
+    /// HTTP status or error kind.
+    pub status: String,
+    /// The first bytes of the answer or error.
+    pub body: String,
+}
+
+/// Flushes one process's counts of some seconds, the queue depths it last
+/// saw, and its recent failures, in one round trip.
+pub async fn flush<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    seconds: &BTreeMap<u64, Second>,
+    depths: Option<(u64, Depths)>,
+    failures: &[Failure],
+) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for (second, counts) in seconds {
+        let key = keys.stats(*second);
+        for (field, n) in [
+            ("delivered", counts.delivered),
+            ("retry", counts.retry),
+            ("dead", counts.dead),
+        ] {
+            if n > 0 {
+                pipe.cmd("HINCRBY").arg(&key).arg(field).arg(n).ignore();
+            }
+        }
+        for (i, n) in counts.buckets.iter().enumerate() {
+            if *n > 0 {
+                pipe.cmd("HINCRBY").arg(&key).arg(format!("b{i}")).arg(*n).ignore();
+            }
+        }
+        pipe.cmd("EXPIRE").arg(&key).arg(RETENTION_SECS).ignore();
+    }
+    if let Some((second, d)) = depths {
+        let key = keys.stats(second);
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg("ready")
+            .arg(d.ready)
+            .arg("retrying")
+            .arg(d.retry)
+            .arg("dead_letters")
+            .arg(d.dead)
+            .ignore();
+        pipe.cmd("EXPIRE").arg(&key).arg(RETENTION_SECS).ignore();
+    }
+    if !failures.is_empty() {
+        let encoded: Vec<String> = failures.iter().filter_map(|f| serde_json::to_string(f).ok()).collect();
+        pipe.cmd("LPUSH").arg(keys.failures()).arg(encoded).ignore();
+        pipe.cmd("LTRIM")
+            .arg(keys.failures())
+            .arg(0)
+            .arg(FAILURES_KEPT - 1)
+            .ignore();
+    }
+    pipe.query_async(conn).await
+}
+
+/// One point of a time series: the counts of `step` seconds from `start`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Point {
+    /// First second of the point (Unix time).
+    pub start: u64,
+    /// Attempts delivered.
+    pub delivered: u64,
+    /// Attempts to be retried.
+    pub retry: u64,
+    /// Attempts dead-lettered.
+    pub dead: u64,
+    /// Response-time percentiles (ms, bucket bounds), when there were attempts.
+    pub p50_ms: Option<u64>,
+    /// 90th percentile.
+    pub p90_ms: Option<u64>,
+    /// 99th percentile.
+    pub p99_ms: Option<u64>,
+    /// Ready jobs last recorded in the point.
+    pub ready: Option<u64>,
+    /// Jobs waiting for a retry, last recorded in the point.
+    pub retrying: Option<u64>,
+    /// Dead letters, last recorded in the point.
+    pub dead_letters: Option<u64>,
+}
+
+/// Statistics of a window, as `/stats` returns them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    /// The last second included (Unix time).
+    pub until: u64,
+    /// Length of the window in seconds.
+    pub seconds: u64,
+    /// Seconds per point.
+    pub step: u64,
+    /// Totals over the window.
+    pub totals: Point,
+    /// The series, oldest first.
+    pub series: Vec<Point>,
+    /// The latest failed attempts, newest first.
+    pub failures: Vec<Failure>,
+}
+
+/// Reads `seconds` seconds up to `until` (inclusive), grouped by `step`.
+pub async fn read<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    until: u64,
+    seconds: u64,
+    step: u64,
+    failures: usize,
+) -> RedisResult<Window> {
+    let step = step.max(1);
+    let first = until + 1 - seconds.max(1);
+    let mut pipe = redis::pipe();
+    for second in first..=until {
+        pipe.cmd("HGETALL").arg(keys.stats(second));
+    }
+    pipe.cmd("LRANGE")
+        .arg(keys.failures())
+        .arg(0)
+        .arg(failures.saturating_sub(1) as i64);
+    let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let failure_list: Vec<String> = redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil))?;
+
+    let mut totals = Second::default();
+    let mut series = Vec::new();
+    let mut current = (
+        Second::default(),
+        Point {
+            start: first,
+            ..Point::default()
+        },
+    );
+    for (offset, reply) in replies.into_iter().enumerate() {
+        let second = first + offset as u64;
+        if second >= current.1.start + step {
+            series.push(finish(current));
+            current = (
+                Second::default(),
+                Point {
+                    start: second,
+                    ..Point::default()
+                },
+            );
+        }
+        let fields: HashMap<String, u64> = redis::from_redis_value(reply)?;
+        let counts = parse_second(&fields);
+        current.0.merge(&counts);
+        totals.merge(&counts);
+        for (name, slot) in [
+            ("ready", &mut current.1.ready),
+            ("retrying", &mut current.1.retrying),
+            ("dead_letters", &mut current.1.dead_letters),
+        ] {
+            if let Some(v) = fields.get(name) {
+                *slot = Some(*v);
+            }
+        }
+    }
+    series.push(finish(current));
+    let totals = finish((
+        totals,
+        Point {
+            start: first,
+            ..Point::default()
+        },
+    ));
+    let failures = failure_list
+        .iter()
+        .filter_map(|f| serde_json::from_str(f).ok())
+        .collect();
+    Ok(Window {
+        until,
+        seconds,
+        step,
+        totals,
+        series,
+        failures,
+    })
+}
+
+fn parse_second(fields: &HashMap<String, u64>) -> Second {
+    let mut s = Second {
+        delivered: fields.get("delivered").copied().unwrap_or(0),
+        retry: fields.get("retry").copied().unwrap_or(0),
+        dead: fields.get("dead").copied().unwrap_or(0),
+        buckets: vec![0; RESPONSE_BUCKETS_MS.len() + 1],
+    };
+    for (i, slot) in s.buckets.iter_mut().enumerate() {
+        *slot = fields.get(&format!("b{i}")).copied().unwrap_or(0);
+    }
+    s
+}
+
+fn finish((counts, mut point): (Second, Point)) -> Point {
+    point.delivered = counts.delivered;
+    point.retry = counts.retry;
+    point.dead = counts.dead;
+    point.p50_ms = counts.percentile_ms(0.50);
+    point.p90_ms = counts.percentile_ms(0.90);
+    point.p99_ms = counts.percentile_ms(0.99);
+    point
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_bucket_bounds() {
+        let mut s = Second::default();
+        for ms in [1, 2, 3, 4, 7, 7, 7, 30, 30, 900] {
+            s.add(Outcome::Delivered, ms);
+        }
+        assert_eq!(s.delivered, 10);
+        assert_eq!(s.percentile_ms(0.5), Some(10));
+        assert_eq!(s.percentile_ms(0.9), Some(50));
+        assert_eq!(s.percentile_ms(0.99), Some(1000));
+        assert_eq!(Second::default().percentile_ms(0.5), None);
+    }
+}

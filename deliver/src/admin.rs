@@ -1,0 +1,93 @@
+//! The admin listener (`DELIVER_ADMIN_BIND`): `/metrics` for Prometheus,
+//! `/health` for supervisors and load balancers, `/stats` (this process's
+//! counters as flat JSON, for collectd's curl_json plugin). Loopback by
+//! default: it is for operators, not for the world.
+
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use common::redis_pool::Outage;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the admin pages show.
+pub struct AdminState {
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether Redis answered the last operation.
+    pub outage: Arc<Outage>,
+    /// The worker id.
+    pub worker: String,
+}
+
+/// Binds the admin listener; serving starts with [`serve`].
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+/// Serves admin requests until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, hyper::Error>(answer(&req, &state)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.encode(),
+        ),
+        "/health" => {
+            let up = !state.outage.is_down();
+            let body = serde_json::json!({
+                "status": if up { "ok" } else { "unavailable" },
+                "redis": if up { "up" } else { "down" },
+                "worker": state.worker,
+                "in_flight": state.metrics.in_flight(),
+            });
+            let status = if up {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, "application/json", body.to_string())
+        }
+        "/stats" => {
+            let (delivered, retry, dead) = state.metrics.totals();
+            let body = serde_json::json!({
+                "delivered": delivered,
+                "retry": retry,
+                "dead": dead,
+                "in_flight": state.metrics.in_flight(),
+            });
+            (StatusCode::OK, "application/json", body.to_string())
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"error":{"code":"not_found","message":"admin pages: /metrics, /health, /stats"}}"#.to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}

@@ -1,0 +1,368 @@
+//! What deliver counts, for Prometheus (`/metrics` on the admin listener)
+//! and for the cluster-wide statistics in Redis (`common::stats`).
+//!
+//! Every attempt is recorded once, by [`Metrics::attempt`]: it bumps the
+//! Prometheus counters and histograms (atomics, no lock contention) and
+//! adds the attempt to this second's statistics, which [`flush_stats`]
+//! writes to Redis once a second in one pipeline, whatever the load.
+
+use common::queue::{Depths, QueueKeys};
+use common::stats::{Failure, Outcome, Second};
+use deadpool_redis::Pool;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Labels of an attempt: a bounded set (never a URL or an id).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    outcome: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// Seconds buckets shared by the response and end-to-end histograms.
+const SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How many failures wait for the next flush at most.
+const FAILURES_BUFFERED: usize = 100;
+
+/// deliver's metrics.
+pub struct Metrics {
+    registry: Registry,
+    attempts: Family<AttemptLabels, Counter>,
+    retries: Counter,
+    dead_letters: Family<ReasonLabels, Counter>,
+    response: Histogram,
+    end_to_end: Histogram,
+    in_flight: Gauge,
+    queue: Family<StateLabels, Gauge>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    seconds: BTreeMap<u64, Second>,
+    failures: Vec<Failure>,
+}
+
+/// One attempt, as recorded.
+pub struct AttemptRecord<'a> {
+    /// What followed it.
+    pub outcome: Outcome,
+    /// The HTTP status, if there was an answer.
+    pub status: Option<u16>,
+    /// Time the request took.
+    pub response: Duration,
+    /// When the job was first accepted (ms since the epoch).
+    pub enqueued_at_ms: u64,
+    /// When the attempt ended (ms since the epoch).
+    pub now_ms: u64,
+    /// Why it became a dead letter, for `dead` outcomes.
+    pub dead_reason: Option<&'static str>,
+    /// For failures: the job id, method, URL, status text and answer.
+    pub failure: Option<(&'a str, &'a str, &'a str, &'a str, &'a str)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("postback_deliver");
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "attempts",
+            "Delivery attempts by outcome and HTTP status class",
+            attempts.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "retries_scheduled",
+            "Retries scheduled after a failed attempt",
+            retries.clone(),
+        );
+        let dead_letters = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Jobs moved to the dead-letter list, by reason",
+            dead_letters.clone(),
+        );
+        let response = Histogram::new(SECONDS_BUCKETS);
+        registry.register(
+            "response_seconds",
+            "Endpoint response time of an attempt",
+            response.clone(),
+        );
+        let end_to_end = Histogram::new(SECONDS_BUCKETS);
+        registry.register(
+            "end_to_end_seconds",
+            "Time from ingest accepting a job to its attempt being settled (delivered or dead)",
+            end_to_end.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "jobs_in_flight",
+            "Deliveries in progress in this process",
+            in_flight.clone(),
+        );
+        let queue = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "queue_jobs",
+            "Jobs in the queue by state (ready, retry, dead)",
+            queue.clone(),
+        );
+        Metrics {
+            registry,
+            attempts,
+            retries,
+            dead_letters,
+            response,
+            end_to_end,
+            in_flight,
+            queue,
+            pending: Mutex::new(Pending::default()),
+        }
+    }
+
+    /// Records one settled attempt.
+    pub fn attempt(&self, a: &AttemptRecord<'_>) {
+        let status_class = match a.status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
+            None => "error",
+        };
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                outcome: a.outcome.as_str(),
+                status_class,
+            })
+            .inc();
+        self.response.observe(a.response.as_secs_f64());
+        match a.outcome {
+            Outcome::Retry => {
+                self.retries.inc();
+            }
+            Outcome::Dead => self.dead(a.dead_reason.unwrap_or("final_status")),
+            Outcome::Delivered => {}
+        }
+        if a.outcome != Outcome::Retry {
+            self.end_to_end
+                .observe(a.now_ms.saturating_sub(a.enqueued_at_ms) as f64 / 1000.0);
+        }
+        let failure = a.failure.map(|(id, method, url, status, body)| Failure {
+            time_ms: a.now_ms,
+            id: id.to_string(),
+            method: method.to_string(),
+            host: host_of(url).to_string(),
+            status: status.to_string(),
+            body: body.chars().take(200).collect(),
+        });
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending
+            .seconds
+            .entry(a.now_ms / 1000)
+            .or_default()
+            .add(a.outcome, a.response.as_millis() as u64);
+        if let Some(failure) = failure {
+            if pending.failures.len() < FAILURES_BUFFERED {
+                pending.failures.push(failure);
+            }
+        }
+    }
+
+    /// Records a dead letter that was never attempted (a malformed job).
+    pub fn dead(&self, reason: &'static str) {
+        self.dead_letters.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Marks a delivery as started; the guard marks it finished on drop.
+    pub fn start_delivery(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Jobs in progress now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    /// Records queue depths.
+    pub fn set_depths(&self, d: Depths) {
+        for (state, n) in [("ready", d.ready), ("retry", d.retry), ("dead", d.dead)] {
+            self.queue.get_or_create(&StateLabels { state }).set(n as i64);
+        }
+    }
+
+    /// Attempts so far by outcome, for `/stats`.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let mut totals = (0, 0, 0);
+        for outcome in ["delivered", "retry", "dead"] {
+            let n: u64 = ["2xx", "3xx", "4xx", "5xx", "other", "error"]
+                .iter()
+                .map(|class| {
+                    self.attempts
+                        .get_or_create(&AttemptLabels {
+                            outcome,
+                            status_class: class,
+                        })
+                        .get()
+                })
+                .sum();
+            match outcome {
+                "delivered" => totals.0 = n,
+                "retry" => totals.1 = n,
+                _ => totals.2 = n,
+            }
+        }
+        totals
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn take_pending(&self) -> Pending {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn restore_pending(&self, mut old: Pending) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (second, counts) in std::mem::take(&mut pending.seconds) {
+            old.seconds.entry(second).or_default().merge(&counts);
+        }
+        // Keep within the retention: older seconds would expire anyway.
+        while old.seconds.len() > common::stats::RETENTION_SECS as usize {
+            old.seconds.pop_first();
+        }
+        old.failures.truncate(FAILURES_BUFFERED);
+        pending.seconds = old.seconds;
+        if pending.failures.is_empty() {
+            pending.failures = old.failures;
+        }
+    }
+}
+
+/// Decrements the in-flight gauge when a delivery ends.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The host of a URL, for display (never the path or query: they may carry
+/// personal data).
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority)
+}
+
+/// Writes the pending statistics to Redis once a second, with the queue
+/// depths, until `stop` is cancelled (then flushes one last time).
+pub async fn flush_stats(
+    metrics: std::sync::Arc<Metrics>,
+    pool: Pool,
+    keys: QueueKeys,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let pending = metrics.take_pending();
+        let result = async {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            let depths = common::queue::depths(&mut *conn, &keys)
+                .await
+                .map_err(|e| e.to_string())?;
+            metrics.set_depths(depths);
+            let now = common::now_ms() / 1000;
+            common::stats::flush(
+                &mut *conn,
+                &keys,
+                &pending.seconds,
+                Some((now, depths)),
+                &pending.failures,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        if result.is_err() {
+            // Redis is away (the worker logs outages); keep the counts.
+            metrics.restore_pending(pending);
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_shown_without_path_query_or_credentials() {
+        assert_eq!(host_of("http://user:pw@example.com:8080/a?b=c"), "example.com:8080");
+        assert_eq!(host_of("https://h/x"), "h");
+    }
+
+    #[test]
+    fn attempts_are_counted_by_outcome_and_class() {
+        let m = Metrics::new();
+        let record = |outcome, status| AttemptRecord {
+            outcome,
+            status,
+            response: Duration::from_millis(3),
+            enqueued_at_ms: 0,
+            now_ms: 1000,
+            dead_reason: Some("final_status"),
+            failure: None,
+        };
+        m.attempt(&record(Outcome::Delivered, Some(200)));
+        m.attempt(&record(Outcome::Retry, Some(503)));
+        m.attempt(&record(Outcome::Retry, None));
+        m.attempt(&record(Outcome::Dead, Some(404)));
+        assert_eq!(m.totals(), (1, 2, 1));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"postback_deliver_attempts_total{outcome="retry",status_class="5xx"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("postback_deliver_retries_scheduled_total 2"), "{text}");
+    }
+}

@@ -1,0 +1,284 @@
+//! What an operator sees: Prometheus metrics of both services, cluster-wide
+//! statistics in Redis, the dashboard in a real headless Chromium, and the
+//! request id that traces a postback through the logs.
+
+mod support;
+
+use common::testkit::{get, http, wait_until, RedisServer, Reply, Sink};
+use prometheus_parse::{Scrape, Value};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{fast_env, field, spawn_ingest, Deliver};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Parses Prometheus text and sums each metric's samples whose labels
+/// include `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("metrics must parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map(|b| b.count).unwrap_or(0.0),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+/// A sink answering by the `kind` query parameter: `ok` 200; `flaky` 500
+/// once per id then 200; `gone` 404.
+fn by_kind() -> common::testkit::Responder {
+    let seen = Mutex::new(HashMap::<String, u32>::new());
+    Arc::new(move |r, _| match r.query_param("kind") {
+        Some("flaky") => {
+            let id = r.query_param("id").unwrap_or("").to_string();
+            let mut seen = seen.lock().unwrap();
+            let n = seen.entry(id).or_default();
+            *n += 1;
+            Reply::status(if *n == 1 { 500 } else { 200 })
+        }
+        Some("gone") => Reply {
+            body: "no such campaign".into(),
+            ..Reply::status(404)
+        },
+        _ => Reply::status(200),
+    })
+}
+
+async fn post_kind(ingest: &str, sink: &Sink, kind: &str, n: usize) {
+    let data: Vec<_> = (0..n)
+        .map(|i| json!({"id": format!("{kind}{i}"), "kind": kind}))
+        .collect();
+    let body = json!({"endpoint": {"method": "GET", "url": sink.url("/cb?kind={kind}&id={id}")}, "data": data});
+    let response = common::testkit::post(&format!("{ingest}/ingest"), body.to_string()).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_stats_match_a_load_of_successes_retries_and_dead_letters() {
+    let redis = RedisServer::start();
+    let sink = Sink::start(by_kind()).await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let env = fast_env(&redis);
+    let a = Deliver::start(&env);
+    let b = Deliver::start(&env);
+    let (ok, flaky, gone) = (300, 40, 25);
+    post_kind(&ingest, &sink, "ok", ok).await;
+    post_kind(&ingest, &sink, "flaky", flaky).await;
+    post_kind(&ingest, &sink, "gone", gone).await;
+    sink.wait_for(ok + 2 * flaky + gone, LIMIT).await;
+
+    let admins: Vec<String> = [&a, &b]
+        .iter()
+        .map(|d| d.admin_url().expect("admin address logged"))
+        .collect();
+    let deliver_sum = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let admins = admins.clone();
+        async move {
+            let mut total = 0.0;
+            for admin in &admins {
+                total += metric(&get(&format!("{admin}/metrics")).await.body, name, labels);
+            }
+            total
+        }
+    };
+    wait_until(LIMIT, "every attempt counted", || async {
+        deliver_sum("postback_deliver_attempts_total", &[]).await == (ok + 2 * flaky + gone) as f64
+    })
+    .await;
+    assert_eq!(
+        deliver_sum("postback_deliver_attempts_total", &[("outcome", "delivered")]).await,
+        (ok + flaky) as f64
+    );
+    assert_eq!(
+        deliver_sum(
+            "postback_deliver_attempts_total",
+            &[("outcome", "retry"), ("status_class", "5xx")]
+        )
+        .await,
+        flaky as f64
+    );
+    assert_eq!(
+        deliver_sum(
+            "postback_deliver_attempts_total",
+            &[("outcome", "dead"), ("status_class", "4xx")]
+        )
+        .await,
+        gone as f64
+    );
+    assert_eq!(
+        deliver_sum("postback_deliver_retries_scheduled_total", &[]).await,
+        flaky as f64
+    );
+    assert_eq!(
+        deliver_sum("postback_deliver_dead_letters_total", &[("reason", "final_status")]).await,
+        gone as f64
+    );
+    assert_eq!(
+        deliver_sum("postback_deliver_response_seconds_count", &[]).await,
+        (ok + 2 * flaky + gone) as f64
+    );
+    assert_eq!(
+        deliver_sum("postback_deliver_end_to_end_seconds_count", &[]).await,
+        (ok + flaky + gone) as f64
+    );
+    let admin = get(&format!("{}/health", admins[0])).await;
+    assert_eq!((admin.status, admin.json()["redis"].clone()), (200, json!("up")));
+
+    let ingest_metrics = get(&format!("{ingest}/metrics")).await.body;
+    assert_eq!(
+        metric(&ingest_metrics, "postback_ingest_postbacks_accepted_total", &[]),
+        (ok + flaky + gone) as f64
+    );
+    assert_eq!(
+        metric(
+            &ingest_metrics,
+            "postback_ingest_requests_total",
+            &[("route", "ingest"), ("status", "202")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &ingest_metrics,
+            "postback_ingest_request_duration_seconds_count",
+            &[("route", "ingest")]
+        ),
+        3.0
+    );
+
+    // The same counts, cluster-wide, from Redis (flushed once a second).
+    wait_until(LIMIT, "/stats to show every attempt", || async {
+        let stats = get(&format!("{ingest}/stats")).await.json();
+        stats["window"]["totals"]["delivered"] == json!(ok + flaky)
+            && stats["window"]["totals"]["retry"] == json!(flaky)
+            && stats["window"]["totals"]["dead"] == json!(gone)
+    })
+    .await;
+    let stats = get(&format!("{ingest}/stats?seconds=120&step=10")).await.json();
+    assert_eq!(stats["queue"]["dead"], json!(gone));
+    assert_eq!(stats["window"]["series"].as_array().unwrap().len(), 12);
+    let failures = stats["window"]["failures"].as_array().unwrap();
+    assert!(!failures.is_empty());
+    for failure in failures {
+        assert_eq!(failure["host"], json!(sink.url("").trim_start_matches("http://")));
+        assert_eq!(failure["method"], "GET");
+        match failure["status"].as_str() {
+            Some("404") => assert_eq!(failure["body"], "no such campaign"),
+            Some("500") => assert_eq!(failure["body"], "status 500"),
+            other => panic!("unexpected failure status {other:?}"),
+        }
+    }
+    assert!(stats["window"]["totals"]["p99_ms"].as_u64().is_some());
+    wait_until(LIMIT, "the queue gauge on ingest", || async {
+        metric(
+            &get(&format!("{ingest}/metrics")).await.body,
+            "postback_ingest_queue_jobs",
+            &[("state", "dead")],
+        ) == gone as f64
+    })
+    .await;
+
+    dashboard_in_chromium(&ingest, ok + flaky).await;
+}
+
+/// Runs headless Chromium (Debian's package) on `url` with `extra` flags,
+/// with the flags that keep it off the network and a fresh profile.
+async fn chromium(url: String, extra: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let profile = common::testkit::TempDir::new("chromium");
+        std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+            ])
+            .args([
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .args([
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1366,900",
+                "--hide-scrollbars",
+            ])
+            .arg("--virtual-time-budget=8000")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium must be installed (scripts/test installs the chromium package)")
+    })
+    .await
+    .unwrap()
+}
+
+/// Loads the dashboard in headless Chromium: no console error, no failed
+/// request, the totals of the load shown, and a screenshot in target/.
+async fn dashboard_in_chromium(ingest: &str, delivered: usize) {
+    let url = format!("{ingest}/dashboard");
+    let dom = chromium(url.clone(), vec!["--dump-dom".into()]).await;
+    let html = String::from_utf8_lossy(&dom.stdout);
+    let log = String::from_utf8_lossy(&dom.stderr);
+    assert!(
+        html.contains(r#"data-state="ok""#),
+        "the dashboard did not load its statistics:\n{html}\n{log}"
+    );
+    assert!(
+        html.contains(&format!(r#"data-delivered="{delivered}""#)),
+        "the dashboard does not show {delivered} deliveries:\n{html}"
+    );
+    let console_errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Failed to load resource") || l.contains("Uncaught"))
+        .collect();
+    assert!(console_errors.is_empty(), "console errors: {console_errors:#?}");
+
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let taken = chromium(url, vec![format!("--screenshot={}", shot.display())]).await;
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    assert!(
+        std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false),
+        "no screenshot at {shot:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_request_id_is_in_the_delivery_log_of_each_of_its_jobs() {
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let deliver = Deliver::start(&fast_env(&redis));
+    let body =
+        json!({"endpoint": {"method": "GET", "url": sink.url("/r?n={n}")}, "data": [{"n": 1}, {"n": 2}, {"n": 3}]});
+    let response = http(
+        "POST",
+        &format!("{ingest}/ingest"),
+        &[("x-request-id", "trace-me-123")],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(response.status, 202);
+    assert_eq!(response.header("x-request-id"), Some("trace-me-123"));
+    let ids: Vec<String> = serde_json::from_value(response.json()["ids"].clone()).unwrap();
+    wait_until(LIMIT, "three log lines", || async { deliver.log().len() >= 3 }).await;
+    for id in ids {
+        let line = deliver
+            .log()
+            .into_iter()
+            .find(|l| field(l, "id").as_deref() == Some(id.as_str()))
+            .unwrap();
+        assert_eq!(field(&line, "request_id").as_deref(), Some("trace-me-123"), "{line}");
+    }
+}

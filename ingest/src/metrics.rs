@@ -1,0 +1,117 @@
+//! What ingest counts, served as Prometheus text on `/metrics`.
+//!
+//! Label sets are bounded: the route is one of a fixed list and the status
+//! a code, never a path, URL or id.
+
+use common::queue::Depths;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// ingest's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+    accepted: Counter,
+    queue: Family<StateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The route label of a path: one of a fixed set.
+pub fn route_of(path: &str) -> &'static str {
+    match path {
+        "/ingest" | "/ingest.php" | "/i" => "ingest",
+        "/health" => "health",
+        "/metrics" => "metrics",
+        "/stats" => "stats",
+        "/dashboard" => "dashboard",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("postback_ingest");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "HTTP requests by route and status", requests.clone());
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ])
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time to handle a request, by route",
+            duration.clone(),
+        );
+        let accepted = Counter::default();
+        registry.register("postbacks_accepted", "Postback jobs queued", accepted.clone());
+        let queue = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "queue_jobs",
+            "Jobs in the queue by state (ready, retry, dead)",
+            queue.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            accepted,
+            queue,
+        }
+    }
+
+    /// Records one handled request.
+    pub fn request(&self, route: &'static str, status: u16, took: Duration) {
+        self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        self.duration
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records queued jobs.
+    pub fn accepted(&self, jobs: usize) {
+        self.accepted.inc_by(jobs as u64);
+    }
+
+    /// Records queue depths.
+    pub fn set_depths(&self, d: Depths) {
+        for (state, n) in [("ready", d.ready), ("retry", d.retry), ("dead", d.dead)] {
+            self.queue.get_or_create(&StateLabels { state }).set(n as i64);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
