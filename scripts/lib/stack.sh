@@ -34,6 +34,8 @@ stack_init_env() {
     export REDIS_PORT=${REDIS_PORT:-6379}
     export INGEST_PORT=${INGEST_PORT:-3000}
     export DELIVER_ADMIN_PORT=${DELIVER_ADMIN_PORT:-3001}
+    export INFLUX_HTTP_PORT=${INFLUX_HTTP_PORT:-8086} INFLUX_RPC_PORT=${INFLUX_RPC_PORT:-8088}
+    export COLLECTD_PORT=${COLLECTD_PORT:-25826}
     export POSTBACK_HTTP_LISTEN=${POSTBACK_HTTP_LISTEN:-80}
     export REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-2gb}
     REDIS_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
@@ -43,9 +45,12 @@ stack_init_env() {
 }
 
 # stack_render : renders every config from the templates and postback.env.
+# Monitoring (collectd, InfluxDB) is rendered when postback.env says
+# POSTBACK_MONITORING=1 or the caller sets POSTBACK_MONITORING_FLAG=1.
 stack_render() {
   : "${POSTBACK_NGINX_USER:=www-data}" "${POSTBACK_USER:=$(id -un)}" "${POSTBACK_REDIS_USER:=$(id -un)}"
-  export POSTBACK_NGINX_USER POSTBACK_USER POSTBACK_REDIS_USER
+  : "${POSTBACK_INFLUX_USER:=$POSTBACK_USER}"
+  export POSTBACK_NGINX_USER POSTBACK_USER POSTBACK_REDIS_USER POSTBACK_INFLUX_USER
   (
     set -a
     # shellcheck disable=SC1091
@@ -62,6 +67,24 @@ stack_render() {
       NGINX_ADMIN_RULES+="        allow $addr;"$'\n'
     done
     export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES
+    local monitoring=${POSTBACK_MONITORING:-0}
+    [ "${POSTBACK_MONITORING_FLAG:-0}" = 1 ] && monitoring=1
+    # One curl_json block per deliver process, on its admin port.
+    COLLECTD_DELIVER_URLS=""
+    local admin_bind=${DELIVER_ADMIN_BIND:-127.0.0.1:3001} n
+    local admin_port=${admin_bind##*:}
+    for ((n = 0; n < ${DELIVER_PROCS:-2}; n++)); do
+      COLLECTD_DELIVER_URLS+="  <URL \"http://127.0.0.1:$((admin_port + n))/stats\">"$'\n'
+      COLLECTD_DELIVER_URLS+="    Instance \"deliver_$(printf %02d "$n")\""$'\n'
+      local key type
+      for key in delivered retry dead in_flight; do
+        type=derive
+        [ "$key" = in_flight ] && type=gauge
+        COLLECTD_DELIVER_URLS+="    <Key \"$key\">"$'\n'"      Type \"$type\""$'\n'"    </Key>"$'\n'
+      done
+      COLLECTD_DELIVER_URLS+="  </URL>"$'\n'
+    done
+    export COLLECTD_DELIVER_URLS COLLECTD_HOSTNAME=${COLLECTD_HOSTNAME:-$(cat /proc/sys/kernel/hostname)}
     export POSTBACK_CONF_DIR POSTBACK_LOG_DIR POSTBACK_DATA_DIR POSTBACK_RUN_DIR POSTBACK_BIN_DIR POSTBACK_LIB_DIR
     local out=${STACK_OUT_DIR:-$POSTBACK_CONF_DIR}
     mkdir -p "$out/supervisor.d"
@@ -74,6 +97,16 @@ stack_render() {
     for program in redis ingest deliver nginx; do
       render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
     done
+    if [ "$monitoring" = 1 ]; then
+      render "$t/monitoring/influxdb.conf.template" "$out/influxdb.conf"
+      render "$t/monitoring/collectd.conf.template" "$out/collectd.conf"
+      for program in influxdb collectd; do
+        render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
+      done
+      mkdir -p "$POSTBACK_DATA_DIR/influxdb" "$POSTBACK_DATA_DIR/collectd"
+    else
+      rm -f "$out/supervisor.d/influxdb.conf" "$out/supervisor.d/collectd.conf"
+    fi
   )
 }
 

@@ -45,7 +45,8 @@ fail() { say "    $*"; return 1; }
 export POSTBACK_CONF_DIR=$tmp/etc POSTBACK_LOG_DIR=$tmp/log POSTBACK_DATA_DIR=$tmp/data POSTBACK_RUN_DIR=$tmp/run
 export POSTBACK_BIN_DIR=$bin POSTBACK_LIB_DIR=$repo/scripts POSTBACK_NGINX_USER="nobody nogroup"
 http_port=$(free_port)
-REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) DELIVER_ADMIN_PORT=$(free_port) POSTBACK_HTTP_LISTEN=127.0.0.1:$http_port REDIS_MAXMEMORY=256mb \
+INFLUX_HTTP_PORT=$(free_port) INFLUX_RPC_PORT=$(free_port) COLLECTD_PORT=$(free_port) \
+  REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) DELIVER_ADMIN_PORT=$(free_port) POSTBACK_HTTP_LISTEN=127.0.0.1:$http_port REDIS_MAXMEMORY=256mb \
   stack_init_env
 cat >>"$POSTBACK_CONF_DIR/postback.env" <<'ENV'
 # test overrides
@@ -56,6 +57,8 @@ DELIVER_HEARTBEAT_MS=200
 DELIVER_HEARTBEAT_TTL_MS=1000
 INGEST_MAX_BODY_BYTES=65536
 POSTBACK_ADMIN_ALLOW="192.0.2.1"
+POSTBACK_MONITORING=1
+COLLECTD_INTERVAL=1
 ENV
 base=http://127.0.0.1:$http_port
 
@@ -89,7 +92,10 @@ test_all_running_and_sample_delivered() {
   stack_wait_healthy 60 || { stack_ctl status; return 1; }
   local status
   status=$(stack_ctl status)
-  [ "$(grep -c ' RUNNING ' <<<"$status")" -eq 5 ] || fail "expected 5 programs RUNNING: $status" || return 1
+  local program
+  for program in redis ingest:ingest_00 deliver:deliver_00 deliver:deliver_01 nginx influxdb collectd; do
+    grep -q "^$program .* RUNNING " <<<"$status" || fail "$program is not RUNNING: $status" || return 1
+  done
   local response
   response=$(curl -sS -X POST "$base/ingest" -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/data?title={mascot}&image={location}&foo={bar}\"},\"data\":[{\"mascot\":\"Gopher\",\"location\":\"https://blog.golang.org/gopher/gopher.png\"}]}")
   grep -q '"accepted":1' <<<"$response" || fail "ingest answered: $response" || return 1
@@ -153,6 +159,24 @@ test_nginx_limits_body_and_admin_pages() {
     fail "/metrics still refused after allowing 127.0.0.1"
 }
 
+# --- monitoring ---------------------------------------------------------------
+influx() {
+  curl -fsS -G "http://127.0.0.1:$(sed -n 's/^INFLUX_HTTP_PORT=//p' "$POSTBACK_CONF_DIR/postback.env")/query" \
+    --data-urlencode db=monitor --data-urlencode "q=$1"
+}
+
+test_collectd_data_reaches_influxdb() {
+  wait_for 60 "cpu data in InfluxDB" bash -c "$(declare -f influx); influx 'SELECT count(value) FROM cpu_value' | grep -q '\"count\"'" ||
+    fail "no cpu_value in InfluxDB: $(influx 'SHOW MEASUREMENTS' 2>&1)" || return 1
+  local q="SELECT last(value) FROM curl_json_value WHERE instance = 'ingest' AND type_instance = 'queue-ready'"
+  wait_for 60 "queue depth in InfluxDB" bash -c "$(declare -f influx); influx \"$q\" | grep -q '\"last\"'" ||
+    fail "no ingest stats in InfluxDB" || return 1
+  # deliver_01 was never killed: its counter holds every delivery it made.
+  q="SELECT last(value) FROM curl_json_value WHERE instance = 'deliver_01' AND type_instance = 'delivered'"
+  wait_for 60 "delivery counts in InfluxDB" bash -c "$(declare -f influx); influx \"$q\" | grep -qE '\"last\"\\],\"values\":\\[\\[\"[^\"]*\",[1-9]'" ||
+    fail "no delivery counts in InfluxDB: $(influx "$q")"
+}
+
 # --- 5 ----------------------------------------------------------------------
 test_provision_dry_run_and_root() {
   local out
@@ -192,6 +216,7 @@ test_shellcheck_is_clean() {
 check "templates render; every program RUNNING; the sample is delivered through nginx" test_all_running_and_sample_delivered
 check "a SIGKILLed deliver is restarted by supervisord and every job is delivered" test_sigkilled_deliver_is_restarted_and_nothing_lost
 check "supervisorctl stop of deliver is graceful; start delivers the rest" test_stopping_deliver_is_graceful_and_start_finishes_the_work
+check "with monitoring on, collectd's host data and delivery counts can be queried from InfluxDB" test_collectd_data_reaches_influxdb
 check "nginx answers 413 over the body limit and guards /metrics with the allowlist" test_nginx_limits_body_and_admin_pages
 check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
 check "shellcheck is clean" test_shellcheck_is_clean
