@@ -20,15 +20,16 @@ pub const FAILURES_KEPT: isize = 100;
 /// everything slower.
 pub const RESPONSE_BUCKETS_MS: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
 
-/// The outcome of an attempt, as counted.
+/// The outcome of an attempt, as counted. The discriminants index arrays
+/// of per-outcome counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// 2xx.
-    Delivered,
+    Delivered = 0,
     /// Failed, retry scheduled.
-    Retry,
+    Retry = 1,
     /// Failed for good.
-    Dead,
+    Dead = 2,
 }
 
 impl Outcome {

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub struct Metrics {
     end_to_end: Histogram,
     in_flight: Gauge,
     queue: Family<StateLabels, Gauge>,
+    /// Attempts by outcome (delivered, retry, dead), for `/stats`.
+    totals: [AtomicU64; 3],
     pending: Mutex<Pending>,
 }
 
@@ -142,6 +145,7 @@ impl Metrics {
             end_to_end,
             in_flight,
             queue,
+            totals: Default::default(),
             pending: Mutex::new(Pending::default()),
         }
     }
@@ -162,6 +166,7 @@ impl Metrics {
                 status_class,
             })
             .inc();
+        self.totals[a.outcome as usize].fetch_add(1, Ordering::Relaxed);
         self.response.observe(a.response.as_secs_f64());
         match a.outcome {
             Outcome::Retry => {
@@ -218,28 +223,10 @@ impl Metrics {
         }
     }
 
-    /// Attempts so far by outcome, for `/stats`.
+    /// Attempts so far by outcome (delivered, retry, dead), for `/stats`.
     pub fn totals(&self) -> (u64, u64, u64) {
-        let mut totals = (0, 0, 0);
-        for outcome in ["delivered", "retry", "dead"] {
-            let n: u64 = ["2xx", "3xx", "4xx", "5xx", "other", "error"]
-                .iter()
-                .map(|class| {
-                    self.attempts
-                        .get_or_create(&AttemptLabels {
-                            outcome,
-                            status_class: class,
-                        })
-                        .get()
-                })
-                .sum();
-            match outcome {
-                "delivered" => totals.0 = n,
-                "retry" => totals.1 = n,
-                _ => totals.2 = n,
-            }
-        }
-        totals
+        let [d, r, x] = &self.totals;
+        (d.load(Ordering::Relaxed), r.load(Ordering::Relaxed), x.load(Ordering::Relaxed))
     }
 
     /// The Prometheus text exposition of every metric.
