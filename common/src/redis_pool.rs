@@ -1,7 +1,14 @@
 //! How both services connect to Redis: a deadpool of multiplexed
 //! connections with every wait bounded, so that a Redis that is down turns
 //! into a quick error (503 at ingest, a back-off at deliver), never a hang.
+//!
+//! Hot paths do not check a connection out of the pool per command: deadpool
+//! pings a connection each time it hands it out, which doubles the round
+//! trips. They use a [`Shared`] multiplexed connection instead, taken from
+//! the pool once and cloned per command; redis-rs pipelines the commands of
+//! all its clones on one socket, and a broken connection is replaced.
 
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::AsyncConnectionConfig;
 use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,5 +63,48 @@ impl Outage {
     /// Whether the last operation failed.
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
+    }
+}
+
+/// One multiplexed connection shared by many tasks, taken from a pool and
+/// replaced after an error.
+pub struct Shared {
+    pool: Pool,
+    current: std::sync::Mutex<Option<MultiplexedConnection>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// A shared connection drawn from `pool` when first needed.
+    pub fn new(pool: Pool) -> Self {
+        Shared {
+            pool,
+            current: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A handle on the connection (cheap: a clone), connecting if needed.
+    pub async fn get(&self) -> Result<MultiplexedConnection, String> {
+        if let Some(conn) = self.cached() {
+            return Ok(conn);
+        }
+        // One task connects; the others wait for its result.
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.cached() {
+            return Ok(conn);
+        }
+        let conn = deadpool_redis::Connection::take(self.pool.get().await.map_err(|e| e.to_string())?);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the connection after an error, so the next `get` makes a new one.
+    pub fn reset(&self) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }

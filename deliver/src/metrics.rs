@@ -8,7 +8,6 @@
 
 use common::queue::{Depths, QueueKeys};
 use common::stats::{Failure, Outcome, Second};
-use deadpool_redis::Pool;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -226,7 +225,11 @@ impl Metrics {
     /// Attempts so far by outcome (delivered, retry, dead), for `/stats`.
     pub fn totals(&self) -> (u64, u64, u64) {
         let [d, r, x] = &self.totals;
-        (d.load(Ordering::Relaxed), r.load(Ordering::Relaxed), x.load(Ordering::Relaxed))
+        (
+            d.load(Ordering::Relaxed),
+            r.load(Ordering::Relaxed),
+            x.load(Ordering::Relaxed),
+        )
     }
 
     /// The Prometheus text exposition of every metric.
@@ -278,7 +281,7 @@ fn host_of(url: &str) -> &str {
 /// depths, until `stop` is cancelled (then flushes one last time).
 pub async fn flush_stats(
     metrics: std::sync::Arc<Metrics>,
-    pool: Pool,
+    redis: std::sync::Arc<common::redis_pool::Shared>,
     keys: QueueKeys,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -291,14 +294,14 @@ pub async fn flush_stats(
         };
         let pending = metrics.take_pending();
         let result = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            let depths = common::queue::depths(&mut *conn, &keys)
+            let mut conn = redis.get().await?;
+            let depths = common::queue::depths(&mut conn, &keys)
                 .await
                 .map_err(|e| e.to_string())?;
             metrics.set_depths(depths);
             let now = common::now_ms() / 1000;
             common::stats::flush(
-                &mut *conn,
+                &mut conn,
                 &keys,
                 &pending.seconds,
                 Some((now, depths)),
@@ -309,7 +312,9 @@ pub async fn flush_stats(
         }
         .await;
         if result.is_err() {
-            // Redis is away (the worker logs outages); keep the counts.
+            // Redis is away (the worker logs outages); keep the counts, and
+            // reconnect next time.
+            redis.reset();
             metrics.restore_pending(pending);
         }
         if stopping {

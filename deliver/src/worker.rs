@@ -25,7 +25,7 @@ use crate::retry::{RetryPolicy, Verdict};
 use bytes::Bytes;
 use common::job::{DeadLetter, DeadReason, Job};
 use common::queue::{self, QueueKeys, Settlement};
-use common::redis_pool::Outage;
+use common::redis_pool::{Outage, Shared};
 use deadpool_redis::Pool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +66,11 @@ pub struct Stopped {
 struct Context {
     id: String,
     keys: QueueKeys,
+    /// For the fetcher's own connection (its blocking take must not hold
+    /// up other commands).
     pool: Pool,
+    /// Shared by every other task.
+    redis: Arc<Shared>,
     client: HttpClient,
     policy: RetryPolicy,
     log: DeliveryLog,
@@ -74,6 +78,15 @@ struct Context {
     metrics: Arc<Metrics>,
     unmatched_default: String,
     heartbeat_ttl: Duration,
+}
+
+impl Context {
+    /// Drops the shared Redis connection after an error (the next command
+    /// reconnects) and describes the error.
+    fn redis_failed(&self, error: deadpool_redis::redis::RedisError) -> String {
+        self.redis.reset();
+        error.to_string()
+    }
 }
 
 /// A unique id for this process: host, pid and a random suffix (a restarted
@@ -98,6 +111,7 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     let ctx = Arc::new(Context {
         id: new_worker_id(),
         keys: QueueKeys::new(&config.queue),
+        redis: Arc::new(Shared::new(pool.clone())),
         pool,
         client,
         policy: RetryPolicy {
@@ -146,7 +160,7 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     let stop_stats = CancellationToken::new();
     let stats = tokio::spawn(crate::metrics::flush_stats(
         ctx.metrics.clone(),
-        ctx.pool.clone(),
+        ctx.redis.clone(),
         ctx.keys.clone(),
         stop_stats.clone(),
     ));
@@ -189,10 +203,10 @@ async fn first_heartbeat(ctx: &Context, shutdown: &CancellationToken) -> bool {
     let mut backoff = BACKOFF_MIN;
     loop {
         let result = async {
-            let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
-            queue::heartbeat(&mut *conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl)
+            let mut conn = ctx.redis.get().await?;
+            queue::heartbeat(&mut conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| ctx.redis_failed(e))
         }
         .await;
         match result {
@@ -260,7 +274,7 @@ async fn fetch(
         };
         let mut connection = connection;
         let taken = queue::take(
-            &mut *connection,
+            &mut connection,
             &ctx.keys,
             &ctx.id,
             permits.num_permits(),
@@ -278,7 +292,7 @@ async fn fetch(
                         drop(deadpool_redis::Connection::take(connection));
                         return;
                     }
-                    one = queue::take_blocking(&mut *connection, &ctx.keys, &ctx.id, BLOCK_WAIT) => match one {
+                    one = queue::take_blocking(&mut connection, &ctx.keys, &ctx.id, BLOCK_WAIT) => match one {
                         Ok(one) => one.into_iter().collect(),
                         Err(e) => {
                             ctx.outage.failed("take", &e);
@@ -481,10 +495,10 @@ async fn settler(ctx: Arc<Context>, mut rx: mpsc::Receiver<Settlement>, batch_ma
         let mut backoff = BACKOFF_MIN;
         loop {
             let result = async {
-                let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
-                queue::settle(&mut *conn, &ctx.keys, &ctx.id, &batch)
+                let mut conn = ctx.redis.get().await?;
+                queue::settle(&mut conn, &ctx.keys, &ctx.id, &batch)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| ctx.redis_failed(e))
             }
             .await;
             match result {
@@ -522,22 +536,22 @@ async fn housekeeping(ctx: Arc<Context>, config: Config, stop: CancellationToken
         }
         let now = Instant::now();
         let result: Result<(), String> = async {
-            let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = ctx.redis.get().await?;
             if now >= next_heartbeat {
-                queue::heartbeat(&mut *conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl)
+                queue::heartbeat(&mut conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ctx.redis_failed(e))?;
                 next_heartbeat = now + config.heartbeat_every;
             }
             if now >= next_reclaim {
-                queue::reclaim_dead_workers(&mut *conn, &ctx.keys, &ctx.id)
+                queue::reclaim_dead_workers(&mut conn, &ctx.keys, &ctx.id)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ctx.redis_failed(e))?;
                 next_reclaim = now + config.heartbeat_every;
             }
-            while queue::promote_due(&mut *conn, &ctx.keys, queue::MAX_BATCH)
+            while queue::promote_due(&mut conn, &ctx.keys, queue::MAX_BATCH)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| ctx.redis_failed(e))?
                 == queue::MAX_BATCH as u64
             {}
             Ok(())
@@ -559,10 +573,10 @@ async fn release(ctx: &Context) -> u64 {
     let never = CancellationToken::new();
     loop {
         let result = async {
-            let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
-            queue::release(&mut *conn, &ctx.keys, &ctx.id)
+            let mut conn = ctx.redis.get().await?;
+            queue::release(&mut conn, &ctx.keys, &ctx.id)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| ctx.redis_failed(e))
         }
         .await;
         match result {

@@ -22,10 +22,10 @@ pub async fn ingest(
     state.backlog.check()?;
 
     let push = async {
-        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
-        common::queue::push(&mut *conn, &state.keys, &accepted.jobs)
+        let mut conn = state.redis.get().await?;
+        common::queue::push(&mut conn, &state.keys, &accepted.jobs)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| state.redis_failed(e))
     };
     match tokio::time::timeout(state.redis_timeout, push).await {
         Ok(Ok(depth)) => {
@@ -99,12 +99,12 @@ pub async fn stats(query: web::Query<StatsQuery>, state: web::Data<AppState>) ->
         ));
     }
     let read = async {
-        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
-        let depths = common::queue::depths(&mut *conn, &state.keys)
+        let mut conn = state.redis.get().await?;
+        let depths = common::queue::depths(&mut conn, &state.keys)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| state.redis_failed(e))?;
         let until = common::now_ms() / 1000;
-        let window = common::stats::read(&mut *conn, &state.keys, until, seconds, step, 20)
+        let window = common::stats::read(&mut conn, &state.keys, until, seconds, step, 20)
             .await
             .map_err(|e| e.to_string())?;
         Ok::<_, String>((depths, window))
@@ -135,11 +135,11 @@ pub async fn dashboard() -> HttpResponse {
 /// `GET /health`: 200 when Redis answers a PING in time, 503 otherwise.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let ping = async {
-        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
+        let mut conn = state.redis.get().await?;
         deadpool_redis::redis::cmd("PING")
-            .query_async::<String>(&mut *conn)
+            .query_async::<String>(&mut conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| state.redis_failed(e))
     };
     match tokio::time::timeout(state.redis_timeout, ping).await {
         Ok(Ok(_)) => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up"})),

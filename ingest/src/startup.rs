@@ -15,16 +15,16 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use common::queue::QueueKeys;
-use common::redis_pool::Outage;
-use deadpool_redis::Pool;
+use common::redis_pool::{Outage, Shared};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What every handler shares.
+/// What the handlers of one worker thread share.
 pub struct AppState {
-    /// Redis connections.
-    pub pool: Pool,
+    /// This worker's Redis connection (one per worker, so each connection's
+    /// I/O runs on the thread that uses it).
+    pub redis: Shared,
     /// The queue's keys.
     pub keys: QueueKeys,
     /// Cached queue length for backpressure.
@@ -39,6 +39,15 @@ pub struct AppState {
     pub redis_timeout: Duration,
     /// What ingest counts.
     pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Drops this worker's Redis connection after an error (the next request
+    /// reconnects) and describes the error.
+    pub fn redis_failed(&self, error: deadpool_redis::redis::RedisError) -> String {
+        self.redis.reset();
+        error.to_string()
+    }
 }
 
 /// A bound, ready-to-run ingest server.
@@ -74,21 +83,23 @@ impl Application {
         } else {
             (None, None)
         };
-        let state = web::Data::new(AppState {
-            pool,
-            keys,
-            backlog,
-            outage,
-            max_body_bytes: config.max_body_bytes,
-            max_items: config.max_items,
-            redis_timeout: config.redis_timeout,
-            metrics: metrics.clone(),
-        });
+        let (max_body_bytes, max_items, redis_timeout) =
+            (config.max_body_bytes, config.max_items, config.redis_timeout);
         let server = HttpServer::new(move || {
+            let state = web::Data::new(AppState {
+                redis: Shared::new(pool.clone()),
+                keys: keys.clone(),
+                backlog: backlog.clone(),
+                outage: outage.clone(),
+                max_body_bytes,
+                max_items,
+                redis_timeout,
+                metrics: metrics.clone(),
+            });
             let metrics = metrics.clone();
             let access_log = access_log.clone();
             App::new()
-                .app_data(state.clone())
+                .app_data(state)
                 .wrap_fn(move |req, srv| {
                     // Count, time and log every request, and give it an id.
                     let started = Instant::now();

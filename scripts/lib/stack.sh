@@ -50,7 +50,9 @@ stack_init_env() {
 stack_render() {
   : "${POSTBACK_NGINX_USER:=www-data}" "${POSTBACK_USER:=$(id -un)}" "${POSTBACK_REDIS_USER:=$(id -un)}"
   : "${POSTBACK_INFLUX_USER:=$POSTBACK_USER}"
-  export POSTBACK_NGINX_USER POSTBACK_USER POSTBACK_REDIS_USER POSTBACK_INFLUX_USER
+  # scripts/bench adds a location answering 202 without an upstream.
+  : "${NGINX_EXTRA_LOCATIONS:=}"
+  export POSTBACK_NGINX_USER POSTBACK_USER POSTBACK_REDIS_USER POSTBACK_INFLUX_USER NGINX_EXTRA_LOCATIONS
   (
     set -a
     # shellcheck disable=SC1091

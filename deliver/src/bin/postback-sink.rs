@@ -1,7 +1,7 @@
 //! `postback-sink`: a small, fast keep-alive HTTP endpoint for the stack
 //! tests and the benchmark. It answers every request with one status,
-//! counts requests, and can record each one (arrival time in ms, method,
-//! path and query) to a file.
+//! counts requests, and can record each one (arrival time in microseconds
+//! since the epoch, method, path and query) to a file.
 //!
 //! Usage: postback-sink --listen 127.0.0.1:0 [--status 200] [--delay-ms 0]
 //!        [--record FILE]
@@ -120,7 +120,10 @@ async fn main() {
 }
 
 async fn answer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Full<Bytes>>, hyper::Error> {
-    let at = common::now_ms();
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
     if req.uri().path() == "/_sink/count" {
         let count = state.count.load(Ordering::Relaxed).to_string();
         return Ok(Response::new(Full::new(Bytes::from(count))));

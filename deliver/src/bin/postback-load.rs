@@ -1,0 +1,175 @@
+//! `postback-load`: the benchmark's load generator for ingest.
+//!
+//! Two modes, both over keep-alive connections to 127.0.0.1 only:
+//! - `--rate R --seconds S`: R requests a second for S seconds, each with
+//!   one item carrying its send time (`t`, µs since the epoch), so that the
+//!   sink's arrival times give end-to-end latency;
+//! - `--jobs N --items K`: N jobs in requests of K items, as fast as
+//!   `--connections` allow (to fill the queue before a drain).
+//!
+//! The postback URL is `--target` with `{t}` and `{n}` placeholders. It
+//! prints one line: `sent=.. accepted=.. errors=.. late=..`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Options {
+    url: String,
+    target: String,
+    rate: u64,
+    seconds: u64,
+    jobs: u64,
+    items: u64,
+    connections: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        url: String::new(),
+        target: String::new(),
+        rate: 0,
+        seconds: 0,
+        jobs: 0,
+        items: 1,
+        connections: 32,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().ok_or(format!("{arg} needs a value"))?;
+        let number = || value.parse::<u64>().map_err(|_| format!("{arg} takes a number"));
+        match arg.as_str() {
+            "--url" => o.url = value.clone(),
+            "--target" => o.target = value.clone(),
+            "--rate" => o.rate = number()?,
+            "--seconds" => o.seconds = number()?,
+            "--jobs" => o.jobs = number()?,
+            "--items" => o.items = number()?.max(1),
+            "--connections" => o.connections = number()?.max(1) as usize,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if o.url.is_empty() || o.target.is_empty() || (o.rate == 0) == (o.jobs == 0) {
+        return Err("need --url, --target, and either --rate with --seconds or --jobs".into());
+    }
+    if !o.url.starts_with("http://127.") && !o.url.starts_with("http://localhost") {
+        return Err("--url must be on the loopback interface".into());
+    }
+    Ok(o)
+}
+
+fn now_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    errors: AtomicU64,
+    late: AtomicU64,
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn post(client: &HttpClient, url: &str, body: String, counts: &Counts, items: u64) {
+    counts.sent.fetch_add(1, Ordering::Relaxed);
+    let request = hyper::Request::post(url).body(Full::new(Bytes::from(body)));
+    let ok = match request {
+        Ok(request) => match client.request(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let _ = response.into_body().collect().await;
+                status == 202
+            }
+            Err(_) => false,
+        },
+        Err(_) => false,
+    };
+    if ok {
+        counts.accepted.fetch_add(items, Ordering::Relaxed);
+    } else {
+        counts.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn body(target: &str, items: impl Iterator<Item = (u128, u64)>) -> String {
+    let data: Vec<String> = items.map(|(t, n)| format!(r#"{{"t":{t},"n":{n}}}"#)).collect();
+    format!(
+        r#"{{"endpoint":{{"method":"GET","url":"{target}"}},"data":[{}]}}"#,
+        data.join(",")
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("postback-load: {e}");
+            std::process::exit(2);
+        }
+    };
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(o.connections)
+        .build_http();
+    let counts = Arc::new(Counts::default());
+    let slots = Arc::new(tokio::sync::Semaphore::new(o.connections));
+    let mut tasks = tokio::task::JoinSet::new();
+    if o.rate > 0 {
+        // Fixed rate: a request every 1/R s whatever the answers; if every
+        // connection is busy the request is late (counted), never dropped.
+        let period = Duration::from_nanos(1_000_000_000 / o.rate);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let total = o.rate * o.seconds;
+        for n in 0..total {
+            tick.tick().await;
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    counts.late.fetch_add(1, Ordering::Relaxed);
+                    slots.clone().acquire_owned().await.expect("semaphore closed")
+                }
+            };
+            let (client, counts, url) = (client.clone(), counts.clone(), o.url.clone());
+            let body = body(&o.target, std::iter::once((now_us(), n)));
+            tasks.spawn(async move {
+                post(&client, &url, body, &counts, 1).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+    } else {
+        let started = Instant::now();
+        let mut n = 0;
+        while n < o.jobs {
+            let k = o.items.min(o.jobs - n);
+            let permit = slots.clone().acquire_owned().await.expect("semaphore closed");
+            let (client, counts, url) = (client.clone(), counts.clone(), o.url.clone());
+            let body = body(&o.target, (n..n + k).map(|i| (0, i)));
+            tasks.spawn(async move {
+                post(&client, &url, body, &counts, k).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+            n += k;
+        }
+        eprintln!("postback-load: queued {} jobs in {:.2?}", o.jobs, started.elapsed());
+    }
+    while tasks.join_next().await.is_some() {}
+    println!(
+        "sent={} accepted={} errors={} late={}",
+        counts.sent.load(Ordering::Relaxed),
+        counts.accepted.load(Ordering::Relaxed),
+        counts.errors.load(Ordering::Relaxed),
+        counts.late.load(Ordering::Relaxed)
+    );
+}
