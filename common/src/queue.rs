@@ -118,16 +118,40 @@ pub struct Depths {
     pub dead: u64,
 }
 
+/// Jobs taken by [`take`].
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The jobs, oldest first, exactly as queued.
+    pub jobs: Vec<Vec<u8>>,
+    /// How many jobs were left in the ready list.
+    pub remaining: u64,
+}
+
+impl redis::FromRedisValue for Taken {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let mut items: Vec<redis::Value> = redis::from_redis_value(value)?;
+        if items.is_empty() {
+            return Ok(Taken::default());
+        }
+        let remaining = redis::from_redis_value(items.remove(0))?;
+        let jobs = items
+            .into_iter()
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        Ok(Taken { jobs, remaining })
+    }
+}
+
 /// Takes up to `max` jobs (at most [`MAX_BATCH`]) into `worker`'s in-flight
-/// list without waiting. Returns them oldest first. Restores the worker's
-/// registration and heartbeat (for `heartbeat_ttl`) if Redis lost them.
+/// list without waiting. Restores the worker's registration and heartbeat
+/// (for `heartbeat_ttl`) if Redis lost them.
 pub async fn take<C: ConnectionLike>(
     conn: &mut C,
     keys: &QueueKeys,
     worker: &str,
     max: usize,
     heartbeat_ttl: Duration,
-) -> RedisResult<Vec<Vec<u8>>> {
+) -> RedisResult<Taken> {
     TAKE.key(&keys.ready)
         .key(keys.inflight(worker))
         .key(&keys.workers)
@@ -175,6 +199,11 @@ pub enum Settlement {
         /// How long to wait before it is due.
         delay: Duration,
     },
+    /// Not attempted (its host is busy): back to the end of the queue.
+    Requeue {
+        /// The exact bytes taken from the queue.
+        taken: Vec<u8>,
+    },
     /// Failed for good.
     Dead {
         /// The exact bytes taken from the queue.
@@ -198,10 +227,14 @@ pub async fn settle<C: ConnectionLike>(
         return Ok(0);
     }
     let mut call = SETTLE.prepare_invoke();
-    call.key(keys.inflight(worker)).key(&keys.retry).key(&keys.dead);
+    call.key(keys.inflight(worker))
+        .key(&keys.retry)
+        .key(&keys.dead)
+        .key(&keys.ready);
     for outcome in outcomes {
         match outcome {
             Settlement::Ack { taken } => call.arg("a").arg(taken).arg("").arg(0),
+            Settlement::Requeue { taken } => call.arg("b").arg(taken).arg("").arg(0),
             Settlement::Retry { taken, next, delay } => {
                 call.arg("r").arg(taken).arg(next).arg(delay.as_millis() as u64)
             }

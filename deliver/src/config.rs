@@ -22,6 +22,9 @@ pub struct Config {
     pub queue: String,
     /// `DELIVER_CONCURRENCY`: deliveries in flight at once.
     pub concurrency: usize,
+    /// `DELIVER_PER_HOST_CONCURRENCY`: deliveries in flight at once to one
+    /// host (`host:port`), so a slow endpoint cannot hold every slot.
+    pub per_host_concurrency: usize,
     /// `DELIVER_TIMEOUT_MS`: longest time for one outbound request.
     pub timeout: Duration,
     /// `DELIVER_UNMATCHED_DEFAULT`: value of a `{key}` with no data.
@@ -63,6 +66,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
     ("DELIVER_CONCURRENCY", "256", "deliveries in flight at once"),
+    (
+        "DELIVER_PER_HOST_CONCURRENCY",
+        "32",
+        "deliveries in flight at once to one host:port",
+    ),
     ("DELIVER_TIMEOUT_MS", "10000", "longest time for one outbound request"),
     (
         "DELIVER_UNMATCHED_DEFAULT",
@@ -179,6 +187,7 @@ impl Config {
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
             concurrency: config::count(src, "DELIVER_CONCURRENCY", 256, 1)?,
+            per_host_concurrency: config::count(src, "DELIVER_PER_HOST_CONCURRENCY", 32, 1)?,
             timeout: config::millis(src, "DELIVER_TIMEOUT_MS", 10_000)?,
             unmatched_default: config::string(src, "DELIVER_UNMATCHED_DEFAULT", ""),
             log_format,

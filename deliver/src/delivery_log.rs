@@ -53,8 +53,8 @@ impl DeliveryLog {
     }
 
     /// Formats and queues one record.
-    pub async fn write(&self, record: &Record<'_>) {
-        self.lines.write(format_record(self.format, record)).await;
+    pub fn write(&self, record: &Record<'_>) {
+        self.lines.write(&format_record(self.format, record));
     }
 }
 

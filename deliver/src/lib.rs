@@ -1,6 +1,7 @@
 //! `deliver`: takes postback jobs from the Redis queue and delivers them.
 //!
-//! [`worker`] is the loop; [`client`] makes the outbound requests;
+//! [`worker`] is the loop; [`client`] makes the outbound requests, [`hosts`]
+//! keeps one endpoint from taking every slot;
 //! [`retry`] decides what follows a failure; [`delivery_log`] writes one line
 //! per attempt; [`dead`] is the operator's command line for dead letters;
 //! [`metrics`] counts what happens and [`admin`] serves it; [`config`] reads
@@ -11,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod dead;
 pub mod delivery_log;
+pub mod hosts;
 pub mod metrics;
 pub mod retry;
 pub mod worker;

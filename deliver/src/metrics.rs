@@ -49,6 +49,7 @@ pub struct Metrics {
     registry: Registry,
     attempts: Family<AttemptLabels, Counter>,
     retries: Counter,
+    requeued: Counter,
     dead_letters: Family<ReasonLabels, Counter>,
     response: Histogram,
     end_to_end: Histogram,
@@ -105,6 +106,12 @@ impl Metrics {
             "Retries scheduled after a failed attempt",
             retries.clone(),
         );
+        let requeued = Counter::default();
+        registry.register(
+            "requeued_busy_host",
+            "Jobs sent to the back of the queue unattempted because their host had all it may have in flight",
+            requeued.clone(),
+        );
         let dead_letters = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "dead_letters",
@@ -139,6 +146,7 @@ impl Metrics {
             registry,
             attempts,
             retries,
+            requeued,
             dead_letters,
             response,
             end_to_end,
@@ -182,7 +190,7 @@ impl Metrics {
             time_ms: a.now_ms,
             id: id.to_string(),
             method: method.to_string(),
-            host: host_of(url).to_string(),
+            host: crate::hosts::host_of(url).to_string(),
             status: status.to_string(),
             body: body.chars().take(200).collect(),
         });
@@ -197,6 +205,11 @@ impl Metrics {
                 pending.failures.push(failure);
             }
         }
+    }
+
+    /// Records a job sent back to the queue because its host was busy.
+    pub fn requeued(&self) {
+        self.requeued.inc();
     }
 
     /// Records a dead letter that was never attempted (a malformed job).
@@ -269,14 +282,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The host of a URL, for display (never the path or query: they may carry
-/// personal data).
-fn host_of(url: &str) -> &str {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority)
-}
-
 /// Writes the pending statistics to Redis once a second, with the queue
 /// depths, until `stop` is cancelled (then flushes one last time).
 pub async fn flush_stats(
@@ -326,12 +331,6 @@ pub async fn flush_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_are_shown_without_path_query_or_credentials() {
-        assert_eq!(host_of("http://user:pw@example.com:8080/a?b=c"), "example.com:8080");
-        assert_eq!(host_of("https://h/x"), "h");
-    }
 
     #[test]
     fn attempts_are_counted_by_outcome_and_class() {

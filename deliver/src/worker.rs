@@ -78,6 +78,7 @@ struct Context {
     metrics: Arc<Metrics>,
     unmatched_default: String,
     heartbeat_ttl: Duration,
+    hosts: crate::hosts::Hosts,
 }
 
 impl Context {
@@ -124,6 +125,7 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
         metrics: Arc::new(Metrics::new()),
         unmatched_default: config.unmatched_default.clone(),
         heartbeat_ttl: config.heartbeat_ttl,
+        hosts: crate::hosts::Hosts::new(config.per_host_concurrency),
     });
     log::info!(
         "deliver worker {} started on queue {:?} (concurrency {}, timeout {} ms)",
@@ -241,8 +243,14 @@ async fn fetch(
     settle_tx: &mpsc::Sender<Settlement>,
     shutdown: &CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    // Jobs in memory (waiting for their host or running) and requests
+    // running: a job waiting for a busy host holds no request slot.
+    let slots = Arc::new(Semaphore::new(config.concurrency * 2));
+    let running = Arc::new(Semaphore::new(config.concurrency));
     let mut backoff = BACKOFF_MIN;
+    let mut requeue_backoff = Duration::ZERO;
+    let mut requeued_in_a_row = 0u64;
+    let mut round = 0u64;
     let mut conn = None;
     loop {
         // Finished tasks keep a slot in the JoinSet until joined.
@@ -281,8 +289,8 @@ async fn fetch(
             ctx.heartbeat_ttl,
         )
         .await;
-        let jobs = match taken {
-            Ok(jobs) if !jobs.is_empty() => jobs,
+        let (jobs, remaining) = match taken {
+            Ok(taken) if !taken.jobs.is_empty() => (taken.jobs, taken.remaining),
             Ok(_) => {
                 // Queue empty: wait in Redis for the next job. On shutdown
                 // the wait is abandoned with its connection; a job it may
@@ -293,7 +301,7 @@ async fn fetch(
                         return;
                     }
                     one = queue::take_blocking(&mut connection, &ctx.keys, &ctx.id, BLOCK_WAIT) => match one {
-                        Ok(one) => one.into_iter().collect(),
+                        Ok(one) => (one.into_iter().collect(), 0),
                         Err(e) => {
                             ctx.outage.failed("take", &e);
                             if !pause(&mut backoff, shutdown).await {
@@ -315,27 +323,87 @@ async fn fetch(
         ctx.outage.succeeded();
         backoff = BACKOFF_MIN;
         conn = Some(connection);
+        let mut started = 0;
+        let taken_count = jobs.len() as u64;
         for raw in jobs {
             let permit = permits.split(1).expect("one slot per job taken");
-            deliveries.spawn(deliver_one(ctx.clone(), raw, permit, settle_tx.clone()));
+            let job = match Job::decode(&raw) {
+                Ok(job) => job,
+                Err(error) => {
+                    deliveries.spawn(settle_after(
+                        malformed(ctx.clone(), raw, error.to_string()),
+                        permit,
+                        settle_tx.clone(),
+                    ));
+                    continue;
+                }
+            };
+            let mut url = String::with_capacity(job.url.len() + 64);
+            common::template::render_into(&mut url, &job.url, &job.data, &ctx.unmatched_default);
+            let gate = ctx.hosts.gate(crate::hosts::host_of(&url));
+            if !gate.try_queue() {
+                // Its host has all it may have in flight and waiting: let the
+                // job wait at the back of the queue, not in a slot.
+                ctx.metrics.requeued();
+                let _ = settle_tx.send(Settlement::Requeue { taken: raw }).await;
+                continue;
+            }
+            started += 1;
+            let delivery = deliver(ctx.clone(), job, url, raw, gate, running.clone());
+            deliveries.spawn(settle_after(delivery, permit, settle_tx.clone()));
+        }
+        // Jobs that all went back (a busy host holds the head of the queue)
+        // are fetched again soon. Once a whole queue's worth went round
+        // without one being started, only busy hosts are left: wait a
+        // little, longer each time, instead of spinning.
+        if started == 0 {
+            if requeued_in_a_row == 0 {
+                // Going round means getting through what is queued now.
+                round = remaining + taken_count;
+            }
+            requeued_in_a_row += taken_count;
+            if requeued_in_a_row > round {
+                requeue_backoff = (requeue_backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(requeue_backoff) => {}
+                }
+            }
+        } else {
+            requeued_in_a_row = 0;
+            requeue_backoff = Duration::ZERO;
         }
     }
 }
 
-/// Makes one attempt and hands its outcome to the settler. Holds its
-/// delivery slot until the outcome is handed over.
-async fn deliver_one(ctx: Arc<Context>, raw: Vec<u8>, _slot: OwnedSemaphorePermit, settle: mpsc::Sender<Settlement>) {
-    let _in_flight = ctx.metrics.start_delivery();
-    let settlement = match Job::decode(&raw) {
-        Ok(job) => attempt(&ctx, job, raw).await,
-        Err(error) => malformed(&ctx, raw, &error.to_string()).await,
-    };
+/// Runs `work` and hands its outcome to the settler, holding the job's
+/// place in memory (`_slot`) until the outcome is handed over.
+async fn settle_after(
+    work: impl std::future::Future<Output = Settlement>,
+    _slot: OwnedSemaphorePermit,
+    settle: mpsc::Sender<Settlement>,
+) {
+    let settlement = work.await;
     let _ = settle.send(settlement).await;
 }
 
-async fn attempt(ctx: &Context, job: Job, raw: Vec<u8>) -> Settlement {
-    let mut url = String::with_capacity(job.url.len() + 64);
-    common::template::render_into(&mut url, &job.url, &job.data, &ctx.unmatched_default);
+/// Waits for a request slot of the job's host and a global one, then makes
+/// the attempt.
+async fn deliver(
+    ctx: Arc<Context>,
+    job: Job,
+    url: String,
+    raw: Vec<u8>,
+    gate: Arc<crate::hosts::Gate>,
+    running: Arc<Semaphore>,
+) -> Settlement {
+    let _host = gate.enter().await;
+    let _running = running.acquire().await.expect("the running semaphore is never closed");
+    let _in_flight = ctx.metrics.start_delivery();
+    attempt(&ctx, job, url, raw).await
+}
+
+async fn attempt(ctx: &Context, job: Job, url: String, raw: Vec<u8>) -> Settlement {
     let body = job
         .method
         .has_body()
@@ -353,21 +421,19 @@ async fn attempt(ctx: &Context, job: Job, raw: Vec<u8>) -> Settlement {
         Verdict::Final | Verdict::Exhausted => ("dead", None),
     };
     let now = common::now_ms();
-    ctx.log
-        .write(&Record {
-            delivery_time_ms: now,
-            id: &job.id,
-            attempt: job.attempt,
-            method: job.method.as_str(),
-            url: &url,
-            status: &status,
-            response_ms: outcome.elapsed.as_millis() as u64,
-            response_body,
-            outcome: label,
-            retry_in_ms,
-            request_id: job.request_id.as_deref(),
-        })
-        .await;
+    ctx.log.write(&Record {
+        delivery_time_ms: now,
+        id: &job.id,
+        attempt: job.attempt,
+        method: job.method.as_str(),
+        url: &url,
+        status: &status,
+        response_ms: outcome.elapsed.as_millis() as u64,
+        response_body,
+        outcome: label,
+        retry_in_ms,
+        request_id: job.request_id.as_deref(),
+    });
 
     let failed = verdict != Verdict::Delivered;
     ctx.metrics.attempt(&AttemptRecord {
@@ -436,7 +502,8 @@ async fn attempt(ctx: &Context, job: Job, raw: Vec<u8>) -> Settlement {
 }
 
 /// A queued string that is not a job: keep it aside, never retry it.
-async fn malformed(ctx: &Context, raw: Vec<u8>, error: &str) -> Settlement {
+async fn malformed(ctx: Arc<Context>, raw: Vec<u8>, error: String) -> Settlement {
+    let error = error.as_str();
     let text = String::from_utf8_lossy(&raw).into_owned();
     // Keep the producer's id when there is one, so it can be traced.
     let id = serde_json::from_str::<serde_json::Value>(&text)
@@ -446,21 +513,19 @@ async fn malformed(ctx: &Context, raw: Vec<u8>, error: &str) -> Settlement {
     let now = common::now_ms();
     log::warn!("malformed job {id} moved to the dead letters: {error}");
     ctx.metrics.dead("malformed");
-    ctx.log
-        .write(&Record {
-            delivery_time_ms: now,
-            id: &id,
-            attempt: 0,
-            method: "-",
-            url: "-",
-            status: "malformed",
-            response_ms: 0,
-            response_body: error,
-            outcome: "dead",
-            retry_in_ms: None,
-            request_id: None,
-        })
-        .await;
+    ctx.log.write(&Record {
+        delivery_time_ms: now,
+        id: &id,
+        attempt: 0,
+        method: "-",
+        url: "-",
+        status: "malformed",
+        response_ms: 0,
+        response_body: error,
+        outcome: "dead",
+        retry_in_ms: None,
+        request_id: None,
+    });
     let letter = DeadLetter {
         id,
         reason: DeadReason::Malformed,
@@ -548,6 +613,7 @@ async fn housekeeping(ctx: Arc<Context>, config: Config, stop: CancellationToken
                     .await
                     .map_err(|e| ctx.redis_failed(e))?;
                 next_reclaim = now + config.heartbeat_every;
+                ctx.hosts.prune();
             }
             while queue::promote_due(&mut conn, &ctx.keys, queue::MAX_BATCH)
                 .await

@@ -479,3 +479,42 @@ async fn a_slow_endpoint_is_never_delivered_twice_concurrently() {
     .await;
     assert_eq!(sink.count(), 20, "a job was delivered twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_holds_only_its_share_and_the_others_are_delivered() {
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let healthy = Sink::ok().await;
+    let dead = Sink::start(Arc::new(|_, _| Reply::hang())).await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_CONCURRENCY", "16");
+    set(&mut env, "DELIVER_PER_HOST_CONCURRENCY", "4");
+    // Far longer than the test waits: a dead request never frees its slot.
+    set(&mut env, "DELIVER_TIMEOUT_MS", "120000");
+    let _deliver = Deliver::start(&env);
+    let mut jobs = Vec::new();
+    for i in 0..300 {
+        jobs.push(job(
+            Method::Get,
+            &dead.url("/never?id={id}"),
+            json!({"id": format!("d{i}")}),
+        ));
+        jobs.push(job(
+            Method::Get,
+            &healthy.url("/ok?id={id}"),
+            json!({"id": format!("h{i}")}),
+        ));
+    }
+    enqueue(&mut conn, &keys, &jobs).await;
+    healthy.wait_for(300, Duration::from_secs(30)).await;
+    assert_eq!(ids_at(&healthy).into_iter().collect::<HashSet<_>>().len(), 300);
+    // The dead endpoint got exactly its share of requests, no more.
+    wait_until(LIMIT, "the dead endpoint's share", || async { dead.count() == 4 }).await;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        dead.count(),
+        4,
+        "more requests in flight to one host than DELIVER_PER_HOST_CONCURRENCY"
+    );
+}

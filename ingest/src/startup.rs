@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routes::{self, Accepted, RequestId};
 use actix_web::dev::Service;
-use actix_web::http::header::HeaderName;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::HttpMessage;
 use common::line_log::LineLog;
 use std::time::Instant;
@@ -105,7 +105,9 @@ impl Application {
                     let started = Instant::now();
                     let route = crate::metrics::route_of(req.path());
                     let request_id = RequestId::of(&req);
-                    let line_start = format!("method={} path={}", req.method(), req.path());
+                    let logged = access_log
+                        .as_ref()
+                        .map(|_| (req.method().clone(), req.path().to_owned()));
                     req.extensions_mut().insert(request_id.clone());
                     let response = srv.call(req);
                     let metrics = metrics.clone();
@@ -115,29 +117,28 @@ impl Application {
                         let took = started.elapsed();
                         let status = response.status().as_u16();
                         metrics.request(route, status, took);
-                        let accepted = response.response().extensions().get::<Accepted>().map(|a| a.0).unwrap_or(0);
-                        if let Ok(value) = request_id.0.parse() {
+                        if let Ok(value) = HeaderValue::from_str(&request_id.0) {
                             response.headers_mut().insert(X_REQUEST_ID, value);
                         }
-                        if let Some(access_log) = access_log {
-                            access_log
-                            .write(format!(
-                                "time={} request_id={} {line_start} status={status} accepted={accepted} duration_us={}\n",
-                                common::line_log::rfc3339_millis(common::now_ms()),
-                                request_id.0,
-                                took.as_micros()
-                            ))
-                            .await;
+                        if let (Some(log), Some((method, path))) = (access_log, logged) {
+                            let accepted = response.response().extensions().get::<Accepted>().map_or(0, |a| a.0);
+                            log.write(&access_line(
+                                &request_id.0,
+                                method.as_str(),
+                                &path,
+                                status,
+                                accepted,
+                                took,
+                            ));
                         }
                         Ok(response)
                     }
                 })
                 // The aliases keep clients of the old PHP endpoint working.
-                .service(
-                    web::resource(["/ingest", "/ingest.php", "/i"])
-                        .route(web::post().to(routes::ingest))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
+                // One resource per path: static paths match without a regex.
+                .service(ingest_resource("/ingest"))
+                .service(ingest_resource("/ingest.php"))
+                .service(ingest_resource("/i"))
                 .route("/health", web::get().to(routes::health))
                 .route("/metrics", web::get().to(routes::metrics))
                 .route("/stats", web::get().to(routes::stats))
@@ -173,6 +174,26 @@ impl Application {
         }
         result
     }
+}
+
+/// `POST path` queues postbacks; any other method gets 405.
+fn ingest_resource(path: &str) -> actix_web::Resource {
+    web::resource(path)
+        .route(web::post().to(routes::ingest))
+        .default_service(web::to(routes::method_not_allowed))
+}
+
+/// One access log line (logfmt).
+fn access_line(request_id: &str, method: &str, path: &str, status: u16, accepted: usize, took: Duration) -> String {
+    use std::fmt::Write as _;
+    let mut line = String::with_capacity(160 + path.len());
+    let time = common::line_log::rfc3339_millis(common::now_ms());
+    let _ = writeln!(
+        line,
+        "time={time} request_id={request_id} method={method} path={path} status={status} accepted={accepted} duration_us={}",
+        took.as_micros()
+    );
+    line
 }
 
 /// Binds the listening socket, with SO_REUSEPORT when asked, so several

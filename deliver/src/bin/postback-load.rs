@@ -123,10 +123,10 @@ async fn main() {
     let counts = Arc::new(Counts::default());
     let slots = Arc::new(tokio::sync::Semaphore::new(o.connections));
     let mut tasks = tokio::task::JoinSet::new();
-    if o.rate > 0 {
+    if let Some(nanos) = 1_000_000_000u64.checked_div(o.rate) {
         // Fixed rate: a request every 1/R s whatever the answers; if every
         // connection is busy the request is late (counted), never dropped.
-        let period = Duration::from_nanos(1_000_000_000 / o.rate);
+        let period = Duration::from_nanos(nanos);
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let total = o.rate * o.seconds;
