@@ -22,6 +22,8 @@ pub struct Config {
     pub queue: String,
     /// `DELIVER_CONCURRENCY`: deliveries in flight at once.
     pub concurrency: usize,
+    /// `DELIVER_THREADS`: runtime worker threads of this process.
+    pub threads: usize,
     /// `DELIVER_PER_HOST_CONCURRENCY`: deliveries in flight at once to one
     /// host (`host:port`), so a slow endpoint cannot hold every slot.
     pub per_host_concurrency: usize,
@@ -187,6 +189,12 @@ impl Config {
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
             concurrency: config::count(src, "DELIVER_CONCURRENCY", 256, 1)?,
+            threads: config::count(
+                src,
+                "DELIVER_THREADS",
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+                1,
+            )?,
             per_host_concurrency: config::count(src, "DELIVER_PER_HOST_CONCURRENCY", 32, 1)?,
             timeout: config::millis(src, "DELIVER_TIMEOUT_MS", 10_000)?,
             unmatched_default: config::string(src, "DELIVER_UNMATCHED_DEFAULT", ""),
