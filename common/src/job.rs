@@ -144,33 +144,51 @@ impl Job {
     }
 }
 
-/// A first-attempt job built from borrowed parts, so that ingest encodes
-/// each data item straight from the request body without copying the URL,
-/// the method or the item into a [`Job`] first. Encodes to the same JSON
-/// as the equivalent [`Job`].
-#[derive(Debug, Serialize)]
-pub struct NewJob<'a> {
-    /// See [`Job::id`].
-    pub id: &'a str,
-    /// See [`Job::method`].
-    pub method: Method,
-    /// See [`Job::url`].
-    pub url: &'a str,
-    /// See [`Job::data`]: a JSON object, copied as the producer sent it.
-    pub data: &'a serde_json::value::RawValue,
-    /// Always 1.
-    pub attempt: u32,
-    /// See [`Job::enqueued_at`].
-    pub enqueued_at: u64,
-    /// See [`Job::request_id`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<&'a str>,
+/// Encodes the first-attempt jobs of one ingest request.
+///
+/// All jobs of a request share the method, the URL template, the time and
+/// the request id, so those are serialised once; each job then costs only
+/// its id and its data item, copied as the producer sent it. The output is
+/// exactly what [`Job::encode`] gives for the same job.
+#[derive(Debug, Clone)]
+pub struct JobEncoder {
+    /// `","method":…,"url":…,"data":` (after the id).
+    middle: String,
+    /// `,"attempt":1,"enqueued_at":…,"request_id":…}` (after the data).
+    tail: String,
 }
 
-impl NewJob<'_> {
-    /// Compact JSON, as it is stored in the queue.
-    pub fn encode(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+impl JobEncoder {
+    /// An encoder for jobs of `method` to `url`, accepted at `enqueued_at`
+    /// by the request `request_id`.
+    pub fn new(method: Method, url: &str, enqueued_at: u64, request_id: Option<&str>) -> Self {
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let middle = format!(r#","method":"{}","url":{},"data":"#, method.as_str(), json(url));
+        let mut tail = format!(r#","attempt":1,"enqueued_at":{enqueued_at}"#);
+        if let Some(id) = request_id {
+            tail.push_str(r#","request_id":"#);
+            tail.push_str(&json(id));
+        }
+        tail.push('}');
+        JobEncoder { middle, tail }
+    }
+
+    /// The job with this `id` and `data` (a JSON object), as compact JSON.
+    pub fn encode(&self, id: &str, data: &serde_json::value::RawValue) -> String {
+        let data = data.get();
+        let mut out = String::with_capacity(8 + id.len() + self.middle.len() + data.len() + self.tail.len());
+        out.push_str(r#"{"id":"#);
+        if id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            out.push('"');
+            out.push_str(id);
+            out.push('"');
+        } else {
+            out.push_str(&serde_json::to_string(id).unwrap_or_default());
+        }
+        out.push_str(&self.middle);
+        out.push_str(data);
+        out.push_str(&self.tail);
+        out
     }
 }
 
@@ -264,19 +282,18 @@ mod tests {
     }
 
     #[test]
-    fn a_new_job_encodes_like_a_job() {
-        let data = serde_json::value::RawValue::from_string(r#"{"a":"b"}"#.into()).unwrap();
-        let new = NewJob {
-            id: "x1",
-            method: Method::Get,
-            url: "http://h/{a}",
-            data: &data,
-            attempt: 1,
-            enqueued_at: 7,
-            request_id: None,
-        };
-        let job = Job::decode(new.encode().as_bytes()).unwrap();
-        assert_eq!(job.encode(), new.encode());
+    fn the_encoder_gives_exactly_what_a_job_encodes_to() {
+        let data = serde_json::value::RawValue::from_string(r#"{"a":"b \"q\"","n":1}"#.into()).unwrap();
+        for request_id in [None, Some("req \"1\"")] {
+            let encoder = JobEncoder::new(Method::Patch, "http://h/{a}?x=\"y\"", 7, request_id);
+            for id in ["0190c6e2-0000-7000-8000-000000000000", "odd \"id\""] {
+                let encoded = encoder.encode(id, &data);
+                let job = Job::decode(encoded.as_bytes()).unwrap();
+                assert_eq!(job.id, id);
+                assert_eq!(job.request_id.as_deref(), request_id);
+                assert_eq!(job.encode(), encoded);
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! unparsed, so a large request costs one parse and no re-serialisation.
 
 use crate::error::ApiError;
-use common::job::{Job, Method, NewJob};
+use common::job::{Job, JobEncoder, Method};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -124,23 +124,12 @@ pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<
         ));
     }
 
-    let enqueued_at = common::now_ms();
+    let encoder = JobEncoder::new(method, url, common::now_ms(), request_id);
     let mut ids = Vec::with_capacity(items.len());
     let mut jobs = Vec::with_capacity(items.len());
     for item in items {
         let id = Job::new_id();
-        jobs.push(
-            NewJob {
-                id: &id,
-                method,
-                url,
-                data: item,
-                attempt: 1,
-                enqueued_at,
-                request_id,
-            }
-            .encode(),
-        );
+        jobs.push(encoder.encode(&id, item));
         ids.push(id);
     }
     Ok(Accepted { ids, jobs })
