@@ -33,6 +33,8 @@ pub struct Config {
     pub unmatched_default: String,
     /// `DELIVER_LOG_FORMAT`: `logfmt` or `json`.
     pub log_format: LogFormat,
+    /// `DELIVER_LOG_FILE`: where the delivery log goes; stdout when unset.
+    pub log_file: Option<PathBuf>,
     /// `DELIVER_LOG_BODY_MAX`: bytes of response body kept in the log.
     pub log_body_max: usize,
     /// `DELIVER_EXTRA_CA_FILE`: PEM file of extra trusted CAs.
@@ -80,6 +82,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "value of a {key} missing from the data",
     ),
     ("DELIVER_LOG_FORMAT", "logfmt", "delivery log format: logfmt or json"),
+    (
+        "DELIVER_LOG_FILE",
+        "(stdout)",
+        "delivery log file, rotated at 200 MiB, 10 kept",
+    ),
     ("DELIVER_LOG_BODY_MAX", "1024", "bytes of response body kept in the log"),
     (
         "DELIVER_EXTRA_CA_FILE",
@@ -199,6 +206,7 @@ impl Config {
             timeout: config::millis(src, "DELIVER_TIMEOUT_MS", 10_000)?,
             unmatched_default: config::string(src, "DELIVER_UNMATCHED_DEFAULT", ""),
             log_format,
+            log_file: src.get("DELIVER_LOG_FILE").filter(|p| !p.is_empty()).map(PathBuf::from),
             log_body_max: config::parsed(src, "DELIVER_LOG_BODY_MAX", 1024, "a whole number of bytes")?,
             extra_ca_file,
             retry_schedule: config::durations(src, "DELIVER_RETRY_SCHEDULE", "5s,30s,2m,10m,1h,6h")?,

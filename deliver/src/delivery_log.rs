@@ -52,6 +52,16 @@ impl DeliveryLog {
         (DeliveryLog { format, lines }, writer)
     }
 
+    /// Starts the writer thread on a file (see
+    /// [`common::line_log::LineLog::file`]).
+    pub fn file(
+        format: LogFormat,
+        path: &std::path::Path,
+    ) -> std::io::Result<(DeliveryLog, std::thread::JoinHandle<()>)> {
+        let (lines, writer) = common::line_log::LineLog::file(path)?;
+        Ok((DeliveryLog { format, lines }, writer))
+    }
+
     /// Formats and queues one record.
     pub fn write(&self, record: &Record<'_>) {
         self.lines.write(&format_record(self.format, record));

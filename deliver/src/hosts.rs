@@ -3,34 +3,89 @@
 //!
 //! Each host (`host:port` of the filled-in URL) has a gate: at most
 //! `DELIVER_PER_HOST_CONCURRENCY` of its requests run at once, and a few
-//! times that many may wait in memory. A job for a host whose gate is full
-//! is not kept waiting in a slot: the fetcher sends it to the back of the
-//! queue, where it waits in Redis (crash-safe, no memory held) while other
-//! hosts' jobs go ahead.
+//! times that many may wait in memory, plus as many as the host finished in
+//! the last tenth of a second (a fast host that is merely busy keeps its
+//! jobs; a slow or dead one gets only the fixed room). A job for a host
+//! whose gate is full is not kept waiting in a slot: the fetcher sends it to
+//! the back of the queue, where it waits in Redis (crash-safe, no memory
+//! held) while other hosts' jobs go ahead.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// How many jobs of one host may wait in memory, per allowed request.
 const WAITING_PER_SLOT: usize = 4;
+/// The window over which a host's completions are counted, in ms.
+const WINDOW_MS: u64 = 100;
 
 /// The gate of one host.
 pub struct Gate {
     running: Semaphore,
     queued: AtomicUsize,
     limit: usize,
+    epoch: Instant,
+    /// Start of the current window (ms since `epoch`), requests finished in
+    /// it, and in the window before.
+    window_start: AtomicU64,
+    done_now: AtomicU64,
+    done_before: AtomicU64,
 }
 
 impl Gate {
+    fn new(limit: usize) -> Self {
+        Gate {
+            running: Semaphore::new(limit),
+            queued: AtomicUsize::new(0),
+            limit,
+            epoch: Instant::now(),
+            window_start: AtomicU64::new(0),
+            done_now: AtomicU64::new(0),
+            done_before: AtomicU64::new(0),
+        }
+    }
+
     /// Reserves a place for one more job of this host, unless as many wait
     /// already as the gate allows. The job must then call [`Gate::enter`].
     pub fn try_queue(&self) -> bool {
-        let allowed = self.limit * (WAITING_PER_SLOT + 1);
+        // A host that stopped finishing requests (it was fast, then hung)
+        // loses its extra room once its last window is old.
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let fresh = now.saturating_sub(self.window_start.load(Ordering::Relaxed)) < 2 * WINDOW_MS;
+        let extra = if fresh {
+            self.done_before.load(Ordering::Relaxed) as usize
+        } else {
+            0
+        };
+        let allowed = self.limit * (WAITING_PER_SLOT + 1) + extra;
         self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < allowed).then_some(n + 1))
             .is_ok()
+    }
+
+    /// Counts a finished request (approximately: a race between two threads
+    /// turning the window at once loses a few counts, which is harmless).
+    fn finished(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let start = self.window_start.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= WINDOW_MS
+            && self
+                .window_start
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // A window with no request at all means the host is not draining.
+            let done = if now - start >= 2 * WINDOW_MS {
+                0
+            } else {
+                self.done_now.swap(0, Ordering::Relaxed)
+            };
+            self.done_now.store(0, Ordering::Relaxed);
+            self.done_before.store(done, Ordering::Relaxed);
+        }
+        self.done_now.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits for one of the host's request slots (after [`Gate::try_queue`]).
@@ -51,6 +106,7 @@ pub struct HostSlot<'a> {
 
 impl Drop for HostSlot<'_> {
     fn drop(&mut self) {
+        self.gate.finished();
         self.gate.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -76,11 +132,7 @@ impl Hosts {
         if let Some(gate) = gates.get(host) {
             return gate.clone();
         }
-        let gate = Arc::new(Gate {
-            running: Semaphore::new(self.limit),
-            queued: AtomicUsize::new(0),
-            limit: self.limit,
-        });
+        let gate = Arc::new(Gate::new(self.limit));
         gates.insert(host.to_string(), gate.clone());
         gate
     }
@@ -113,6 +165,48 @@ mod tests {
         }
         assert!(!gate.try_queue(), "the gate holds its limit plus the waiting room");
         assert!(hosts.gate("other:80").try_queue(), "other hosts are not affected");
+    }
+
+    /// Has `gate` finish `n` requests in each of three windows.
+    async fn steady(gate: &Gate, n: usize) {
+        for _ in 0..3 {
+            for _ in 0..n {
+                assert!(gate.try_queue());
+                drop(gate.enter().await);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(WINDOW_MS + 5));
+        }
+        assert!(gate.try_queue());
+        drop(gate.enter().await);
+    }
+
+    fn admitted(gate: &Gate) -> usize {
+        let mut n = 0;
+        while gate.try_queue() {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test]
+    async fn a_host_that_drains_fast_may_keep_more_jobs_waiting() {
+        let hosts = Hosts::new(1);
+        let gate = hosts.gate("fast:80");
+        steady(&gate, 50).await;
+        let n = admitted(&gate);
+        assert!(
+            n > WAITING_PER_SLOT + 1,
+            "only {n} admitted for a host finishing ~50 per window"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_host_that_stopped_finishing_loses_its_extra_room() {
+        let hosts = Hosts::new(1);
+        let gate = hosts.gate("stalled:80");
+        steady(&gate, 50).await;
+        std::thread::sleep(std::time::Duration::from_millis(3 * WINDOW_MS));
+        assert_eq!(admitted(&gate), WAITING_PER_SLOT + 1);
     }
 
     #[tokio::test]

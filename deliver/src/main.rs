@@ -65,7 +65,16 @@ fn main() {
 }
 
 async fn run_worker(config: Config) -> i32 {
-    let (log, writer) = DeliveryLog::stdout(config.log_format);
+    let (log, writer) = match &config.log_file {
+        None => DeliveryLog::stdout(config.log_format),
+        Some(path) => match DeliveryLog::file(config.log_format, path) {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("deliver: cannot open DELIVER_LOG_FILE {}: {e}", path.display());
+                return 2;
+            }
+        },
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     let result = worker::run(&config, log, shutdown).await;

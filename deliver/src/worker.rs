@@ -2,12 +2,15 @@
 //!
 //! Four activities run side by side in one process:
 //! - the *fetcher* takes batches of jobs into this worker's in-flight list
-//!   (never more than there are free delivery slots), or blocks on Redis
+//!   (at most twice `DELIVER_CONCURRENCY` in memory), or blocks on Redis
 //!   for one job when the queue is empty, so an idle worker costs nothing;
-//! - one *delivery task* per job fills the URL, makes the request, logs the
-//!   attempt and hands the outcome to the settler;
+//!   it sends a job whose host is saturated to the back of the queue
+//!   ([`crate::hosts`]);
+//! - one *delivery task* per job waits for a slot of its host and a global
+//!   one, makes the request, logs the attempt and hands the outcome to the
+//!   settler;
 //! - the *settler* records outcomes in batches, one script call for many
-//!   jobs (acknowledge, schedule a retry, or dead-letter);
+//!   jobs (acknowledge, schedule a retry, dead-letter, or requeue);
 //! - *housekeeping* keeps the heartbeat alive, returns the jobs of dead
 //!   workers to the queue, and moves due retries back to it.
 //!
@@ -168,9 +171,10 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     ));
     let stop_housekeeping = CancellationToken::new();
     let housekeeping = tokio::spawn(housekeeping(ctx.clone(), config.clone(), stop_housekeeping.clone()));
-    // Room for every delivery slot plus one batch, so a finished delivery
-    // never waits to hand over its outcome.
-    let (settle_tx, settle_rx) = mpsc::channel(config.concurrency + config.batch);
+    // Room for every job the fetcher may hold (see `fetch`) plus one batch,
+    // so a finished delivery never waits to hand over its outcome (and is
+    // never cut short at shutdown after its request was made).
+    let (settle_tx, settle_rx) = mpsc::channel(2 * config.concurrency + config.batch);
     let settler = tokio::spawn(settler(ctx.clone(), settle_rx, config.batch));
 
     let mut deliveries = JoinSet::new();

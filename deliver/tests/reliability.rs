@@ -218,13 +218,20 @@ async fn retries_follow_the_status_codes() {
         (timed_out.reason, timed_out.attempts, timed_out.last_status.as_str()),
         (DeadReason::RetriesExhausted, 3, "timeout")
     );
-    let timeouts = deliver
-        .log()
-        .iter()
-        .filter(|l| field(l, "id").as_deref() == Some(jobs[2].id.as_str()))
-        .map(|l| field(l, "status").unwrap())
-        .collect::<Vec<_>>();
-    assert_eq!(timeouts, ["timeout", "timeout", "timeout"]);
+    // The log is written every 100 ms: wait for the third line.
+    let timeouts = || {
+        deliver
+            .log()
+            .iter()
+            .filter(|l| field(l, "id").as_deref() == Some(jobs[2].id.as_str()))
+            .map(|l| field(l, "status").unwrap())
+            .collect::<Vec<_>>()
+    };
+    wait_until(LIMIT, "three log lines of the silent job", || async {
+        timeouts().len() >= 3
+    })
+    .await;
+    assert_eq!(timeouts(), ["timeout", "timeout", "timeout"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,17 @@
 use common::config::{self, ConfigError, Source};
 use std::time::Duration;
 
+/// Where ingest's access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Standard output.
+    Stdout,
+    /// Nowhere.
+    Off,
+    /// This file, rotated by size.
+    File(std::path::PathBuf),
+}
+
 /// Every setting of `ingest`, with its environment variable and default.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,9 +41,8 @@ pub struct Config {
     /// `INGEST_SHUTDOWN_GRACE_MS`: how long requests in flight may finish
     /// after SIGTERM.
     pub shutdown_grace: Duration,
-    /// `INGEST_ACCESS_LOG`: one line per request on stdout (`stdout`), or
-    /// none (`off`).
-    pub access_log: bool,
+    /// `INGEST_ACCESS_LOG`: where the one line per request goes.
+    pub access_log: AccessLog,
 }
 
 /// The `--help` table: variable, default, meaning.
@@ -64,7 +74,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "10000",
         "time for requests in flight after SIGTERM",
     ),
-    ("INGEST_ACCESS_LOG", "stdout", "one line per request on stdout, or off"),
+    (
+        "INGEST_ACCESS_LOG",
+        "stdout",
+        "one line per request: stdout, off, or a file (rotated at 200 MiB)",
+    ),
     ("RUST_LOG", "info", "log filter (error, warn, info, debug)"),
 ];
 
@@ -88,9 +102,16 @@ impl Config {
             redis_pool: config::count(src, "INGEST_REDIS_POOL", 16, 1)?,
             shutdown_grace: config::millis(src, "INGEST_SHUTDOWN_GRACE_MS", 10_000)?,
             access_log: match config::string(src, "INGEST_ACCESS_LOG", "stdout").as_str() {
-                "stdout" => true,
-                "off" => false,
-                other => return Err(ConfigError::new("INGEST_ACCESS_LOG", other, "expected stdout or off")),
+                "stdout" => AccessLog::Stdout,
+                "off" => AccessLog::Off,
+                path if path.starts_with('/') => AccessLog::File(path.into()),
+                other => {
+                    return Err(ConfigError::new(
+                        "INGEST_ACCESS_LOG",
+                        other,
+                        "expected stdout, off, or an absolute file path",
+                    ))
+                }
             },
         })
     }

@@ -2,7 +2,7 @@
 //! with their own configuration, exactly as `main` does.
 
 use crate::backlog::{self, Backlog};
-use crate::config::Config;
+use crate::config::{AccessLog, Config};
 use crate::metrics::Metrics;
 use crate::routes::{self, Accepted, RequestId};
 use actix_web::dev::Service;
@@ -77,11 +77,18 @@ impl Application {
             outage.clone(),
             metrics.clone(),
         ));
-        let (access_log, access_log_writer) = if config.access_log {
-            let (log, writer) = LineLog::stdout();
-            (Some(log), Some(writer))
-        } else {
-            (None, None)
+        let (access_log, access_log_writer) = match &config.access_log {
+            AccessLog::Off => (None, None),
+            AccessLog::Stdout => {
+                let (log, writer) = LineLog::stdout();
+                (Some(log), Some(writer))
+            }
+            AccessLog::File(path) => {
+                let (log, writer) = LineLog::file(path).map_err(|e| {
+                    std::io::Error::other(format!("cannot open INGEST_ACCESS_LOG {}: {e}", path.display()))
+                })?;
+                (Some(log), Some(writer))
+            }
         };
         let (max_body_bytes, max_items, redis_timeout) =
             (config.max_body_bytes, config.max_items, config.redis_timeout);
