@@ -8,6 +8,17 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The settings both services read, for their `--help`: variable,
+/// default, meaning.
+pub const SHARED_SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "REDIS_URL",
+        "redis://127.0.0.1:6379",
+        "Redis holding the queue (redis://[user:password@]host:port[/db])",
+    ),
+    ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
+];
+
 /// A setting that is present but unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{var}={value:?}: {problem}")]

@@ -61,14 +61,9 @@ pub struct Config {
     pub admin_bind: std::net::SocketAddr,
 }
 
-/// The `--help` table: variable, default, meaning.
+/// The `--help` table of this service's own settings (besides
+/// [`config::SHARED_SETTINGS`]): variable, default, meaning.
 pub const SETTINGS: &[(&str, &str, &str)] = &[
-    (
-        "REDIS_URL",
-        "redis://127.0.0.1:6379",
-        "Redis holding the queue (redis://[:password@]host:port[/db])",
-    ),
-    ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
     ("DELIVER_CONCURRENCY", "256", "deliveries in flight at once"),
     (
         "DELIVER_PER_HOST_CONCURRENCY",

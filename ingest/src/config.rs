@@ -45,14 +45,9 @@ pub struct Config {
     pub access_log: AccessLog,
 }
 
-/// The `--help` table: variable, default, meaning.
+/// The `--help` table of this service's own settings (besides
+/// [`config::SHARED_SETTINGS`]): variable, default, meaning.
 pub const SETTINGS: &[(&str, &str, &str)] = &[
-    (
-        "REDIS_URL",
-        "redis://127.0.0.1:6379",
-        "Redis holding the queue (redis://[:password@]host:port[/db])",
-    ),
-    ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
     ("INGEST_BIND", "127.0.0.1:3000", "address to listen on"),
     (
         "INGEST_REUSEPORT",

@@ -3,13 +3,24 @@
 use ingest::config::{Config, SETTINGS};
 use ingest::startup::Application;
 
+/// Prints the usage; a closed pipe (`| head`) is not an error.
 fn print_help() {
-    println!("ingest: accepts postback requests over HTTP and queues one job per data item on Redis.\n");
-    println!("Usage: ingest [--help]\n\nSettings (environment variables):");
-    for (var, default, meaning) in SETTINGS {
-        println!("  {var:<26} default {default:<24} {meaning}");
+    use std::fmt::Write as _;
+    let mut help = String::new();
+    let _ = writeln!(
+        help,
+        "ingest: accepts postback requests over HTTP and queues one job per data item on Redis.\n"
+    );
+    let _ = writeln!(help, "Usage: ingest [--help]\n\nSettings (environment variables):");
+    for (var, default, meaning) in common::config::SHARED_SETTINGS.iter().chain(SETTINGS) {
+        let _ = writeln!(help, "  {var:<26} default {default:<24} {meaning}");
     }
-    println!("\nRoutes: POST /ingest (also /ingest.php, /i), GET /health");
+    let _ = writeln!(
+        help,
+        "\nRoutes: POST /ingest (also /ingest.php, /i); GET /health, /metrics, /stats, /dashboard"
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(help.as_bytes());
 }
 
 fn main() -> std::io::Result<()> {
