@@ -49,15 +49,29 @@ wait_for() {
   done
 }
 
-# free_port: a TCP port on 127.0.0.1 that is free right now.
+# free_port [N]: a TCP port on 127.0.0.1 that is free right now (with N,
+# the first of N free consecutive ports), below the kernel's ephemeral
+# range (a port in that range can be taken at any moment as the local end
+# of an outgoing connection, and a later bind then fails), and never one
+# this shell session handed out before.
+: "${POSTBACK_PORTS_TAKEN:=/tmp/postback-ports.$$}"
 free_port() {
-  local port
-  for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 30000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return 0
-    fi
+  local count=${1:-1} low=32768 port p ok
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  [ "$low" -gt 12000 ] || low=32768
+  for _ in $(seq 1 100); do
+    port=$((10000 + RANDOM % (low - 10000 - count)))
+    ok=1
+    for ((p = port; p < port + count; p++)); do
+      if grep -qx "$p" "$POSTBACK_PORTS_TAKEN" 2>/dev/null || (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        ok=0
+        break
+      fi
+    done
+    [ "$ok" = 1 ] || continue
+    for ((p = port; p < port + count; p++)); do echo "$p" >>"$POSTBACK_PORTS_TAKEN"; done
+    echo "$port"
+    return 0
   done
   die "no free port found"
 }

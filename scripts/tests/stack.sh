@@ -23,6 +23,7 @@ cleanup() {
   fi
   [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null
   rm -rf "$tmp"
+  rm -f "$POSTBACK_PORTS_TAKEN"
 }
 trap cleanup EXIT
 
@@ -46,7 +47,7 @@ export POSTBACK_CONF_DIR=$tmp/etc POSTBACK_LOG_DIR=$tmp/log POSTBACK_DATA_DIR=$t
 export POSTBACK_BIN_DIR=$bin POSTBACK_LIB_DIR=$repo/scripts POSTBACK_NGINX_USER="nobody nogroup"
 http_port=$(free_port)
 INFLUX_HTTP_PORT=$(free_port) INFLUX_RPC_PORT=$(free_port) COLLECTD_PORT=$(free_port) \
-  REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) DELIVER_ADMIN_PORT=$(free_port) POSTBACK_HTTP_LISTEN=127.0.0.1:$http_port REDIS_MAXMEMORY=256mb \
+  REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) DELIVER_ADMIN_PORT=$(free_port 2) POSTBACK_HTTP_LISTEN=127.0.0.1:$http_port REDIS_MAXMEMORY=256mb \
   stack_init_env
 cat >>"$POSTBACK_CONF_DIR/postback.env" <<'ENV'
 # test overrides
@@ -225,7 +226,7 @@ test_provision_dry_run_and_root() {
   local root=$tmp/root
   provisioned_conf=$root/etc/postback/supervisord.conf provisioned_run=$root/run/postback
   out=$(POSTBACK_BIN_SOURCE=$bin "$repo/scripts/provision" --root "$root" --swap 0 --http-port "$(free_port)" \
-    --redis-port "$(free_port)" --ingest-port "$(free_port)" --admin-port "$(free_port)" 2>&1) || fail "provision --root failed: $out" || return 1
+    --redis-port "$(free_port)" --ingest-port "$(free_port)" --admin-port "$(free_port 2)" 2>&1) || fail "provision --root failed: $out" || return 1
   grep -q "skipped firewall" <<<"$out" || fail "--root must say it skips the firewall" || return 1
   supervisord -c "$provisioned_conf" || return 1
   POSTBACK_CONF_DIR=$root/etc/postback POSTBACK_LOG_DIR=$root/var/log/postback stack_wait_healthy 60 ||
