@@ -29,6 +29,7 @@ use bytes::Bytes;
 use common::job::{DeadLetter, DeadReason, Job};
 use common::queue::{self, QueueKeys, Settlement};
 use common::redis_pool::{Outage, Shared};
+use deadpool_redis::redis::{aio::MultiplexedConnection, RedisResult};
 use deadpool_redis::Pool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,11 +86,25 @@ struct Context {
 }
 
 impl Context {
-    /// Drops the shared Redis connection after an error (the next command
-    /// reconnects) and describes the error.
-    fn redis_failed(&self, error: deadpool_redis::redis::RedisError) -> String {
-        self.redis.reset();
-        error.to_string()
+    /// Runs `op` on the shared Redis connection and records the outcome for
+    /// outage logging; after an error the connection is dropped, so the
+    /// next operation reconnects.
+    async fn redis<T, Fut>(&self, what: &str, op: impl FnOnce(MultiplexedConnection) -> Fut) -> Result<T, String>
+    where
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let result = match self.redis.get().await {
+            Ok(conn) => op(conn).await.map_err(|e| {
+                self.redis.reset();
+                e.to_string()
+            }),
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(_) => self.outage.succeeded(),
+            Err(e) => self.outage.failed(what, e),
+        }
+        result
     }
 }
 
@@ -208,19 +223,13 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
 async fn first_heartbeat(ctx: &Context, shutdown: &CancellationToken) -> bool {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let result = async {
-            let mut conn = ctx.redis.get().await?;
-            queue::heartbeat(&mut conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl)
-                .await
-                .map_err(|e| ctx.redis_failed(e))
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                ctx.outage.succeeded();
-                return true;
-            }
-            Err(e) => ctx.outage.failed("heartbeat", &e),
+        let beat = ctx
+            .redis("heartbeat", |mut conn| async move {
+                queue::heartbeat(&mut conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl).await
+            })
+            .await;
+        if beat.is_ok() {
+            return true;
         }
         if !pause(&mut backoff, shutdown).await {
             return false;
@@ -563,16 +572,14 @@ async fn settler(ctx: Arc<Context>, mut rx: mpsc::Receiver<Settlement>, batch_ma
         }
         let mut backoff = BACKOFF_MIN;
         loop {
-            let result = async {
-                let mut conn = ctx.redis.get().await?;
-                queue::settle(&mut conn, &ctx.keys, &ctx.id, &batch)
-                    .await
-                    .map_err(|e| ctx.redis_failed(e))
-            }
-            .await;
+            let (keys, id, outcomes) = (&ctx.keys, &ctx.id, &batch);
+            let result = ctx
+                .redis("settle", |mut conn| async move {
+                    queue::settle(&mut conn, keys, id, outcomes).await
+                })
+                .await;
             match result {
                 Ok(settled) => {
-                    ctx.outage.succeeded();
                     if (settled as usize) < batch.len() {
                         log::warn!(
                             "{} outcomes dropped: their jobs had been returned to the queue while this worker was presumed dead",
@@ -581,8 +588,7 @@ async fn settler(ctx: Arc<Context>, mut rx: mpsc::Receiver<Settlement>, batch_ma
                     }
                     break;
                 }
-                Err(e) => {
-                    ctx.outage.failed("settle", &e);
+                Err(_) => {
                     pause(&mut backoff, &never).await;
                 }
             }
@@ -604,32 +610,36 @@ async fn housekeeping(ctx: Arc<Context>, config: Config, stop: CancellationToken
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        let result: Result<(), String> = async {
-            let mut conn = ctx.redis.get().await?;
-            if now >= next_heartbeat {
-                queue::heartbeat(&mut conn, &ctx.keys, &ctx.id, &ctx.id, ctx.heartbeat_ttl)
-                    .await
-                    .map_err(|e| ctx.redis_failed(e))?;
+        let (beat, reclaim) = (now >= next_heartbeat, now >= next_reclaim);
+        let ctx_ref = &*ctx;
+        let done = ctx
+            .redis("housekeeping", |mut conn| async move {
+                if beat {
+                    queue::heartbeat(
+                        &mut conn,
+                        &ctx_ref.keys,
+                        &ctx_ref.id,
+                        &ctx_ref.id,
+                        ctx_ref.heartbeat_ttl,
+                    )
+                    .await?;
+                }
+                if reclaim {
+                    queue::reclaim_dead_workers(&mut conn, &ctx_ref.keys, &ctx_ref.id).await?;
+                }
+                while queue::promote_due(&mut conn, &ctx_ref.keys, queue::MAX_BATCH).await? == queue::MAX_BATCH as u64 {
+                }
+                Ok(())
+            })
+            .await;
+        if done.is_ok() {
+            if beat {
                 next_heartbeat = now + config.heartbeat_every;
             }
-            if now >= next_reclaim {
-                queue::reclaim_dead_workers(&mut conn, &ctx.keys, &ctx.id)
-                    .await
-                    .map_err(|e| ctx.redis_failed(e))?;
+            if reclaim {
                 next_reclaim = now + config.heartbeat_every;
                 ctx.hosts.prune();
             }
-            while queue::promote_due(&mut conn, &ctx.keys, queue::MAX_BATCH)
-                .await
-                .map_err(|e| ctx.redis_failed(e))?
-                == queue::MAX_BATCH as u64
-            {}
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => ctx.outage.succeeded(),
-            Err(e) => ctx.outage.failed("housekeeping", &e),
         }
     }
 }
@@ -642,21 +652,18 @@ async fn release(ctx: &Context) -> u64 {
     let mut backoff = BACKOFF_MIN;
     let never = CancellationToken::new();
     loop {
-        let result = async {
-            let mut conn = ctx.redis.get().await?;
-            queue::release(&mut conn, &ctx.keys, &ctx.id)
-                .await
-                .map_err(|e| ctx.redis_failed(e))
-        }
-        .await;
+        let result = ctx
+            .redis("release", |mut conn| async move {
+                queue::release(&mut conn, &ctx.keys, &ctx.id).await
+            })
+            .await;
         match result {
             Ok(returned) => return returned,
             Err(e) if Instant::now() >= deadline => {
                 log::warn!("could not return unsettled jobs to the queue ({e}); they will be recovered when this worker's heartbeat expires");
                 return 0;
             }
-            Err(e) => {
-                ctx.outage.failed("release", &e);
+            Err(_) => {
                 pause(&mut backoff, &never).await;
             }
         }

@@ -21,27 +21,14 @@ pub async fn ingest(
     let accepted = request::parse(&body, state.max_items, request_id.as_deref())?;
     state.backlog.check()?;
 
-    let push = async {
-        let mut conn = state.redis.get().await?;
-        common::queue::push(&mut conn, &state.keys, &accepted.jobs)
-            .await
-            .map_err(|e| state.redis_failed(e))
-    };
-    match tokio::time::timeout(state.redis_timeout, push).await {
-        Ok(Ok(depth)) => {
-            state.outage.succeeded();
-            state.backlog.observe(depth);
-        }
-        Ok(Err(e)) => {
-            state.outage.failed("push", &e);
-            return Err(ApiError::QueueUnavailable(e));
-        }
-        Err(_) => {
-            let e = format!("no answer within {} ms", state.redis_timeout.as_millis());
-            state.outage.failed("push", &e);
-            return Err(ApiError::QueueUnavailable(e));
-        }
-    }
+    let (keys, jobs) = (&state.keys, &accepted.jobs);
+    let depth = state
+        .redis("push", |mut conn| async move {
+            common::queue::push(&mut conn, keys, jobs).await
+        })
+        .await
+        .map_err(ApiError::QueueUnavailable)?;
+    state.backlog.observe(depth);
     state.metrics.accepted(accepted.ids.len());
     // Ids are UUIDs (no characters to escape): the answer is written as it is.
     let mut body = String::with_capacity(32 + accepted.ids.len() * 39);
@@ -112,25 +99,17 @@ pub async fn stats(query: web::Query<StatsQuery>, state: web::Data<AppState>) ->
             "`seconds` must be 1 to 3600 and `step` 1 to 600",
         ));
     }
-    let read = async {
-        let mut conn = state.redis.get().await?;
-        let depths = common::queue::depths(&mut conn, &state.keys)
-            .await
-            .map_err(|e| state.redis_failed(e))?;
-        let until = common::now_ms() / 1000;
-        let window = common::stats::read(&mut conn, &state.keys, until, seconds, step, 20)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((depths, window))
-    };
-    match tokio::time::timeout(state.redis_timeout, read).await {
-        Ok(Ok((depths, window))) => Ok(HttpResponse::Ok().json(json!({"queue": depths, "window": window}))),
-        Ok(Err(e)) => Err(ApiError::QueueUnavailable(e)),
-        Err(_) => Err(ApiError::QueueUnavailable(format!(
-            "no answer within {} ms",
-            state.redis_timeout.as_millis()
-        ))),
-    }
+    let keys = &state.keys;
+    let (depths, window) = state
+        .redis("stats", |mut conn| async move {
+            let depths = common::queue::depths(&mut conn, keys).await?;
+            let until = common::now_ms() / 1000;
+            let window = common::stats::read(&mut conn, keys, until, seconds, step, 20).await?;
+            Ok((depths, window))
+        })
+        .await
+        .map_err(ApiError::QueueUnavailable)?;
+    Ok(HttpResponse::Ok().json(json!({"queue": depths, "window": window})))
 }
 
 /// `GET /dashboard`: one self-contained page (no external resources) that
@@ -148,17 +127,16 @@ pub async fn dashboard() -> HttpResponse {
 
 /// `GET /health`: 200 when Redis answers a PING in time, 503 otherwise.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let ping = async {
-        let mut conn = state.redis.get().await?;
-        deadpool_redis::redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map_err(|e| state.redis_failed(e))
-    };
-    match tokio::time::timeout(state.redis_timeout, ping).await {
-        Ok(Ok(_)) => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up"})),
-        Ok(Err(e)) => unhealthy(e),
-        Err(_) => unhealthy(format!("no answer within {} ms", state.redis_timeout.as_millis())),
+    let ping = state
+        .redis("health", |mut conn| async move {
+            deadpool_redis::redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+        })
+        .await;
+    match ping {
+        Ok(_) => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up"})),
+        Err(e) => unhealthy(e),
     }
 }
 

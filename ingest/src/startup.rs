@@ -16,6 +16,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use common::queue::QueueKeys;
 use common::redis_pool::{Outage, Shared};
+use deadpool_redis::redis::{aio::MultiplexedConnection, RedisResult};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,11 +43,30 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Drops this worker's Redis connection after an error (the next request
-    /// reconnects) and describes the error.
-    pub fn redis_failed(&self, error: deadpool_redis::redis::RedisError) -> String {
-        self.redis.reset();
-        error.to_string()
+    /// Runs `op` on this worker's Redis connection within
+    /// `INGEST_REDIS_TIMEOUT_MS`, and records the outcome for outage
+    /// logging; after an error the connection is dropped, so the next
+    /// request reconnects.
+    pub async fn redis<T, Fut>(&self, what: &str, op: impl FnOnce(MultiplexedConnection) -> Fut) -> Result<T, String>
+    where
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let run = async {
+            let conn = self.redis.get().await?;
+            op(conn).await.map_err(|e| {
+                self.redis.reset();
+                e.to_string()
+            })
+        };
+        let result = match tokio::time::timeout(self.redis_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} ms", self.redis_timeout.as_millis())),
+        };
+        match &result {
+            Ok(_) => self.outage.succeeded(),
+            Err(e) => self.outage.failed(what, e),
+        }
+        result
     }
 }
 
