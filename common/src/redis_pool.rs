@@ -8,6 +8,7 @@
 //! the pool once and cloned per command; redis-rs pipelines the commands of
 //! all its clones on one socket, and a broken connection is replaced.
 
+use deadpool::managed::Manager as _;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::AsyncConnectionConfig;
 use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
@@ -66,8 +67,9 @@ impl Outage {
     }
 }
 
-/// One multiplexed connection shared by many tasks, taken from a pool and
-/// replaced after an error.
+/// One multiplexed connection shared by many tasks, made with a pool's
+/// settings on the runtime of the first task that needs it, and replaced
+/// after an error.
 pub struct Shared {
     pool: Pool,
     current: std::sync::Mutex<Option<MultiplexedConnection>>,
@@ -75,7 +77,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A shared connection drawn from `pool` when first needed.
+    /// A shared connection made with `pool`'s settings when first needed.
     pub fn new(pool: Pool) -> Self {
         Shared {
             pool,
@@ -98,7 +100,12 @@ impl Shared {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
-        let conn = deadpool_redis::Connection::take(self.pool.get().await.map_err(|e| e.to_string())?);
+        // A new connection, not one from the pool: redis-rs runs a
+        // connection's I/O task on the runtime that created it, and a pooled
+        // connection may have been made on another thread (ingest's main
+        // thread, say), which would cost two cross-thread wake-ups per
+        // command. The connect timeout of the pool's config still applies.
+        let conn = self.pool.manager().create().await.map_err(|e| e.to_string())?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
