@@ -26,6 +26,10 @@ pub struct Config {
     /// `INGEST_REUSEPORT`: bind with SO_REUSEPORT, so that several ingest
     /// processes can share one port and the kernel spreads connections.
     pub reuse_port: bool,
+    /// `INGEST_SOCKET`: also listen on this Unix socket (an absolute path),
+    /// which is how nginx reaches ingest in the stack: no TCP/IP work on
+    /// either side of the hop, and one socket per process.
+    pub socket: Option<std::path::PathBuf>,
     /// `INGEST_WORKERS`: HTTP worker threads.
     pub workers: usize,
     /// `INGEST_MAX_BODY_BYTES`: largest request body accepted.
@@ -53,6 +57,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "INGEST_REUSEPORT",
         "false",
         "share the port with other ingest processes (SO_REUSEPORT)",
+    ),
+    (
+        "INGEST_SOCKET",
+        "(none)",
+        "also listen on this Unix socket path (nginx uses it)",
     ),
     ("INGEST_WORKERS", "number of CPUs", "HTTP worker threads"),
     ("INGEST_MAX_BODY_BYTES", "1048576", "largest request body (413 above)"),
@@ -89,6 +98,17 @@ impl Config {
             queue: config::queue_name(src)?,
             bind,
             reuse_port: flag(src, "INGEST_REUSEPORT")?,
+            socket: match config::string(src, "INGEST_SOCKET", "").as_str() {
+                "" => None,
+                path if path.starts_with('/') => Some(path.into()),
+                other => {
+                    return Err(ConfigError::new(
+                        "INGEST_SOCKET",
+                        other,
+                        "expected an absolute path, e.g. /run/postback/ingest/ingest_00.sock",
+                    ))
+                }
+            },
             workers: config::count(src, "INGEST_WORKERS", cpus, 1)?,
             max_body_bytes: config::count(src, "INGEST_MAX_BODY_BYTES", 1 << 20, 64)?,
             max_items: config::count(src, "INGEST_MAX_ITEMS", 10_000, 1)?,

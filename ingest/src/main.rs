@@ -37,8 +37,13 @@ fn main() -> std::io::Result<()> {
     let config = common::config::exit_on_error("ingest", Config::from_source(&common::config::Env));
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config)?;
+        let socket = config
+            .socket
+            .as_ref()
+            .map(|p| format!(" and {}", p.display()))
+            .unwrap_or_default();
         log::info!(
-            "ingest listening on {} (queue {:?}, {} workers)",
+            "ingest listening on {}{socket} (queue {:?}, {} workers)",
             config.bind,
             config.queue,
             config.workers

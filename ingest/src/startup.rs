@@ -76,6 +76,7 @@ pub struct Application {
     server: Server,
     refresher: tokio::task::JoinHandle<()>,
     access_log_writer: Option<std::thread::JoinHandle<()>>,
+    socket: Option<std::path::PathBuf>,
 }
 
 impl Application {
@@ -84,6 +85,7 @@ impl Application {
     pub fn build(config: &Config) -> std::io::Result<Application> {
         let listener = bind(&config.bind, config.reuse_port)?;
         let port = listener.local_addr()?.port();
+        let socket = config.socket.as_deref().map(bind_socket).transpose()?;
         let pool = common::redis_pool::connect(&config.redis_url, config.redis_pool, config.redis_timeout)
             .map_err(std::io::Error::other)?;
         let keys = QueueKeys::new(&config.queue);
@@ -174,13 +176,18 @@ impl Application {
         })
         .workers(config.workers)
         .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
-        .listen(listener)?
+        .listen(listener)?;
+        let server = match socket {
+            Some(socket) => server.listen_uds(socket)?,
+            None => server,
+        }
         .run();
         Ok(Application {
             port,
             server,
             refresher,
             access_log_writer,
+            socket: config.socket.clone(),
         })
     }
 
@@ -194,6 +201,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.refresher.abort();
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
         // The app (and its log handles) are gone once the server stops: let
         // the writer flush the last lines.
         if let Some(writer) = self.access_log_writer {
@@ -221,6 +231,35 @@ fn access_line(request_id: &str, method: &str, path: &str, status: u16, accepted
         took.as_micros()
     );
     line
+}
+
+/// Binds the Unix socket at `path`, readable and writable by every local
+/// user (like a loopback port; the nginx workers run as another user). A
+/// socket left behind by a process that died is replaced; one that still
+/// answers, or a path that is not a socket, is an error.
+fn bind_socket(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let in_use = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("INGEST_SOCKET {}: {why}", path.display()),
+        )
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => return Err(in_use("exists and is not a socket")),
+        Ok(_) if UnixStream::connect(path).is_ok() => return Err(in_use("another process is listening on it")),
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on INGEST_SOCKET {}: {e}", path.display()),
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
 }
 
 /// Binds the listening socket, with SO_REUSEPORT when asked, so several

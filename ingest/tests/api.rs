@@ -231,14 +231,100 @@ async fn a_queue_over_its_limit_gets_503_queue_full() {
     assert_eq!(app.queued().await.len(), 6);
 }
 
+/// POSTs `body` to `path` over the Unix socket at `socket` (HTTP/1.1, one
+/// request, connection closed by the client) and returns the status and body.
+fn post_over_socket(socket: &std::path::Path, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect to the socket");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn ingest_also_serves_on_its_unix_socket_and_replaces_a_stale_one() {
+    let dir = common::testkit::TempDir::new("ingest-socket");
+    let socket = dir.path().join("ingest_00.sock");
+    // A socket file left behind by a process that died.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let socket_setting = socket.to_str().unwrap().to_string();
+    let app = spawn_app(&[("INGEST_SOCKET", socket_setting.as_str())]).await;
+
+    let path = socket.clone();
+    let (status, body) = tokio::task::spawn_blocking(move || post_over_socket(&path, "/ingest", SAMPLE))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let queued = app.queued().await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        Job::decode(queued[0].as_bytes()).unwrap().id,
+        answer["ids"][0].as_str().unwrap()
+    );
+    // Every local user may connect, as to a loopback port (nginx's workers
+    // run as another user).
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o666);
+    // The TCP listener still answers too.
+    assert_eq!(get(&app.url("/health")).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_socket_path_that_is_busy_or_not_a_socket_is_refused_at_start() {
+    let dir = common::testkit::TempDir::new("ingest-socket-busy");
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let build = |socket: &std::path::Path| {
+        let socket = socket.to_str().unwrap().to_string();
+        let env = [
+            ("INGEST_BIND", "127.0.0.1:0"),
+            ("REDIS_URL", url.as_str()),
+            ("INGEST_ACCESS_LOG", "off"),
+            ("INGEST_SOCKET", socket.as_str()),
+        ];
+        Application::build(&Config::from_source(env.as_slice()).unwrap()).map(|_| ())
+    };
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let err = build(&file).unwrap_err().to_string();
+    assert!(err.contains("INGEST_SOCKET") && err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+    let busy = dir.path().join("busy.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&busy).unwrap();
+    let err = build(&busy).unwrap_err().to_string();
+    assert!(err.contains("another process is listening"), "{err}");
+
+    let relative = [("INGEST_SOCKET", "ingest.sock"), ("REDIS_URL", url.as_str())];
+    let err = Config::from_source(relative.as_slice()).unwrap_err().to_string();
+    assert!(err.contains("INGEST_SOCKET"), "{err}");
+}
+
 #[tokio::test]
 async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
     use std::io::{BufRead, BufReader};
     let redis = RedisServer::start();
     let port = common::testkit::free_port();
+    let dir = common::testkit::TempDir::new("ingest-binary");
+    let socket = dir.path().join("ingest_00.sock");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
         .env("REDIS_URL", redis.url())
         .env("INGEST_BIND", format!("127.0.0.1:{port}"))
+        .env("INGEST_SOCKET", &socket)
         .env("INGEST_WORKERS", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -282,6 +368,17 @@ async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
     ] {
         assert!(line.contains(part), "{part} missing from {line}");
     }
+    // The socket serves the same app (the access log names it too).
+    let path = socket.clone();
+    let (status, _) = tokio::task::spawn_blocking(move || post_over_socket(&path, "/i", SAMPLE))
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    wait_until(Duration::from_secs(10), "the access line of the socket request", || {
+        let lines = lines.clone();
+        async move { lines.lock().unwrap().iter().any(|l| l.contains("path=/i ")) }
+    })
+    .await;
     // SIGTERM: ingest stops accepting, finishes, and exits cleanly.
     std::process::Command::new("kill")
         .arg("-TERM")
@@ -297,4 +394,5 @@ async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "the socket file is removed at exit");
 }

@@ -44,6 +44,22 @@ stack_init_env() {
   )
 }
 
+# sockets_reachable DIR NGINX_USER : whether nginx workers running as
+# NGINX_USER can reach sockets in DIR: they run as the caller, or every
+# existing directory on the way lets others through (a checkout under a
+# private home directory does not), and the socket paths fit a sockaddr.
+sockets_reachable() {
+  local dir=$1 user=${2%% *}
+  [ ${#dir} -le 90 ] || return 1
+  [ "$user" = "$(id -un)" ] && return 0
+  while [ -n "$dir" ] && [ "$dir" != / ]; do
+    if [ -d "$dir" ]; then
+      [ "$(stat -c %A "$dir" | cut -c10)" = x ] || [ "$(stat -c %A "$dir" | cut -c10)" = t ] || return 1
+    fi
+    dir=$(dirname "$dir")
+  done
+}
+
 # stack_render : renders every config from the templates and postback.env.
 # Monitoring (collectd, InfluxDB) is rendered when postback.env says
 # POSTBACK_MONITORING=1 or the caller sets POSTBACK_MONITORING_FLAG=1.
@@ -69,6 +85,20 @@ stack_render() {
       NGINX_ADMIN_RULES+="        allow $addr;"$'\n'
     done
     export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES
+    # nginx reaches each ingest process on its own Unix socket, or on the
+    # shared TCP port if its workers could not reach the socket folder.
+    local n
+    INGEST_SOCKET_DIR=$POSTBACK_RUN_DIR/ingest
+    NGINX_INGEST_SERVERS=""
+    if sockets_reachable "$INGEST_SOCKET_DIR" "$POSTBACK_NGINX_USER"; then
+      for ((n = 0; n < ${INGEST_PROCS:-1}; n++)); do
+        NGINX_INGEST_SERVERS+="    server unix:$INGEST_SOCKET_DIR/ingest_$(printf %02d "$n").sock;"$'\n'
+      done
+    else
+      echo "note: nginx workers ($POSTBACK_NGINX_USER) cannot reach $INGEST_SOCKET_DIR; proxying to ingest over TCP ($INGEST_BIND)" >&2
+      NGINX_INGEST_SERVERS="    server ${INGEST_BIND:-127.0.0.1:3000};"$'\n'
+    fi
+    export INGEST_SOCKET_DIR NGINX_INGEST_SERVERS
     local monitoring=${POSTBACK_MONITORING:-0}
     [ "${POSTBACK_MONITORING_FLAG:-0}" = 1 ] && monitoring=1
     # One curl_json block per deliver process, on its admin port.
@@ -125,7 +155,7 @@ stack_running() {
 
 # stack_start : starts supervisord (which starts everything).
 stack_start() {
-  mkdir -p "$POSTBACK_RUN_DIR" "$POSTBACK_LOG_DIR" "$POSTBACK_DATA_DIR/redis"
+  mkdir -p "$POSTBACK_RUN_DIR/ingest" "$POSTBACK_LOG_DIR" "$POSTBACK_DATA_DIR/redis"
   nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e "$POSTBACK_LOG_DIR/nginx-error.log" ||
     die "nginx -t failed on $POSTBACK_CONF_DIR/nginx.conf"
   supervisord -c "$POSTBACK_CONF_DIR/supervisord.conf"

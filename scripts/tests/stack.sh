@@ -13,6 +13,8 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 
 bin=${POSTBACK_TEST_BIN_DIR:-$repo/target/debug}
 tmp=$(mktemp -d /tmp/postback-stack-test.XXXXXX)
+# nginx workers run as nobody and reach ingest's sockets in here.
+chmod 711 "$tmp"
 sink_pid="" passed=0 failed=0 failures=()
 
 cleanup() {
@@ -102,7 +104,11 @@ test_all_running_and_sample_delivered() {
   grep -q '"accepted":1' <<<"$response" || fail "ingest answered: $response" || return 1
   wait_for 20 "the sample at the sink" grep -q ' GET /data' "$tmp/sink.log" || return 1
   grep -qx '[0-9]* GET /data?title=Gopher&image=https%3A%2F%2Fblog.golang.org%2Fgopher%2Fgopher.png&foo=' "$tmp/sink.log" ||
-    fail "wrong URL: $(cat "$tmp/sink.log")"
+    fail "wrong URL: $(cat "$tmp/sink.log")" || return 1
+  # nginx reached ingest on its Unix socket (its access log names the upstream).
+  wait_for 10 "nginx's access line naming ingest's socket" \
+    grep -q "POST /ingest .*upstream=unix:$POSTBACK_RUN_DIR/ingest/ingest_00.sock" "$POSTBACK_LOG_DIR/nginx-access.log" ||
+    fail "upstream: $(grep -o 'upstream=[^ ]*' "$POSTBACK_LOG_DIR/nginx-access.log" | sort | uniq -c)"
 }
 
 # --- 2 ----------------------------------------------------------------------
