@@ -97,14 +97,25 @@ async fn run_worker(config: Config) -> i32 {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    let result = worker::run(&config, log, shutdown).await;
+    // The worker runs as a task on the runtime's threads, not on this
+    // thread (block_on's): the fetcher then spawns deliveries onto its own
+    // thread's queue and shares its Redis connection's thread, instead of
+    // waking a runtime thread for every job it hands over.
+    let worker = tokio::spawn(async move { worker::run(&config, log, shutdown).await });
+    let result = worker.await;
     // Every log handle is gone once the worker returns: let the writer
     // flush the last lines before exiting.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     match result {
-        Ok(_) => 0,
-        Err(e) => {
+        Ok(Ok(_)) => 0,
+        Ok(Err(e)) => {
             log::error!("deliver cannot start: {e}");
+            1
+        }
+        Err(e) => {
+            log::error!(
+                "deliver's worker failed: {e}; its in-flight jobs return to the queue when its heartbeat expires"
+            );
             1
         }
     }
