@@ -97,25 +97,18 @@ async fn run_worker(config: Config) -> i32 {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    // The worker runs as a task on the runtime's threads, not on this
-    // thread (block_on's): the fetcher then spawns deliveries onto its own
-    // thread's queue and shares its Redis connection's thread, instead of
-    // waking a runtime thread for every job it hands over.
-    let worker = tokio::spawn(async move { worker::run(&config, log, shutdown).await });
-    let result = worker.await;
+    // Not spawned: the worker's fetcher then runs on this thread, taking
+    // and handing out the next batch while the runtime's threads deliver
+    // (measured: a spawned worker drained 7 % slower on two cores, although
+    // it switched threads less).
+    let result = worker::run(&config, log, shutdown).await;
     // Every log handle is gone once the worker returns: let the writer
     // flush the last lines before exiting.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     match result {
-        Ok(Ok(_)) => 0,
-        Ok(Err(e)) => {
-            log::error!("deliver cannot start: {e}");
-            1
-        }
+        Ok(_) => 0,
         Err(e) => {
-            log::error!(
-                "deliver's worker failed: {e}; its in-flight jobs return to the queue when its heartbeat expires"
-            );
+            log::error!("deliver cannot start: {e}");
             1
         }
     }
