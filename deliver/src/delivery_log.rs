@@ -7,7 +7,7 @@
 //! record that tools can parse.
 
 use crate::config::LogFormat;
-use common::line_log::rfc3339_millis;
+use common::line_log::{push_rfc3339_millis, rfc3339_millis};
 use std::fmt::Write as _;
 
 /// One attempt, as logged.
@@ -71,14 +71,11 @@ impl DeliveryLog {
 /// Formats `record` as one line, newline included.
 pub fn format_record(format: LogFormat, r: &Record<'_>) -> String {
     let mut line = String::with_capacity(192 + r.url.len() + r.response_body.len());
-    let time = rfc3339_millis(r.delivery_time_ms);
     match format {
         LogFormat::Logfmt => {
-            let _ = write!(
-                line,
-                "delivery_time={time} id={} attempt={} method={} url=",
-                r.id, r.attempt, r.method
-            );
+            line.push_str("delivery_time=");
+            push_rfc3339_millis(&mut line, r.delivery_time_ms);
+            let _ = write!(line, " id={} attempt={} method={} url=", r.id, r.attempt, r.method);
             logfmt_value(&mut line, r.url);
             line.push_str(" status=");
             logfmt_value(&mut line, r.status);
@@ -95,7 +92,7 @@ pub fn format_record(format: LogFormat, r: &Record<'_>) -> String {
         }
         LogFormat::Json => {
             let value = serde_json::json!({
-                "delivery_time": time,
+                "delivery_time": rfc3339_millis(r.delivery_time_ms),
                 "id": r.id,
                 "attempt": r.attempt,
                 "method": r.method,

@@ -224,10 +224,11 @@ fn ingest_resource(path: &str) -> actix_web::Resource {
 fn access_line(request_id: &str, method: &str, path: &str, status: u16, accepted: usize, took: Duration) -> String {
     use std::fmt::Write as _;
     let mut line = String::with_capacity(160 + path.len());
-    let time = common::line_log::rfc3339_millis(common::now_ms());
+    line.push_str("time=");
+    common::line_log::push_rfc3339_millis(&mut line, common::now_ms());
     let _ = writeln!(
         line,
-        "time={time} request_id={request_id} method={method} path={path} status={status} accepted={accepted} duration_us={}",
+        " request_id={request_id} method={method} path={path} status={status} accepted={accepted} duration_us={}",
         took.as_micros()
     );
     line
