@@ -99,9 +99,12 @@ test_all_running_and_sample_delivered() {
   for program in redis ingest:ingest_00 deliver:deliver_00 deliver:deliver_01 nginx influxdb collectd; do
     grep -q "^$program .* RUNNING " <<<"$status" || fail "$program is not RUNNING: $status" || return 1
   done
-  local response
-  response=$(curl -sS -X POST "$base/ingest" -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/data?title={mascot}&image={location}&foo={bar}\"},\"data\":[{\"mascot\":\"Gopher\",\"location\":\"https://blog.golang.org/gopher/gopher.png\"}]}")
+  local response headers
+  response=$(curl -sS -D "$tmp/sample.headers" -X POST "$base/ingest" -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/data?title={mascot}&image={location}&foo={bar}\"},\"data\":[{\"mascot\":\"Gopher\",\"location\":\"https://blog.golang.org/gopher/gopher.png\"}]}")
   grep -q '"accepted":1' <<<"$response" || fail "ingest answered: $response" || return 1
+  # One X-Request-Id, whether nginx made it or ingest echoed it.
+  headers=$(grep -ci '^x-request-id:' "$tmp/sample.headers")
+  [ "$headers" -eq 1 ] || fail "$headers X-Request-Id headers: $(cat "$tmp/sample.headers")" || return 1
   wait_for 20 "the sample at the sink" grep -q ' GET /data' "$tmp/sink.log" || return 1
   grep -qx '[0-9]* GET /data?title=Gopher&image=https%3A%2F%2Fblog.golang.org%2Fgopher%2Fgopher.png&foo=' "$tmp/sink.log" ||
     fail "wrong URL: $(cat "$tmp/sink.log")" || return 1
