@@ -208,7 +208,7 @@ test_runbook_read_only_commands_work() {
   count=$(find "$blocks" -name '*.sh' | wc -l)
   [ "$count" -ge 8 ] || fail "found only $count read-only blocks in the runbook" || return 1
   sed -i -e "s|/etc/postback|$POSTBACK_CONF_DIR|g" -e "s|/var/log/postback|$POSTBACK_LOG_DIR|g" \
-    -e "s|/var/lib/postback|$POSTBACK_DATA_DIR|g" "$blocks"/*.sh
+    -e "s|/var/lib/postback|$POSTBACK_DATA_DIR|g" -e "s|/run/postback|$POSTBACK_RUN_DIR|g" "$blocks"/*.sh
   local setup block out
   setup=$(find "$blocks" -name '*.sh' | sort | head -n 1)
   for block in $(find "$blocks" -name '*.sh' | sort); do
