@@ -22,7 +22,8 @@ pub struct Config {
     pub queue: String,
     /// `DELIVER_CONCURRENCY`: deliveries in flight at once.
     pub concurrency: usize,
-    /// `DELIVER_THREADS`: runtime worker threads of this process.
+    /// `DELIVER_THREADS`: runtime worker threads of this process; by default
+    /// the CPUs divided among the `DELIVER_PROCS` processes of the machine.
     pub threads: usize,
     /// `DELIVER_PER_HOST_CONCURRENCY`: deliveries in flight at once to one
     /// host (`host:port`), so a slow endpoint cannot hold every slot.
@@ -65,6 +66,16 @@ pub struct Config {
 /// [`config::SHARED_SETTINGS`]): variable, default, meaning.
 pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("DELIVER_CONCURRENCY", "256", "deliveries in flight at once"),
+    (
+        "DELIVER_THREADS",
+        "CPUs / DELIVER_PROCS",
+        "runtime threads of this process",
+    ),
+    (
+        "DELIVER_PROCS",
+        "1",
+        "deliver processes on this machine (divides the default of DELIVER_THREADS)",
+    ),
     (
         "DELIVER_PER_HOST_CONCURRENCY",
         "32",
@@ -194,7 +205,7 @@ impl Config {
             threads: config::count(
                 src,
                 "DELIVER_THREADS",
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+                config::threads_per_process(src, "DELIVER_PROCS")?,
                 1,
             )?,
             per_host_concurrency: config::count(src, "DELIVER_PER_HOST_CONCURRENCY", 32, 1)?,
@@ -234,6 +245,19 @@ mod tests {
         let config =
             Config::from_source(&[("DELIVER_ADMIN_BIND", "127.0.0.1:4000"), ("DELIVER_INSTANCE", "2")]).unwrap();
         assert_eq!(config.admin_bind.to_string(), "127.0.0.1:4002");
+    }
+
+    #[test]
+    fn the_cpus_are_shared_among_the_deliver_processes_by_default() {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap();
+        let threads = |env: &[(&str, &str)]| Config::from_source(env).unwrap().threads;
+        assert_eq!(threads(&[]), cpus);
+        assert_eq!(threads(&[("DELIVER_PROCS", "2")]), (cpus / 2).max(1));
+        let many = (cpus * 4).to_string();
+        assert_eq!(threads(&[("DELIVER_PROCS", many.as_str())]), 1);
+        assert_eq!(threads(&[("DELIVER_PROCS", "2"), ("DELIVER_THREADS", "3")]), 3);
+        let err = Config::from_source(&[("DELIVER_PROCS", "0")]).unwrap_err();
+        assert_eq!(err.var, "DELIVER_PROCS");
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub struct Config {
     /// which is how nginx reaches ingest in the stack: no TCP/IP work on
     /// either side of the hop, and one socket per process.
     pub socket: Option<std::path::PathBuf>,
-    /// `INGEST_WORKERS`: HTTP worker threads.
+    /// `INGEST_WORKERS`: HTTP worker threads; by default the CPUs divided
+    /// among the `INGEST_PROCS` processes of the machine.
     pub workers: usize,
     /// `INGEST_MAX_BODY_BYTES`: largest request body accepted.
     pub max_body_bytes: usize,
@@ -63,7 +64,12 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "(none)",
         "also listen on this Unix socket path (nginx uses it)",
     ),
-    ("INGEST_WORKERS", "number of CPUs", "HTTP worker threads"),
+    ("INGEST_WORKERS", "CPUs / INGEST_PROCS", "HTTP worker threads"),
+    (
+        "INGEST_PROCS",
+        "1",
+        "ingest processes on this machine (divides the default of INGEST_WORKERS)",
+    ),
     ("INGEST_MAX_BODY_BYTES", "1048576", "largest request body (413 above)"),
     ("INGEST_MAX_ITEMS", "10000", "most items in `data` (413 above)"),
     (
@@ -89,7 +95,6 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
 impl Config {
     /// Reads and checks every setting.
     pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Config, ConfigError> {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let bind = config::string(src, "INGEST_BIND", "127.0.0.1:3000");
         bind.parse::<std::net::SocketAddr>()
             .map_err(|_| ConfigError::new("INGEST_BIND", &bind, "expected ip:port, e.g. 127.0.0.1:3000"))?;
@@ -109,7 +114,12 @@ impl Config {
                     ))
                 }
             },
-            workers: config::count(src, "INGEST_WORKERS", cpus, 1)?,
+            workers: config::count(
+                src,
+                "INGEST_WORKERS",
+                config::threads_per_process(src, "INGEST_PROCS")?,
+                1,
+            )?,
             max_body_bytes: config::count(src, "INGEST_MAX_BODY_BYTES", 1 << 20, 64)?,
             max_items: config::count(src, "INGEST_MAX_ITEMS", 10_000, 1)?,
             max_queue: config::parsed(src, "INGEST_MAX_QUEUE", 10_000_000, "a whole number")?,
