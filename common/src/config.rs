@@ -19,6 +19,29 @@ pub const SHARED_SETTINGS: &[(&str, &str, &str)] = &[
     ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
 ];
 
+/// A service's `--help`: `usage`, then every setting (the shared ones
+/// first, then `own`) with its default and meaning, then `notes`.
+pub fn help_text(usage: &str, own: &[(&str, &str, &str)], notes: &str) -> String {
+    use std::fmt::Write as _;
+    let mut help = format!("{usage}\n\nSettings (environment variables):\n");
+    for (var, default, meaning) in SHARED_SETTINGS.iter().chain(own) {
+        let _ = writeln!(help, "  {var:<28} default {default:<24} {meaning}");
+    }
+    if !notes.is_empty() {
+        let _ = write!(help, "\n{notes}\n");
+    }
+    help
+}
+
+/// Prints [`help_text`] on standard output; a closed pipe (`| head`) is
+/// not an error.
+pub fn print_help(usage: &str, own: &[(&str, &str, &str)], notes: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(help_text(usage, own, notes).as_bytes());
+}
+
 /// A setting that is present but unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{var}={value:?}: {problem}")]
@@ -192,6 +215,19 @@ pub fn exit_on_error<T>(program: &str, result: Result<T, ConfigError>) -> T {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn help_lists_every_setting_between_usage_and_notes() {
+        let help = help_text("svc: does things", &[("SVC_X", "3", "how many")], "Routes: /x");
+        assert!(help.starts_with("svc: does things\n\nSettings (environment variables):\n"));
+        for (var, ..) in SHARED_SETTINGS {
+            assert!(help.contains(&format!("  {var} ")), "{var} missing:\n{help}");
+        }
+        assert!(help.contains("  SVC_X "), "{help}");
+        assert!(help.contains(" how many\n"), "{help}");
+        assert!(help.ends_with("\nRoutes: /x\n"), "{help}");
+    }
+
     use super::*;
 
     #[test]

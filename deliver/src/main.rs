@@ -6,43 +6,20 @@ use deliver::delivery_log::DeliveryLog;
 use deliver::{dead, worker};
 use tokio_util::sync::CancellationToken;
 
-/// Prints the usage; a closed pipe (`| head`) is not an error.
-fn print_help() {
-    use std::fmt::Write as _;
-    let mut help = String::new();
-    let _ = writeln!(
-        help,
-        "deliver: takes postback jobs from Redis and makes their HTTP requests.\n"
-    );
-    let _ = writeln!(
-        help,
-        "Usage:\n  deliver                      run the worker until SIGTERM or SIGINT"
-    );
-    let _ = writeln!(
-        help,
-        "  deliver dead list [--limit N]   list dead letters, newest first (default 100, 0 = all)"
-    );
-    let _ = writeln!(
-        help,
-        "  deliver dead replay (--all | ID...)   requeue dead letters with a fresh attempt count"
-    );
-    let _ = writeln!(help, "  deliver dead purge              empty the dead-letter list\n");
-    let _ = writeln!(
-        help,
-        "Delivery log: one line per attempt on stdout (or DELIVER_LOG_FILE); operational messages on stderr.\n"
-    );
-    let _ = writeln!(help, "Settings (environment variables):");
-    for (var, default, meaning) in common::config::SHARED_SETTINGS.iter().chain(SETTINGS) {
-        let _ = writeln!(help, "  {var:<27} default {default:<22} {meaning}");
-    }
-    use std::io::Write as _;
-    let _ = std::io::stdout().lock().write_all(help.as_bytes());
-}
+const USAGE: &str = "deliver: takes postback jobs from Redis and makes their HTTP requests.
+
+Usage:
+  deliver                      run the worker until SIGTERM or SIGINT
+  deliver dead list [--limit N]   list dead letters, newest first (default 100, 0 = all)
+  deliver dead replay (--all | ID...)   requeue dead letters with a fresh attempt count
+  deliver dead purge              empty the dead-letter list
+
+Delivery log: one line per attempt on stdout (or DELIVER_LOG_FILE); operational messages on stderr.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print_help();
+        common::config::print_help(USAGE, SETTINGS, "");
         return;
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

@@ -3,30 +3,15 @@
 use ingest::config::{Config, SETTINGS};
 use ingest::startup::Application;
 
-/// Prints the usage; a closed pipe (`| head`) is not an error.
-fn print_help() {
-    use std::fmt::Write as _;
-    let mut help = String::new();
-    let _ = writeln!(
-        help,
-        "ingest: accepts postback requests over HTTP and queues one job per data item on Redis.\n"
-    );
-    let _ = writeln!(help, "Usage: ingest [--help]\n\nSettings (environment variables):");
-    for (var, default, meaning) in common::config::SHARED_SETTINGS.iter().chain(SETTINGS) {
-        let _ = writeln!(help, "  {var:<26} default {default:<24} {meaning}");
-    }
-    let _ = writeln!(
-        help,
-        "\nRoutes: POST /ingest (also /ingest.php, /i); GET /health, /metrics, /stats, /dashboard"
-    );
-    use std::io::Write as _;
-    let _ = std::io::stdout().lock().write_all(help.as_bytes());
-}
+const USAGE: &str = "ingest: accepts postback requests over HTTP and queues one job per data item on Redis.
+
+Usage: ingest [--help]";
+const ROUTES: &str = "Routes: POST /ingest (also /ingest.php, /i); GET /health, /metrics, /stats, /dashboard";
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print_help();
+        common::config::print_help(USAGE, SETTINGS, ROUTES);
         return Ok(());
     }
     if let Some(arg) = args.first() {

@@ -53,8 +53,9 @@ sockets_reachable() {
   [ ${#dir} -le 90 ] || return 1
   [ "$user" = "$(id -un)" ] && return 0
   while [ -n "$dir" ] && [ "$dir" != / ]; do
+    # Others may pass: x, or t (x with the sticky bit), last in the mode.
     if [ -d "$dir" ]; then
-      [ "$(stat -c %A "$dir" | cut -c10)" = x ] || [ "$(stat -c %A "$dir" | cut -c10)" = t ] || return 1
+      case "$(stat -c %A "$dir")" in *x | *t) ;; *) return 1 ;; esac
     fi
     dir=$(dirname "$dir")
   done
