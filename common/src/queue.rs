@@ -22,6 +22,9 @@
 //! (delivered: gone; failed: retry set or dead letters) → retry set →
 //! `promote_due` → ready. A worker that dies leaves its in-flight list
 //! behind; `reclaim_dead_workers` (run by every live worker) puts it back.
+//! A take whose answer never arrived may have moved jobs into a live
+//! worker's list; that worker returns them with `return_in_flight` once it
+//! holds nothing else.
 
 use crate::job::DeadLetter;
 use deadpool_redis::redis::{self, aio::ConnectionLike, RedisResult, Script};
@@ -32,6 +35,7 @@ static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/t
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/settle.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/promote.lua")));
 static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reclaim.lua")));
+static RETURN_IN_FLIGHT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/return_in_flight.lua")));
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
 static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
 
@@ -300,6 +304,19 @@ pub async fn release<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, worker: 
         .query_async::<()>(conn)
         .await?;
     Ok(reclaim(conn, keys, worker).await?.max(0) as u64)
+}
+
+/// Hands all of a running `worker`'s in-flight jobs back to the queue,
+/// keeping its heartbeat and registration. Only for a worker that holds none
+/// of them in memory: it recovers the jobs of a take whose answer was lost,
+/// which no other worker would return while this one is alive. Returns how
+/// many jobs it returned.
+pub async fn return_in_flight<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, worker: &str) -> RedisResult<u64> {
+    RETURN_IN_FLIGHT
+        .key(keys.inflight(worker))
+        .key(&keys.ready)
+        .invoke_async(conn)
+        .await
 }
 
 async fn reclaim<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, worker: &str) -> RedisResult<i64> {

@@ -18,7 +18,8 @@
 //! outcomes are settled, and whatever is still unsettled goes back to the
 //! queue. A crash skips all that; the in-flight list in Redis is then
 //! returned by the other workers (or this one's successor) once the
-//! heartbeat expires.
+//! heartbeat expires. A take whose answer was lost is the one case a live
+//! worker must clean up after itself (see `return_orphans`).
 
 use crate::client::HttpClient;
 use crate::config::Config;
@@ -186,9 +187,10 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     ));
     let stop_housekeeping = CancellationToken::new();
     let housekeeping = tokio::spawn(housekeeping(ctx.clone(), config.clone(), stop_housekeeping.clone()));
-    // Room for every job the fetcher may hold (see `fetch`) plus one batch,
-    // so a finished delivery never waits to hand over its outcome (and is
-    // never cut short at shutdown after its request was made).
+    // Room for every job the fetcher may hold (see `fetch`; each outcome
+    // carries its job's slot) plus one batch, so a finished delivery never
+    // waits to hand over its outcome (and is never cut short at shutdown
+    // after its request was made).
     let (settle_tx, settle_rx) = mpsc::channel(2 * config.concurrency + config.batch);
     let settler = tokio::spawn(settler(ctx.clone(), settle_rx, config.batch));
 
@@ -253,21 +255,37 @@ async fn fetch(
     ctx: &Arc<Context>,
     config: &Config,
     deliveries: &mut JoinSet<()>,
-    settle_tx: &mpsc::Sender<Settlement>,
+    settle_tx: &mpsc::Sender<Handed>,
     shutdown: &CancellationToken,
 ) {
-    // Jobs in memory (waiting for their host or running) and requests
-    // running: a job waiting for a busy host holds no request slot.
-    let slots = Arc::new(Semaphore::new(config.concurrency * 2));
+    // Jobs taken and not yet settled (waiting for their host, running, or
+    // with the settler), and requests running: a job waiting for a busy host
+    // holds no request slot.
+    let all_slots = config.concurrency * 2;
+    let slots = Arc::new(Semaphore::new(all_slots));
     let running = Arc::new(Semaphore::new(config.concurrency));
     let mut backoff = BACKOFF_MIN;
     let mut requeue_backoff = Duration::ZERO;
     let mut requeued_in_a_row = 0u64;
     let mut round = 0u64;
     let mut conn = None;
+    // A take failed after it may have reached Redis (see `return_orphans`).
+    let mut unsure = false;
     loop {
         // Finished tasks keep a slot in the JoinSet until joined.
         while deliveries.try_join_next().is_some() {}
+        if unsure {
+            match return_orphans(ctx, &slots, all_slots, shutdown).await {
+                None => return,
+                Some(Ok(())) => unsure = false,
+                Some(Err(_)) => {
+                    if !pause(&mut backoff, shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
         let mut permits = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
@@ -316,6 +334,7 @@ async fn fetch(
                     one = queue::take_blocking(&mut connection, &ctx.keys, &ctx.id, BLOCK_WAIT) => match one {
                         Ok(one) => (one.into_iter().collect(), 0),
                         Err(e) => {
+                            unsure = true;
                             ctx.outage.failed("take", &e);
                             if !pause(&mut backoff, shutdown).await {
                                 return;
@@ -326,6 +345,7 @@ async fn fetch(
                 }
             }
             Err(e) => {
+                unsure = true;
                 ctx.outage.failed("take", &e);
                 if !pause(&mut backoff, shutdown).await {
                     return;
@@ -358,7 +378,7 @@ async fn fetch(
                 // Its host has all it may have in flight and waiting: let the
                 // job wait at the back of the queue, not in a slot.
                 ctx.metrics.requeued();
-                let _ = settle_tx.send(Settlement::Requeue { taken: raw }).await;
+                let _ = settle_tx.send((Settlement::Requeue { taken: raw }, permit)).await;
                 continue;
             }
             started += 1;
@@ -389,15 +409,53 @@ async fn fetch(
     }
 }
 
-/// Runs `work` and hands its outcome to the settler, holding the job's
-/// place in memory (`_slot`) until the outcome is handed over.
+/// An outcome on its way to Redis with its job's slot, which the settler
+/// gives back once the outcome is recorded: while a slot is out, its job is
+/// in this worker's in-flight list on this worker's behalf.
+type Handed = (Settlement, OwnedSemaphorePermit);
+
+/// Runs `work` and hands its outcome, with the job's slot, to the settler.
 async fn settle_after(
     work: impl std::future::Future<Output = Settlement>,
-    _slot: OwnedSemaphorePermit,
-    settle: mpsc::Sender<Settlement>,
+    slot: OwnedSemaphorePermit,
+    settle: mpsc::Sender<Handed>,
 ) {
     let settlement = work.await;
-    let _ = settle.send(settlement).await;
+    let _ = settle.send((settlement, slot)).await;
+}
+
+/// A take that failed may still have been carried out: Redis may have moved
+/// the jobs into this worker's in-flight list and then died, or the
+/// connection may have broken, before the answer arrived. Those jobs are in
+/// no one's memory, and no other worker returns them while this one's
+/// heartbeat goes on. So: wait until every job this worker holds is settled
+/// (all slots back; deliveries in flight end within DELIVER_TIMEOUT_MS),
+/// then whatever the in-flight list still has is such an orphan and goes
+/// back to the queue. Taking pauses meanwhile; this happens only after
+/// Redis errors. `None` if shutdown came first (the release at shutdown
+/// then returns them).
+async fn return_orphans(
+    ctx: &Arc<Context>,
+    slots: &Arc<Semaphore>,
+    all_slots: usize,
+    shutdown: &CancellationToken,
+) -> Option<Result<(), String>> {
+    let everything = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return None,
+        all = slots.clone().acquire_many_owned(all_slots as u32) => all.expect("the slot semaphore is never closed"),
+    };
+    let returned = ctx
+        .redis("return orphans", |mut conn| async move {
+            queue::return_in_flight(&mut conn, &ctx.keys, &ctx.id).await
+        })
+        .await;
+    drop(everything);
+    Some(returned.map(|n| {
+        if n > 0 {
+            log::warn!("returned {n} jobs to the queue that a take whose answer was lost had left in this worker's in-flight list");
+        }
+    }))
 }
 
 /// Waits for a request slot of the job's host and a global one, then makes
@@ -559,18 +617,24 @@ async fn malformed(ctx: Arc<Context>, raw: Vec<u8>, error: String) -> Settlement
 
 /// Records outcomes in batches until every sender is gone. A batch that
 /// fails is retried as it is, so no outcome is dropped while Redis is away.
-async fn settler(ctx: Arc<Context>, mut rx: mpsc::Receiver<Settlement>, batch_max: usize) {
+async fn settler(ctx: Arc<Context>, mut rx: mpsc::Receiver<Handed>, batch_max: usize) {
     let mut batch = Vec::with_capacity(batch_max);
+    let mut slots = Vec::with_capacity(batch_max);
     let never = CancellationToken::new();
-    while let Some(first) = rx.recv().await {
+    while let Some((first, slot)) = rx.recv().await {
         batch.push(first);
+        slots.push(slot);
         while batch.len() < batch_max {
             match rx.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok((next, slot)) => {
+                    batch.push(next);
+                    slots.push(slot);
+                }
                 Err(_) => break,
             }
         }
         let mut backoff = BACKOFF_MIN;
+        let mut tried_before = false;
         loop {
             let (keys, id, outcomes) = (&ctx.keys, &ctx.id, &batch);
             let result = ctx
@@ -581,19 +645,28 @@ async fn settler(ctx: Arc<Context>, mut rx: mpsc::Receiver<Settlement>, batch_ma
             match result {
                 Ok(settled) => {
                     if (settled as usize) < batch.len() {
+                        // A retried batch may have been recorded by the
+                        // attempt whose answer was lost: then nothing is amiss.
+                        let why = if tried_before {
+                            "recorded by an earlier attempt whose answer was lost, or returned to the queue while this worker was presumed dead"
+                        } else {
+                            "returned to the queue while this worker was presumed dead"
+                        };
                         log::warn!(
-                            "{} outcomes dropped: their jobs had been returned to the queue while this worker was presumed dead",
+                            "{} outcomes not recorded: their jobs were no longer in this worker's in-flight list ({why})",
                             batch.len() - settled as usize
                         );
                     }
                     break;
                 }
                 Err(_) => {
+                    tried_before = true;
                     pause(&mut backoff, &never).await;
                 }
             }
         }
         batch.clear();
+        slots.clear();
     }
 }
 

@@ -5,7 +5,7 @@ mod support;
 
 use common::job::{DeadLetter, DeadReason, Method};
 use common::queue::QueueKeys;
-use common::testkit::{wait_until, RedisServer, Reply, Sink};
+use common::testkit::{wait_until, RedisServer, Reply, ReplyCutter, Sink};
 use deadpool_redis::redis;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -317,6 +317,64 @@ async fn a_redis_killed_mid_load_loses_no_accepted_postback() {
     wait_until(LIMIT, "every accepted id at the sink", || async {
         let at_sink: HashSet<String> = ids_at(&sink).into_iter().collect();
         accepted.is_subset(&at_sink)
+    })
+    .await;
+}
+
+/// Redis may carry out a take and then die, or the network may fail,
+/// before its answer arrives: the jobs are then in this worker's in-flight
+/// list but not in its memory, and its heartbeat stays alive, so no other
+/// worker would ever return them. The worker must get them back itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_taken_by_a_take_whose_answer_was_lost_are_delivered() {
+    let redis = RedisServer::start();
+    let cutter = ReplyCutter::start(redis.port()).await;
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let sink = Sink::ok().await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "REDIS_URL", &cutter.url());
+    let _deliver = Deliver::start(&env);
+    wait_until(LIMIT, "the worker to register", || async {
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&keys.workers)
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap();
+        !workers.is_empty()
+    })
+    .await;
+    let marked = |id: &str| job(Method::Get, &sink.url("/p?id={id}"), json!({ "id": id }));
+
+    // An idle worker waits in a blocking take.
+    cutter.arm("lost-answer-idle");
+    enqueue(&mut conn, &keys, &[marked("lost-answer-idle")]).await;
+    wait_until(LIMIT, "the proxy to lose the take's answer", || async {
+        cutter.cuts() == 1
+    })
+    .await;
+    sink.wait_for(1, LIMIT).await;
+    assert_eq!(ids_at(&sink), ["lost-answer-idle"]);
+
+    // A busy worker takes a batch with the take script.
+    let mut jobs: Vec<_> = (0..50).map(|i| marked(&format!("b{i}"))).collect();
+    jobs[1] = marked("lost-answer-batch");
+    let expected: HashSet<String> = jobs
+        .iter()
+        .map(|j| j.data["id"].as_str().unwrap().to_string())
+        .collect();
+    cutter.arm("lost-answer-batch");
+    enqueue(&mut conn, &keys, &jobs).await;
+    wait_until(LIMIT, "the proxy to lose the batch's answer", || async {
+        cutter.cuts() == 2
+    })
+    .await;
+    wait_until(LIMIT, "every job of the batch at the sink", || async {
+        expected.is_subset(&ids_at(&sink).into_iter().collect())
+    })
+    .await;
+    wait_until(LIMIT, "nothing left in flight", || async {
+        in_flight(&mut redis.connection().await, &keys).await == 0
     })
     .await;
 }
