@@ -86,6 +86,8 @@ stack_render() {
       NGINX_ADMIN_RULES+="        allow $addr;"$'\n'
     done
     export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES
+    # postback.env files written before this setting existed do not have it.
+    export REDIS_AOF_REWRITE_MIN_SIZE=${REDIS_AOF_REWRITE_MIN_SIZE:-1gb}
     # nginx reaches each ingest process on its own Unix socket, or on the
     # shared TCP port if its workers could not reach the socket folder.
     local n

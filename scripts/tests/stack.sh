@@ -62,6 +62,7 @@ INGEST_MAX_BODY_BYTES=65536
 POSTBACK_ADMIN_ALLOW="192.0.2.1"
 POSTBACK_MONITORING=1
 COLLECTD_INTERVAL=1
+REDIS_AOF_REWRITE_MIN_SIZE=128mb
 ENV
 base=http://127.0.0.1:$http_port
 
@@ -108,6 +109,10 @@ test_all_running_and_sample_delivered() {
   wait_for 20 "the sample at the sink" grep -q ' GET /data' "$tmp/sink.log" || return 1
   grep -qx '[0-9]* GET /data?title=Gopher&image=https%3A%2F%2Fblog.golang.org%2Fgopher%2Fgopher.png&foo=' "$tmp/sink.log" ||
     fail "wrong URL: $(cat "$tmp/sink.log")" || return 1
+  # Redis compacts its append-only file at the size postback.env gives.
+  local min_size
+  min_size=$(redis-cli --no-auth-warning -u "$(sed -n 's/^REDIS_URL=//p' "$POSTBACK_CONF_DIR/postback.env")" CONFIG GET auto-aof-rewrite-min-size | tail -n1)
+  [ "$min_size" = $((128 * 1024 * 1024)) ] || fail "auto-aof-rewrite-min-size is $min_size" || return 1
   # nginx reached ingest on its Unix socket (its access log names the upstream).
   wait_for 10 "nginx's access line naming ingest's socket" \
     grep -q "POST /ingest .*upstream=unix:$POSTBACK_RUN_DIR/ingest/ingest_00.sock" "$POSTBACK_LOG_DIR/nginx-access.log" ||
