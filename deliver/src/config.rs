@@ -1,5 +1,6 @@
 //! Deliver's settings, read once from the environment at start.
 
+use crate::cpu_policy::CpuPolicy;
 use common::config::{self, ConfigError, Source};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,6 +61,8 @@ pub struct Config {
     /// `DELIVER_ADMIN_BIND` with `DELIVER_INSTANCE` added to its port: where
     /// `/metrics`, `/health` and `/stats` are served.
     pub admin_bind: std::net::SocketAddr,
+    /// `DELIVER_CPU_POLICY`: `batch` (Linux `SCHED_BATCH`) or `inherit`.
+    pub cpu_policy: CpuPolicy,
 }
 
 /// The `--help` table of this service's own settings (besides
@@ -141,6 +144,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "0",
         "added to the admin port, so numbered processes each get one",
     ),
+    (
+        "DELIVER_CPU_POLICY",
+        "batch",
+        "batch: run as SCHED_BATCH (yield to the request path); inherit: as started",
+    ),
     ("RUST_LOG", "info", "log filter for operational messages (stderr)"),
 ];
 
@@ -151,6 +159,17 @@ impl Config {
             "logfmt" => LogFormat::Logfmt,
             "json" => LogFormat::Json,
             other => return Err(ConfigError::new("DELIVER_LOG_FORMAT", other, "expected logfmt or json")),
+        };
+        let cpu_policy = match config::string(src, "DELIVER_CPU_POLICY", "batch").as_str() {
+            "batch" => CpuPolicy::Batch,
+            "inherit" => CpuPolicy::Inherit,
+            other => {
+                return Err(ConfigError::new(
+                    "DELIVER_CPU_POLICY",
+                    other,
+                    "expected batch or inherit",
+                ))
+            }
         };
         let extra_ca_file = src
             .get("DELIVER_EXTRA_CA_FILE")
@@ -199,6 +218,7 @@ impl Config {
         }
         Ok(Config {
             admin_bind,
+            cpu_policy,
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
             concurrency: config::count(src, "DELIVER_CONCURRENCY", 256, 1)?,
@@ -238,6 +258,7 @@ mod tests {
         assert_eq!(config.retry_schedule.len(), 6);
         assert_eq!(config.retry_schedule[2], Duration::from_secs(120));
         assert_eq!(config.log_format, LogFormat::Logfmt);
+        assert_eq!(config.cpu_policy, CpuPolicy::Batch);
     }
 
     #[test]
@@ -264,6 +285,8 @@ mod tests {
     fn bad_values_are_named() {
         let err = Config::from_source(&[("DELIVER_LOG_FORMAT", "xml")]).unwrap_err();
         assert_eq!(err.var, "DELIVER_LOG_FORMAT");
+        let err = Config::from_source(&[("DELIVER_CPU_POLICY", "fifo")]).unwrap_err();
+        assert_eq!(err.var, "DELIVER_CPU_POLICY");
         let err = Config::from_source(&[("DELIVER_RETRY_SCHEDULE", "5s,soon")]).unwrap_err();
         assert_eq!(err.var, "DELIVER_RETRY_SCHEDULE");
         let err =

@@ -3,7 +3,7 @@
 
 use deliver::config::{Config, SETTINGS};
 use deliver::delivery_log::DeliveryLog;
-use deliver::{dead, worker};
+use deliver::{cpu_policy, dead, worker};
 use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "deliver: takes postback jobs from Redis and makes their HTTP requests.
@@ -24,6 +24,16 @@ fn main() {
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = common::config::exit_on_error("deliver", Config::from_source(&common::config::Env));
+    if args.is_empty() {
+        // Before the runtime starts its threads, so they all inherit it.
+        match cpu_policy::apply(config.cpu_policy) {
+            Ok(()) => log::info!("cpu policy: {}", config.cpu_policy.as_str()),
+            Err(e) => log::warn!(
+                "could not set DELIVER_CPU_POLICY={} ({e}); running under the policy deliver was started with",
+                config.cpu_policy.as_str()
+            ),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads)
         .enable_all()

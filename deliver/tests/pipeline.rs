@@ -291,3 +291,45 @@ async fn while_redis_is_down_deliver_sleeps() {
         .count();
     assert_eq!(outages, 1, "the outage is logged once");
 }
+
+/// The scheduling policy (field 41 of `/proc/<pid>/task/<tid>/stat`) of
+/// every thread of `pid`, by thread name.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        let (name, rest) = stat.split_once(" (").unwrap().1.rsplit_once(") ").unwrap();
+        // `rest` starts at field 3.
+        let policy = rest.split_whitespace().nth(41 - 3).unwrap().parse().unwrap();
+        policies.push((name.to_string(), policy));
+    }
+    policies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_thread_runs_as_batch_work_unless_told_to_inherit() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let redis = RedisServer::start();
+    for (setting, expected) in [(None, SCHED_BATCH), (Some("inherit"), SCHED_OTHER)] {
+        let mut env = fast_env(&redis);
+        if let Some(value) = setting {
+            set(&mut env, "DELIVER_CPU_POLICY", value);
+        }
+        let deliver = Deliver::start(&env);
+        // The delivery log's writer is the last thread to start.
+        wait_until(LIMIT, "the worker's threads", || async {
+            deliver.admin_url().is_some()
+                && thread_policies(deliver.pid())
+                    .iter()
+                    .any(|(name, _)| name == "line-log")
+        })
+        .await;
+        let policies = thread_policies(deliver.pid());
+        assert!(policies.len() >= 3, "{policies:?}");
+        assert!(
+            policies.iter().all(|(_, policy)| *policy == expected),
+            "DELIVER_CPU_POLICY={setting:?}: {policies:?}"
+        );
+    }
+}
