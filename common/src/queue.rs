@@ -25,6 +25,17 @@
 //! A take whose answer never arrived may have moved jobs into a live
 //! worker's list; that worker returns them with `return_in_flight` once it
 //! holds nothing else.
+//!
+//! Every script, the heartbeat included, starts with `#!lua
+//! flags=allow-oom` (Redis 7): a full Redis (`maxmemory` reached, policy
+//! `noeviction`) must still let workers register, take, settle and hand
+//! back jobs, or a full queue could never be drained. Without the flag
+//! Redis refuses a script whose first write would add data (the `LMOVE` of
+//! `reclaim` and `return_in_flight`), and the heartbeat, a plain `SET`
+//! before, was refused outright, so no worker could start on a full Redis.
+//! The scripts only move or remove data: running them when full adds a few
+//! bytes at most. Producers' `LPUSH` is refused when full (ingest answers
+//! 503).
 
 use crate::job::DeadLetter;
 use deadpool_redis::redis::{self, aio::ConnectionLike, RedisResult, Script};
@@ -35,6 +46,7 @@ static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/t
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/settle.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/promote.lua")));
 static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reclaim.lua")));
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/heartbeat.lua")));
 static RETURN_IN_FLIGHT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/return_in_flight.lua")));
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
 static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
@@ -266,18 +278,14 @@ pub async fn heartbeat<C: ConnectionLike>(
     info: &str,
     ttl: Duration,
 ) -> RedisResult<()> {
-    redis::pipe()
-        .cmd("SET")
-        .arg(keys.heartbeat(worker))
+    // A script, not a pipeline, for its allow-oom flag.
+    HEARTBEAT
+        .key(keys.heartbeat(worker))
+        .key(&keys.workers)
         .arg(info)
-        .arg("PX")
         .arg(ttl.as_millis() as u64)
-        .ignore()
-        .cmd("SADD")
-        .arg(&keys.workers)
         .arg(worker)
-        .ignore()
-        .query_async(conn)
+        .invoke_async::<()>(conn)
         .await
 }
 

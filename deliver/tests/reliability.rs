@@ -483,6 +483,76 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
     assert_eq!(depths(&mut conn, &keys).await.dead, 0);
 }
 
+/// A full Redis (`maxmemory` reached, `noeviction`) refuses commands that
+/// add data. deliver must still drain it, and no script may stop half-way:
+/// a take that popped jobs and was then refused their in-flight copy would
+/// lose them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_is_drained_without_losing_a_job() {
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .arg("maxmemory")
+        .arg(used + 2 * 1024 * 1024)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Every job fails once (500), so its first settlement adds it to the
+    // retry set while Redis is still about as full as before.
+    static SCRIPT: std::sync::LazyLock<Vec<Reply>> = std::sync::LazyLock::new(|| {
+        vec![
+            Reply::status(500).after(Duration::from_millis(50)),
+            Reply::status(200).after(Duration::from_millis(50)),
+        ]
+    });
+    let sink = Sink::start(scripted(SCRIPT.as_slice())).await;
+    let mut queued = HashSet::new();
+    'fill: for chunk in 0.. {
+        let jobs: Vec<_> = (0..100)
+            .map(|i| {
+                job(
+                    Method::Get,
+                    &sink.url("/p?id={id}"),
+                    json!({ "id": format!("f{chunk}-{i}") }),
+                )
+            })
+            .collect();
+        for job in jobs {
+            if common::queue::push(&mut conn, &keys, &[job.encode()]).await.is_err() {
+                break 'fill;
+            }
+            queued.insert(job.data["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(queued.len() > 1000, "only {} jobs fit", queued.len());
+
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_RETRY_SCHEDULE", "10ms");
+    set(&mut env, "DELIVER_CONCURRENCY", "256");
+    set(&mut env, "DELIVER_PER_HOST_CONCURRENCY", "256");
+    let _deliver = Deliver::start(&env);
+    wait_until(LIMIT, "every queued job delivered", || async {
+        let counts = ids_at(&sink).into_iter().fold(HashMap::new(), |mut counts, id| {
+            *counts.entry(id).or_insert(0) += 1;
+            counts
+        });
+        queued.iter().all(|id| counts.get(id).is_some_and(|n| *n >= 2))
+    })
+    .await;
+    let d = depths(&mut conn, &keys).await;
+    assert_eq!((d.ready, d.retry, d.dead), (0, 0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_job_is_dead_lettered_and_its_neighbours_delivered() {
     let redis = RedisServer::start();

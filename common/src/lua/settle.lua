@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- allow-oom: it only moves or removes data, and must also run when Redis
+-- is full (see the note on scripts at the top of queue.rs).
 -- Settles a batch of attempts: each job leaves the worker's in-flight list
 -- and, if it failed, goes to the retry set or the dead-letter list, in one
 -- atomic step so that a crash can neither lose it nor duplicate it.
