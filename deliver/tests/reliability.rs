@@ -484,9 +484,9 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
 }
 
 /// A full Redis (`maxmemory` reached, `noeviction`) refuses commands that
-/// add data. deliver must still drain it, and no script may stop half-way:
-/// a take that popped jobs and was then refused their in-flight copy would
-/// lose them.
+/// add data, so producers get 503s. deliver, the only way the queue can
+/// shrink, must still start (heartbeat), take, settle (adding retries) and
+/// empty it without losing a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_is_drained_without_losing_a_job() {
     let redis = RedisServer::start();
@@ -528,7 +528,8 @@ async fn a_full_redis_is_drained_without_losing_a_job() {
             })
             .collect();
         for job in jobs {
-            if common::queue::push(&mut conn, &keys, &[job.encode()]).await.is_err() {
+            if let Err(refused) = common::queue::push(&mut conn, &keys, &[job.encode()]).await {
+                assert_eq!(refused.code(), Some("OOM"), "{refused}");
                 break 'fill;
             }
             queued.insert(job.data["id"].as_str().unwrap().to_string());
