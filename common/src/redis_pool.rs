@@ -10,7 +10,7 @@
 
 use deadpool::managed::Manager as _;
 use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::AsyncConnectionConfig;
+use deadpool_redis::redis::{AsyncConnectionConfig, RedisError};
 use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -110,7 +110,17 @@ impl Shared {
         Ok(conn)
     }
 
-    /// Drops the connection after an error, so the next `get` makes a new one.
+    /// Drops the connection after an error that may have broken it, so the
+    /// next `get` makes a new one. An error answer from Redis (`OOM` when it
+    /// is full, say) leaves the connection as good as before: dropping it
+    /// then would mean a new connection per refused command.
+    pub fn failed(&self, error: &RedisError) {
+        if error.code().is_none() {
+            self.reset();
+        }
+    }
+
+    /// Drops the connection, so the next `get` makes a new one.
     pub fn reset(&self) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }

@@ -298,28 +298,28 @@ pub async fn flush_stats(
             _ = tick.tick() => false,
         };
         let pending = metrics.take_pending();
-        let result = async {
-            let mut conn = redis.get().await?;
-            let depths = common::queue::depths(&mut conn, &keys)
+        let flushed = match redis.get().await {
+            Ok(mut conn) => async {
+                let depths = common::queue::depths(&mut conn, &keys).await?;
+                metrics.set_depths(depths);
+                let now = common::now_ms() / 1000;
+                common::stats::flush(
+                    &mut conn,
+                    &keys,
+                    &pending.seconds,
+                    Some((now, depths)),
+                    &pending.failures,
+                )
                 .await
-                .map_err(|e| e.to_string())?;
-            metrics.set_depths(depths);
-            let now = common::now_ms() / 1000;
-            common::stats::flush(
-                &mut conn,
-                &keys,
-                &pending.seconds,
-                Some((now, depths)),
-                &pending.failures,
-            )
+            }
             .await
-            .map_err(|e| e.to_string())
-        }
-        .await;
-        if result.is_err() {
-            // Redis is away (the worker logs outages); keep the counts, and
-            // reconnect next time.
-            redis.reset();
+            .map_err(|e| redis.failed(&e))
+            .is_ok(),
+            Err(_) => false,
+        };
+        if !flushed {
+            // Redis is away or full (the worker logs outages): keep the
+            // counts for the next second.
             metrics.restore_pending(pending);
         }
         if stopping {

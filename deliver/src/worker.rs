@@ -96,7 +96,7 @@ impl Context {
     {
         let result = match self.redis.get().await {
             Ok(conn) => op(conn).await.map_err(|e| {
-                self.redis.reset();
+                self.redis.failed(&e);
                 e.to_string()
             }),
             Err(e) => Err(e),

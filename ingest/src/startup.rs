@@ -45,8 +45,8 @@ pub struct AppState {
 impl AppState {
     /// Runs `op` on this worker's Redis connection within
     /// `INGEST_REDIS_TIMEOUT_MS`, and records the outcome for outage
-    /// logging; after an error the connection is dropped, so the next
-    /// request reconnects.
+    /// logging; after an error that may have broken the connection, it is
+    /// dropped, so the next request reconnects.
     pub async fn redis<T, Fut>(&self, what: &str, op: impl FnOnce(MultiplexedConnection) -> Fut) -> Result<T, String>
     where
         Fut: std::future::Future<Output = RedisResult<T>>,
@@ -54,7 +54,7 @@ impl AppState {
         let run = async {
             let conn = self.redis.get().await?;
             op(conn).await.map_err(|e| {
-                self.redis.reset();
+                self.redis.failed(&e);
                 e.to_string()
             })
         };

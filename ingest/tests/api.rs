@@ -231,6 +231,44 @@ async fn a_queue_over_its_limit_gets_503_queue_full() {
     assert_eq!(app.queued().await.len(), 6);
 }
 
+/// `total_connections_received` from Redis' INFO.
+async fn connections_received(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_redis_gets_503_without_a_new_connection_per_request() {
+    let app = spawn_app(&[]).await;
+    assert_eq!(post(&app.url("/ingest"), SAMPLE).await.status, 202);
+    let mut conn = app.conn().await;
+    // Full: every command that adds data is refused (policy noeviction).
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let before = connections_received(&mut conn).await;
+    for _ in 0..30 {
+        let response = post(&app.url("/ingest"), SAMPLE).await;
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert_eq!(response.json()["error"]["code"], "queue_unavailable");
+        assert!(response.body.contains("maxmemory"), "{}", response.body);
+        assert!(response.header("retry-after").is_some());
+    }
+    // Redis answered each refusal on a working connection: keep it.
+    let made = connections_received(&mut conn).await - before;
+    assert!(made <= 2, "{made} new connections for 30 refused requests");
+    assert_eq!(app.queued().await.len(), 1);
+}
+
 /// POSTs `body` to `path` over the Unix socket at `socket` (HTTP/1.1, one
 /// request, connection closed by the client) and returns the status and body.
 fn post_over_socket(socket: &std::path::Path, path: &str, body: &str) -> (u16, String) {
