@@ -69,7 +69,7 @@ impl Outage {
 
 /// One multiplexed connection shared by many tasks, made with a pool's
 /// settings on the runtime of the first task that needs it, and replaced
-/// after an error.
+/// after an error that may have broken it.
 pub struct Shared {
     pool: Pool,
     current: std::sync::Mutex<Option<MultiplexedConnection>>,
@@ -116,12 +116,7 @@ impl Shared {
     /// then would mean a new connection per refused command.
     pub fn failed(&self, error: &RedisError) {
         if error.code().is_none() {
-            self.reset();
+            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-    }
-
-    /// Drops the connection, so the next `get` makes a new one.
-    pub fn reset(&self) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }

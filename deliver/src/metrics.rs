@@ -313,7 +313,7 @@ pub async fn flush_stats(
                 .await
             }
             .await
-            .map_err(|e| redis.failed(&e))
+            .inspect_err(|e| redis.failed(e))
             .is_ok(),
             Err(_) => false,
         };
