@@ -215,6 +215,7 @@ pub fn exit_on_error<T>(program: &str, result: Result<T, ConfigError>) -> T {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn help_lists_every_setting_between_usage_and_notes() {
@@ -227,8 +228,6 @@ mod tests {
         assert!(help.contains(" how many\n"), "{help}");
         assert!(help.ends_with("\nRoutes: /x\n"), "{help}");
     }
-
-    use super::*;
 
     #[test]
     fn durations_parse_with_units() {
