@@ -7,6 +7,10 @@
 //!        [--record FILE]
 //! It prints `listening on ADDR` once bound. `GET /_sink/count` answers the
 //! number of requests received so far (not counting itself).
+//! `GET /_sink/wait?count=N[&timeout_ms=T]` answers that number once it
+//! reaches N (200), or when T ms (default 600,000) have passed (504): one
+//! request instead of a polling loop, whose process starts (~10 ms of CPU
+//! each here) would take CPU from what the benchmark measures.
 //!
 //! Records go through the same shared-buffer line log as the services'
 //! logs (written within 100 ms, no thread woken per request): the sink
@@ -53,6 +57,9 @@ fn options() -> Result<Options, String> {
 
 struct State {
     count: AtomicU64,
+    /// The lowest count a `/_sink/wait` waits for (`u64::MAX`: none).
+    lowest_wanted: AtomicU64,
+    reached: tokio::sync::Notify,
     status: u16,
     delay: Duration,
     record: Option<common::line_log::LineLog>,
@@ -83,6 +90,8 @@ async fn main() {
     });
     let state = Arc::new(State {
         count: AtomicU64::new(0),
+        lowest_wanted: AtomicU64::new(u64::MAX),
+        reached: tokio::sync::Notify::new(),
         status: options.status,
         delay: options.delay,
         record,
@@ -113,14 +122,64 @@ async fn main() {
     }
 }
 
+/// `/_sink/wait`: waits until the count reaches `count`. Woken by the
+/// request that reaches the lowest count waited for, so a wait costs the
+/// counted requests one atomic load each, and nothing periodic (a 1 ms
+/// timer here made the sink's threads wake 1,000 times a second and cost
+/// the drain more than the polling it replaced).
+async fn wait_for_count(query: &str, state: &State) -> Response<Full<Bytes>> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.parse::<u64>())
+    };
+    let (target, timeout_ms) = match (param("count"), param("timeout_ms").unwrap_or(Ok(600_000))) {
+        (Some(Ok(target)), Ok(timeout_ms)) => (target, timeout_ms),
+        _ => {
+            let mut response = Response::new(Full::new(Bytes::from_static(
+                b"usage: /_sink/wait?count=N[&timeout_ms=T] (whole numbers)\n",
+            )));
+            *response.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            return response;
+        }
+    };
+    let deadline = tokio::time::sleep(Duration::from_millis(timeout_ms));
+    tokio::pin!(deadline);
+    let reached = loop {
+        let woken = state.reached.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // SeqCst here and in `answer`: either this load sees the request
+        // that reached the target, or that request sees this target.
+        state.lowest_wanted.fetch_min(target, Ordering::SeqCst);
+        if state.count.load(Ordering::SeqCst) >= target {
+            break true;
+        }
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = &mut deadline => break false,
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(state.count.load(Ordering::SeqCst).to_string())));
+    if !reached {
+        *response.status_mut() = hyper::StatusCode::GATEWAY_TIMEOUT;
+    }
+    response
+}
+
 async fn answer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or(0);
-    if req.uri().path() == "/_sink/count" {
-        let count = state.count.load(Ordering::Relaxed).to_string();
-        return Ok(Response::new(Full::new(Bytes::from(count))));
+    match req.uri().path() {
+        "/_sink/count" => {
+            let count = state.count.load(Ordering::Relaxed).to_string();
+            return Ok(Response::new(Full::new(Bytes::from(count))));
+        }
+        "/_sink/wait" => return Ok(wait_for_count(req.uri().query().unwrap_or(""), &state).await),
+        _ => {}
     }
     let line = state.record.as_ref().map(|_| {
         let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -136,7 +195,12 @@ async fn answer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
             let _ = writeln!(buffer, "{at} {method} {path}");
         });
     }
-    state.count.fetch_add(1, Ordering::Relaxed);
+    let count = state.count.fetch_add(1, Ordering::SeqCst) + 1;
+    if count >= state.lowest_wanted.load(Ordering::SeqCst) {
+        // Every waiter checks again and says what it still waits for.
+        state.lowest_wanted.store(u64::MAX, Ordering::SeqCst);
+        state.reached.notify_waiters();
+    }
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
     *response.status_mut() = hyper::StatusCode::from_u16(state.status).unwrap_or(hyper::StatusCode::OK);
     Ok(response)
