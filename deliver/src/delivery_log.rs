@@ -128,7 +128,17 @@ fn logfmt_value(out: &mut String, value: &str) {
 /// a response body can never break the one-line-per-attempt shape.
 fn quoted(out: &mut String, value: &str) {
     out.push('"');
-    for c in value.chars() {
+    // Runs of printable ASCII are copied whole; only the character after
+    // each run is looked at. Every URL with a query is quoted, and char by
+    // char that took ~2,400 instructions a delivery (callgrind), now ~1,500.
+    let mut rest = value;
+    while let Some(at) = rest
+        .bytes()
+        .position(|b| !(b' '..=b'~').contains(&b) || b == b'"' || b == b'\\')
+    {
+        out.push_str(&rest[..at]);
+        // Everything before `at` is ASCII, so `at` starts a character.
+        let Some(c) = rest[at..].chars().next() else { break };
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -140,13 +150,50 @@ fn quoted(out: &mut String, value: &str) {
             }
             c => out.push(c),
         }
+        rest = &rest[at + c.len_utf8()..];
     }
+    out.push_str(rest);
     out.push('"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting_escapes_exactly_what_the_char_by_char_rule_does() {
+        fn reference(value: &str) -> String {
+            let mut out = String::from("\"");
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        for value in [
+            "",
+            "plain",
+            "http://h/?a=1&b=%20",
+            "say \"hi\"\\ there",
+            "line\nnext\r\tend",
+            "bell\u{7}del\u{7f}c1\u{85}",
+            "caf\u{e9} \u{1f600} \u{2028} done",
+            "\u{e9}",
+            "\"",
+        ] {
+            let mut out = String::new();
+            quoted(&mut out, value);
+            assert_eq!(out, reference(value), "for {value:?}");
+        }
+    }
 
     fn record<'a>(body: &'a str) -> Record<'a> {
         Record {
