@@ -259,7 +259,7 @@ test_provision_dry_run_and_root() {
 
 # --- 6 ----------------------------------------------------------------------
 test_shellcheck_is_clean() {
-  (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/lib/*.sh scripts/tests/*.sh .ci/run)
+  (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/tests/*.sh .ci/run)
 }
 
 check "templates render; every program RUNNING; the sample is delivered through nginx" test_all_running_and_sample_delivered
