@@ -139,21 +139,27 @@ fn quoted(out: &mut String, value: &str) {
         out.push_str(&rest[..at]);
         // Everything before `at` is ASCII, so `at` starts a character.
         let Some(c) = rest[at..].chars().next() else { break };
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
+        escaped(out, c);
         rest = &rest[at + c.len_utf8()..];
     }
     out.push_str(rest);
     out.push('"');
+}
+
+/// One character of a quoted value: `"`, `\` and control characters
+/// escaped, anything else as it is.
+fn escaped(out: &mut String, c: char) {
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if c.is_control() => {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
 }
 
 #[cfg(test)]
@@ -164,20 +170,15 @@ mod tests {
     fn quoting_escapes_exactly_what_the_char_by_char_rule_does() {
         fn reference(value: &str) -> String {
             let mut out = String::from("\"");
-            for c in value.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-                    c => out.push(c),
-                }
-            }
+            value.chars().for_each(|c| escaped(&mut out, c));
             out.push('"');
             out
         }
+        // The rule itself, spelled out once.
+        assert_eq!(
+            reference("say \"hi\"\\\tbell\u{7}del\u{7f}c1\u{85}\u{e9}"),
+            "\"say \\\"hi\\\"\\\\\\tbell\\u{7}del\\u{7f}c1\\u{85}\u{e9}\""
+        );
         for value in [
             "",
             "plain",
