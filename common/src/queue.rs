@@ -11,6 +11,8 @@
 //! | `postback:{q}:workers`             | set        | worker ids that may own an in-flight list |
 //! | `postback:{q}:retry`               | sorted set | jobs waiting for their next attempt, scored by due time (ms) |
 //! | `postback:{q}:dead`                | list       | dead letters, newest first |
+//! | `postback:{q}:parked`              | sorted set | hosts with parked jobs, each scored by how many |
+//! | `postback:{q}:parked:<host>`       | list       | jobs of a saturated host, oldest first, waiting for it to have room |
 //! | `postback:{q}:stats:<unix second>` | hash+TTL   | delivery counts and response-time buckets of that second (see [`crate::stats`]) |
 //! | `postback:{q}:failures`            | list       | the latest failed attempts, newest first, for the dashboard |
 //!
@@ -25,6 +27,13 @@
 //! A take whose answer never arrived may have moved jobs into a live
 //! worker's list; that worker returns them with `return_in_flight` once it
 //! holds nothing else.
+//!
+//! A job taken for a host that already has all it may have in flight is
+//! *parked* by `settle`: moved, unattempted, to that host's parked list.
+//! Workers `unpark` a host's jobs into their in-flight list once they have
+//! room for it. A parked job is thus looked at once per wait, not once per
+//! pass over the queue: a dead endpoint's backlog costs nothing while it
+//! waits, and the jobs queued behind it are reached at once.
 //!
 //! Every script, the heartbeat included, starts with `#!lua
 //! flags=allow-oom` (Redis 7): a full Redis (`maxmemory` reached, policy
@@ -50,6 +59,8 @@ static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("
 static RETURN_IN_FLIGHT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/return_in_flight.lua")));
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
 static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
+static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/unpark.lua")));
+static DEPTHS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/depths.lua")));
 
 /// The most jobs moved by one script call; far below Lua's `unpack` limit.
 pub const MAX_BATCH: usize = 1000;
@@ -66,6 +77,8 @@ pub struct QueueKeys {
     pub dead: String,
     /// Ids of workers that may own an in-flight list.
     pub workers: String,
+    /// Hosts with parked jobs, each scored by how many.
+    pub parked: String,
 }
 
 impl QueueKeys {
@@ -77,6 +90,7 @@ impl QueueKeys {
             retry: format!("{prefix}:retry"),
             dead: format!("{prefix}:dead"),
             workers: format!("{prefix}:workers"),
+            parked: format!("{prefix}:parked"),
             prefix,
         }
     }
@@ -84,6 +98,11 @@ impl QueueKeys {
     /// The in-flight list of `worker`.
     pub fn inflight(&self, worker: &str) -> String {
         format!("{}:inflight:{worker}", self.prefix)
+    }
+
+    /// The parked jobs of `host` (`host:port`).
+    pub fn parked_list(&self, host: &str) -> String {
+        format!("{}:parked:{host}", self.prefix)
     }
 
     /// The heartbeat key of `worker`.
@@ -108,19 +127,22 @@ pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, jobs: &[Str
     redis::cmd("LPUSH").arg(&keys.ready).arg(jobs).query_async(conn).await
 }
 
-/// How many jobs wait in the ready list, the retry set and the dead-letter
-/// list, in one round trip.
+/// How many jobs wait in the ready list, the retry set, the dead-letter
+/// list and the parked lists, in one round trip.
 pub async fn depths<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys) -> RedisResult<Depths> {
-    let (ready, retry, dead): (u64, u64, u64) = redis::pipe()
-        .cmd("LLEN")
-        .arg(&keys.ready)
-        .cmd("ZCARD")
-        .arg(&keys.retry)
-        .cmd("LLEN")
-        .arg(&keys.dead)
-        .query_async(conn)
+    let (ready, retry, dead, parked): (u64, u64, u64, u64) = DEPTHS
+        .key(&keys.ready)
+        .key(&keys.retry)
+        .key(&keys.dead)
+        .key(&keys.parked)
+        .invoke_async(conn)
         .await?;
-    Ok(Depths { ready, retry, dead })
+    Ok(Depths {
+        ready,
+        retry,
+        dead,
+        parked,
+    })
 }
 
 /// Queue depths at one moment.
@@ -132,34 +154,24 @@ pub struct Depths {
     pub retry: u64,
     /// Dead letters.
     pub dead: u64,
+    /// Jobs parked until their host has room.
+    pub parked: u64,
 }
 
-/// Jobs taken by [`take`].
-#[derive(Debug, Default)]
-pub struct Taken {
-    /// The jobs, oldest first, exactly as queued.
-    pub jobs: Vec<Vec<u8>>,
-    /// How many jobs were left in the ready list.
-    pub remaining: u64,
-}
-
-impl redis::FromRedisValue for Taken {
-    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
-        let mut items: Vec<redis::Value> = redis::from_redis_value(value)?;
-        if items.is_empty() {
-            return Ok(Taken::default());
-        }
-        let remaining = redis::from_redis_value(items.remove(0))?;
-        let jobs = items
-            .into_iter()
-            .map(redis::from_redis_value)
-            .collect::<Result<_, _>>()?;
-        Ok(Taken { jobs, remaining })
+impl Depths {
+    /// Each depth with its name, as the `state` label of the queue gauges.
+    pub fn by_state(&self) -> [(&'static str, u64); 4] {
+        [
+            ("ready", self.ready),
+            ("retry", self.retry),
+            ("dead", self.dead),
+            ("parked", self.parked),
+        ]
     }
 }
 
 /// Takes up to `max` jobs (at most [`MAX_BATCH`]) into `worker`'s in-flight
-/// list without waiting. Restores the worker's registration and heartbeat
+/// list without waiting, oldest first. Restores the worker's registration and heartbeat
 /// (for `heartbeat_ttl`) if Redis lost them.
 pub async fn take<C: ConnectionLike>(
     conn: &mut C,
@@ -167,7 +179,7 @@ pub async fn take<C: ConnectionLike>(
     worker: &str,
     max: usize,
     heartbeat_ttl: Duration,
-) -> RedisResult<Taken> {
+) -> RedisResult<Vec<Vec<u8>>> {
     TAKE.key(&keys.ready)
         .key(keys.inflight(worker))
         .key(&keys.workers)
@@ -215,10 +227,13 @@ pub enum Settlement {
         /// How long to wait before it is due.
         delay: Duration,
     },
-    /// Not attempted (its host is busy): back to the end of the queue.
-    Requeue {
+    /// Not attempted (its host has all it may have in flight): parked
+    /// until it has room.
+    Park {
         /// The exact bytes taken from the queue.
         taken: Vec<u8>,
+        /// The host (`host:port`) it waits for.
+        host: String,
     },
     /// Failed for good.
     Dead {
@@ -246,16 +261,65 @@ pub async fn settle<C: ConnectionLike>(
     call.key(keys.inflight(worker))
         .key(&keys.retry)
         .key(&keys.dead)
-        .key(&keys.ready);
+        .key(&keys.parked);
+    // One key per parked host, however many of its jobs the batch parks.
+    let mut parked_hosts: Vec<&str> = Vec::new();
     for outcome in outcomes {
         match outcome {
             Settlement::Ack { taken } => call.arg("a").arg(taken).arg("").arg(0),
-            Settlement::Requeue { taken } => call.arg("b").arg(taken).arg("").arg(0),
+            Settlement::Park { taken, host } => {
+                let index = match parked_hosts.iter().position(|h| h == host) {
+                    Some(i) => i,
+                    None => {
+                        parked_hosts.push(host);
+                        call.key(keys.parked_list(host));
+                        parked_hosts.len() - 1
+                    }
+                };
+                // KEYS is 1-based in Lua and starts with four fixed keys.
+                call.arg("p").arg(taken).arg(index + 5).arg(host)
+            }
             Settlement::Retry { taken, next, delay } => {
                 call.arg("r").arg(taken).arg(next).arg(delay.as_millis() as u64)
             }
             Settlement::Dead { taken, letter } => call.arg("d").arg(taken).arg(letter.encode()).arg(0),
         };
+    }
+    call.invoke_async(conn).await
+}
+
+/// Hosts with parked jobs: up to `max` of them, picked at random so that
+/// every host gets its turn when there are more.
+pub async fn parked_hosts<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, max: usize) -> RedisResult<Vec<String>> {
+    redis::cmd("ZRANDMEMBER")
+        .arg(&keys.parked)
+        .arg(max.clamp(1, MAX_BATCH))
+        .query_async(conn)
+        .await
+}
+
+/// Moves parked jobs into `worker`'s in-flight list: for each `(host, n)`,
+/// up to `n` of that host's oldest. Restores the worker's registration and
+/// heartbeat like [`take`]. Returns the jobs moved.
+pub async fn unpark<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    worker: &str,
+    heartbeat_ttl: Duration,
+    wanted: &[(String, usize)],
+) -> RedisResult<Vec<Vec<u8>>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut call = UNPARK.prepare_invoke();
+    call.key(keys.inflight(worker))
+        .key(&keys.workers)
+        .key(keys.heartbeat(worker))
+        .key(&keys.parked)
+        .arg(worker)
+        .arg(heartbeat_ttl.as_millis() as u64);
+    for (host, n) in wanted {
+        call.key(keys.parked_list(host)).arg(host).arg((*n).clamp(1, MAX_BATCH));
     }
     call.invoke_async(conn).await
 }
@@ -394,5 +458,7 @@ mod tests {
         assert_eq!(keys.workers, "postback:{default}:workers");
         assert_eq!(keys.inflight("w1"), "postback:{default}:inflight:w1");
         assert_eq!(keys.heartbeat("w1"), "postback:{default}:heartbeat:w1");
+        assert_eq!(keys.parked, "postback:{default}:parked");
+        assert_eq!(keys.parked_list("h:80"), "postback:{default}:parked:h:80");
     }
 }

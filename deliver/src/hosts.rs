@@ -6,9 +6,9 @@
 //! times that many may wait in memory, plus as many as the host finished in
 //! the last tenth of a second (a fast host that is merely busy keeps its
 //! jobs; a slow or dead one gets only the fixed room). A job for a host
-//! whose gate is full is not kept waiting in a slot: the fetcher sends it to
-//! the back of the queue, where it waits in Redis (crash-safe, no memory
-//! held) while other hosts' jobs go ahead.
+//! whose gate is full is not kept waiting in a slot: the fetcher parks it in
+//! Redis (crash-safe, no memory held; see `common::queue`) while other
+//! hosts' jobs go ahead, and brings it back once the gate has room.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +50,19 @@ impl Gate {
     /// Reserves a place for one more job of this host, unless as many wait
     /// already as the gate allows. The job must then call [`Gate::enter`].
     pub fn try_queue(&self) -> bool {
+        let allowed = self.allowed();
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < allowed).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// How many more jobs [`Gate::try_queue`] would admit now.
+    pub fn room(&self) -> usize {
+        self.allowed().saturating_sub(self.queued.load(Ordering::Acquire))
+    }
+
+    /// How many jobs may be running or waiting at once now.
+    fn allowed(&self) -> usize {
         // A host that stopped finishing requests (it was fast, then hung)
         // loses its extra room once its last window is old.
         let now = self.epoch.elapsed().as_millis() as u64;
@@ -59,10 +72,7 @@ impl Gate {
         } else {
             0
         };
-        let allowed = self.limit * (WAITING_PER_SLOT + 1) + extra;
-        self.queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < allowed).then_some(n + 1))
-            .is_ok()
+        self.limit * (WAITING_PER_SLOT + 1) + extra
     }
 
     /// Counts a finished request (approximately: a race between two threads
@@ -137,6 +147,16 @@ impl Hosts {
         gate
     }
 
+    /// How many more jobs of `host` its gate would admit now (a host without
+    /// a gate has all the room a new gate has).
+    pub fn room(&self, host: &str) -> usize {
+        let gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        match gates.get(host) {
+            Some(gate) => gate.room(),
+            None => self.limit * (WAITING_PER_SLOT + 1),
+        }
+    }
+
     /// Forgets idle hosts, so the map does not grow with every host ever seen.
     pub fn prune(&self) {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
@@ -164,6 +184,8 @@ mod tests {
             assert!(gate.try_queue());
         }
         assert!(!gate.try_queue(), "the gate holds its limit plus the waiting room");
+        assert_eq!(hosts.room("h:80"), 0);
+        assert_eq!(hosts.room("unseen:80"), 2 * (WAITING_PER_SLOT + 1));
         assert!(hosts.gate("other:80").try_queue(), "other hosts are not affected");
     }
 
@@ -217,8 +239,10 @@ mod tests {
         {
             let _slot = gate.enter().await;
             assert_eq!(gate.queued.load(Ordering::Acquire), 1);
+            assert_eq!(gate.room(), WAITING_PER_SLOT);
         }
         assert_eq!(gate.queued.load(Ordering::Acquire), 0);
+        assert_eq!(gate.room(), WAITING_PER_SLOT + 1);
         drop(gate);
         hosts.prune();
         assert!(hosts.gates.lock().unwrap().is_empty());

@@ -49,7 +49,8 @@ pub struct Metrics {
     registry: Registry,
     attempts: Family<AttemptLabels, Counter>,
     retries: Counter,
-    requeued: Counter,
+    parked: Counter,
+    unparked: Counter,
     dead_letters: Family<ReasonLabels, Counter>,
     response: Histogram,
     end_to_end: Histogram,
@@ -106,11 +107,17 @@ impl Metrics {
             "Retries scheduled after a failed attempt",
             retries.clone(),
         );
-        let requeued = Counter::default();
+        let parked = Counter::default();
         registry.register(
-            "requeued_busy_host",
-            "Jobs sent to the back of the queue unattempted because their host had all it may have in flight",
-            requeued.clone(),
+            "parked_busy_host",
+            "Jobs parked unattempted because their host had all it may have in flight",
+            parked.clone(),
+        );
+        let unparked = Counter::default();
+        registry.register(
+            "unparked",
+            "Parked jobs taken back once their host had room",
+            unparked.clone(),
         );
         let dead_letters = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -139,14 +146,15 @@ impl Metrics {
         let queue = Family::<StateLabels, Gauge>::default();
         registry.register(
             "queue_jobs",
-            "Jobs in the queue by state (ready, retry, dead)",
+            "Jobs in the queue by state (ready, retry, dead, parked)",
             queue.clone(),
         );
         Metrics {
             registry,
             attempts,
             retries,
-            requeued,
+            parked,
+            unparked,
             dead_letters,
             response,
             end_to_end,
@@ -207,9 +215,14 @@ impl Metrics {
         }
     }
 
-    /// Records a job sent back to the queue because its host was busy.
-    pub fn requeued(&self) {
-        self.requeued.inc();
+    /// Records a job parked because its host was busy.
+    pub fn parked(&self) {
+        self.parked.inc();
+    }
+
+    /// Records `n` parked jobs taken back.
+    pub fn unparked(&self, n: usize) {
+        self.unparked.inc_by(n as u64);
     }
 
     /// Records a dead letter that was never attempted (a malformed job).
@@ -230,7 +243,7 @@ impl Metrics {
 
     /// Records queue depths.
     pub fn set_depths(&self, d: Depths) {
-        for (state, n) in [("ready", d.ready), ("retry", d.retry), ("dead", d.dead)] {
+        for (state, n) in d.by_state() {
             self.queue.get_or_create(&StateLabels { state }).set(n as i64);
         }
     }

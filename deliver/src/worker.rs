@@ -4,13 +4,13 @@
 //! - the *fetcher* takes batches of jobs into this worker's in-flight list
 //!   (at most twice `DELIVER_CONCURRENCY` in memory), or blocks on Redis
 //!   for one job when the queue is empty, so an idle worker costs nothing;
-//!   it sends a job whose host is saturated to the back of the queue
-//!   ([`crate::hosts`]);
+//!   it parks a job whose host is saturated, and takes parked jobs back
+//!   once their host has room ([`crate::hosts`], `common::queue`);
 //! - one *delivery task* per job waits for a slot of its host and a global
 //!   one, makes the request, logs the attempt and hands the outcome to the
 //!   settler;
 //! - the *settler* records outcomes in batches, one script call for many
-//!   jobs (acknowledge, schedule a retry, dead-letter, or requeue);
+//!   jobs (acknowledge, schedule a retry, dead-letter, or park);
 //! - *housekeeping* keeps the heartbeat alive, returns the jobs of dead
 //!   workers to the queue, and moves due retries back to it.
 //!
@@ -263,14 +263,16 @@ async fn fetch(
     // holds no request slot.
     let all_slots = config.concurrency * 2;
     let slots = Arc::new(Semaphore::new(all_slots));
-    let running = Arc::new(Semaphore::new(config.concurrency));
+    let starter = Starter {
+        ctx,
+        running: Arc::new(Semaphore::new(config.concurrency)),
+        settle_tx,
+    };
     let mut backoff = BACKOFF_MIN;
-    let mut requeue_backoff = Duration::ZERO;
-    let mut requeued_in_a_row = 0u64;
-    let mut round = 0u64;
     let mut conn = None;
     // A take failed after it may have reached Redis (see `return_orphans`).
     let mut unsure = false;
+    let mut parked = Parked::new();
     loop {
         // Finished tasks keep a slot in the JoinSet until joined.
         while deliveries.try_join_next().is_some() {}
@@ -291,12 +293,6 @@ async fn fetch(
             _ = shutdown.cancelled() => return,
             permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
         };
-        let more = slots.available_permits().min(config.batch - 1);
-        if more > 0 {
-            if let Ok(extra) = slots.clone().try_acquire_many_owned(more as u32) {
-                permits.merge(extra);
-            }
-        }
 
         let connection = match conn.take() {
             Some(c) => c,
@@ -312,6 +308,29 @@ async fn fetch(
             },
         };
         let mut connection = connection;
+        if parked.due() {
+            match unpark(ctx, &mut connection, &slots, permits, &mut parked).await {
+                Ok((jobs, held)) => {
+                    starter.start(jobs, held, deliveries).await;
+                    conn = Some(connection);
+                }
+                Err(e) => {
+                    unsure = true;
+                    ctx.outage.failed("unpark", &e);
+                    if !pause(&mut backoff, shutdown).await {
+                        return;
+                    }
+                }
+            }
+            // The slot it started with may be in use now: begin again.
+            continue;
+        }
+        let more = slots.available_permits().min(config.batch - 1);
+        if more > 0 {
+            if let Ok(extra) = slots.clone().try_acquire_many_owned(more as u32) {
+                permits.merge(extra);
+            }
+        }
         let taken = queue::take(
             &mut connection,
             &ctx.keys,
@@ -320,10 +339,11 @@ async fn fetch(
             ctx.heartbeat_ttl,
         )
         .await;
-        let (jobs, remaining) = match taken {
-            Ok(taken) if !taken.jobs.is_empty() => (taken.jobs, taken.remaining),
+        let jobs = match taken {
+            Ok(taken) if !taken.is_empty() => taken,
             Ok(_) => {
-                // Queue empty: wait in Redis for the next job. On shutdown
+                // Queue empty: wait in Redis for the next job (no longer
+                // than until parked jobs are to be looked at). On shutdown
                 // the wait is abandoned with its connection; a job it may
                 // have moved is in our in-flight list and goes back on release.
                 tokio::select! {
@@ -331,8 +351,8 @@ async fn fetch(
                         drop(deadpool_redis::Connection::take(connection));
                         return;
                     }
-                    one = queue::take_blocking(&mut connection, &ctx.keys, &ctx.id, BLOCK_WAIT) => match one {
-                        Ok(one) => (one.into_iter().collect(), 0),
+                    one = queue::take_blocking(&mut connection, &ctx.keys, &ctx.id, parked.block_wait()) => match one {
+                        Ok(one) => one.into_iter().collect(),
                         Err(e) => {
                             unsure = true;
                             ctx.outage.failed("take", &e);
@@ -356,8 +376,122 @@ async fn fetch(
         ctx.outage.succeeded();
         backoff = BACKOFF_MIN;
         conn = Some(connection);
-        let mut started = 0;
-        let taken_count = jobs.len() as u64;
+        if starter.start(jobs, permits, deliveries).await > 0 {
+            parked.seen();
+        }
+    }
+}
+
+/// When the fetcher looks at parked jobs: often while there are some (a
+/// host's room comes back as its requests finish), seldom otherwise (only
+/// to find those parked by a worker that has since stopped).
+struct Parked {
+    next: Instant,
+    any: bool,
+}
+
+impl Parked {
+    /// How often hosts with parked jobs are looked at.
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn new() -> Self {
+        Parked {
+            next: Instant::now(),
+            any: false,
+        }
+    }
+
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// This worker just parked a job: look again soon.
+    fn seen(&mut self) {
+        if !self.any {
+            self.any = true;
+            self.next = self.next.min(Instant::now() + Self::EVERY);
+        }
+    }
+
+    /// After a look: `any` tells whether some host still has parked jobs.
+    fn looked(&mut self, any: bool) {
+        self.any = any;
+        self.next = Instant::now() + if any { Self::EVERY } else { BLOCK_WAIT };
+    }
+
+    /// How long a blocking take may wait before parked jobs are due.
+    fn block_wait(&self) -> Duration {
+        if !self.any {
+            return BLOCK_WAIT;
+        }
+        // Never 0: BLMOVE would wait forever.
+        self.next
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(10), BLOCK_WAIT)
+    }
+}
+
+/// How many parked hosts one look considers (picked at random, so that all
+/// get their turn when there are more).
+const UNPARK_HOSTS: usize = 32;
+
+/// Takes back parked jobs of hosts whose gates have room, as many as there
+/// are free slots (`first` is one already held). Returns the jobs and their
+/// slots.
+async fn unpark(
+    ctx: &Context,
+    conn: &mut deadpool_redis::Connection,
+    slots: &Arc<Semaphore>,
+    first: OwnedSemaphorePermit,
+    parked: &mut Parked,
+) -> RedisResult<(Vec<Vec<u8>>, OwnedSemaphorePermit)> {
+    let hosts = queue::parked_hosts(conn, &ctx.keys, UNPARK_HOSTS).await?;
+    parked.looked(!hosts.is_empty());
+    let mut free = (slots.available_permits() + 1).min(queue::MAX_BATCH);
+    let mut wanted = Vec::new();
+    for host in hosts {
+        let n = ctx.hosts.room(&host).min(free);
+        if n > 0 {
+            free -= n;
+            wanted.push((host, n));
+        }
+    }
+    let want: usize = wanted.iter().map(|(_, n)| n).sum();
+    let mut held = first;
+    if want > 1 {
+        match slots.clone().try_acquire_many_owned(want as u32 - 1) {
+            Ok(more) => held.merge(more),
+            // Slots went meanwhile: take back what the one slot allows.
+            Err(_) => {
+                wanted.truncate(1);
+                wanted[0].1 = 1;
+            }
+        }
+    }
+    let jobs = queue::unpark(conn, &ctx.keys, &ctx.id, ctx.heartbeat_ttl, &wanted).await?;
+    ctx.metrics.unparked(jobs.len());
+    Ok((jobs, held))
+}
+
+/// Starts the delivery of jobs taken into the in-flight list.
+struct Starter<'a> {
+    ctx: &'a Arc<Context>,
+    running: Arc<Semaphore>,
+    settle_tx: &'a mpsc::Sender<Handed>,
+}
+
+impl Starter<'_> {
+    /// Starts a delivery task for each job (one slot of `permits` each; the
+    /// slots left over are given back), or parks it if its host has all it
+    /// may have in flight and waiting. Returns how many it parked.
+    async fn start(
+        &self,
+        jobs: Vec<Vec<u8>>,
+        mut permits: OwnedSemaphorePermit,
+        deliveries: &mut JoinSet<()>,
+    ) -> usize {
+        let ctx = self.ctx;
+        let mut parked = 0;
         for raw in jobs {
             let permit = permits.split(1).expect("one slot per job taken");
             let job = match Job::decode(&raw) {
@@ -366,46 +500,31 @@ async fn fetch(
                     deliveries.spawn(settle_after(
                         malformed(ctx.clone(), raw, error.to_string()),
                         permit,
-                        settle_tx.clone(),
+                        self.settle_tx.clone(),
                     ));
                     continue;
                 }
             };
             let mut url = String::with_capacity(job.url.len() + 64);
             common::template::render_into(&mut url, &job.url, &job.data, &ctx.unmatched_default);
-            let gate = ctx.hosts.gate(crate::hosts::host_of(&url));
+            let host = crate::hosts::host_of(&url);
+            let gate = ctx.hosts.gate(host);
             if !gate.try_queue() {
-                // Its host has all it may have in flight and waiting: let the
-                // job wait at the back of the queue, not in a slot.
-                ctx.metrics.requeued();
-                let _ = settle_tx.send((Settlement::Requeue { taken: raw }, permit)).await;
+                // Its host has all it may have in flight and waiting: the
+                // job waits in Redis, not in a slot.
+                ctx.metrics.parked();
+                parked += 1;
+                let host = host.to_string();
+                let _ = self
+                    .settle_tx
+                    .send((Settlement::Park { taken: raw, host }, permit))
+                    .await;
                 continue;
             }
-            started += 1;
-            let delivery = deliver(ctx.clone(), job, url, raw, gate, running.clone());
-            deliveries.spawn(settle_after(delivery, permit, settle_tx.clone()));
+            let delivery = deliver(ctx.clone(), job, url, raw, gate, self.running.clone());
+            deliveries.spawn(settle_after(delivery, permit, self.settle_tx.clone()));
         }
-        // Jobs that all went back (a busy host holds the head of the queue)
-        // are fetched again soon. Once a whole queue's worth went round
-        // without one being started, only busy hosts are left: wait a
-        // little, longer each time, instead of spinning.
-        if started == 0 {
-            if requeued_in_a_row == 0 {
-                // Going round means getting through what is queued now.
-                round = remaining + taken_count;
-            }
-            requeued_in_a_row += taken_count;
-            if requeued_in_a_row > round {
-                requeue_backoff = (requeue_backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(requeue_backoff) => {}
-                }
-            }
-        } else {
-            requeued_in_a_row = 0;
-            requeue_backoff = Duration::ZERO;
-        }
+        parked
     }
 }
 

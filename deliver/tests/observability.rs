@@ -5,31 +5,13 @@
 mod support;
 
 use common::testkit::{get, http, wait_until, RedisServer, Reply, Sink};
-use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{fast_env, field, spawn_ingest, Deliver};
+use support::{fast_env, field, metric, spawn_ingest, Deliver};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Parses Prometheus text and sums each metric's samples whose labels
-/// include `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("metrics must parse");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-            Value::Histogram(buckets) => buckets.last().map(|b| b.count).unwrap_or(0.0),
-            Value::Summary(_) => 0.0,
-        })
-        .sum()
-}
 
 /// A sink answering by the `kind` query parameter: `ok` 200; `flaky` 500
 /// once per id then 200; `gone` 404.
@@ -166,6 +148,7 @@ async fn metrics_and_stats_match_a_load_of_successes_retries_and_dead_letters() 
     .await;
     let stats = get(&format!("{ingest}/stats?seconds=120&step=10")).await.json();
     assert_eq!(stats["queue"]["dead"], json!(gone));
+    assert_eq!(stats["queue"]["parked"], json!(0));
     assert_eq!(stats["window"]["series"].as_array().unwrap().len(), 12);
     let failures = stats["window"]["failures"].as_array().unwrap();
     assert!(!failures.is_empty());
@@ -240,6 +223,10 @@ async fn dashboard_in_chromium(ingest: &str, delivered: usize) {
     assert!(
         html.contains(&format!(r#"data-delivered="{delivered}""#)),
         "the dashboard does not show {delivered} deliveries:\n{html}"
+    );
+    assert!(
+        html.contains(r#"id="t-parked">0<"#),
+        "the dashboard does not show the parked jobs:\n{html}"
     );
     let console_errors: Vec<&str> = log
         .lines()

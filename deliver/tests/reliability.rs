@@ -620,18 +620,48 @@ async fn a_slow_endpoint_is_never_delivered_twice_concurrently() {
     assert_eq!(sink.count(), 20, "a job was delivered twice");
 }
 
+/// A Redis, a healthy sink, an endpoint that accepts connections and never
+/// answers, and deliver's settings for them.
+struct DeadEndpoint {
+    redis: RedisServer,
+    keys: QueueKeys,
+    conn: redis::aio::MultiplexedConnection,
+    healthy: Sink,
+    dead: Sink,
+    env: Vec<(String, String)>,
+}
+
+impl DeadEndpoint {
+    /// 16 deliveries in flight, `per_host` to one host.
+    async fn start(per_host: usize) -> DeadEndpoint {
+        let redis = RedisServer::start();
+        let conn = redis.connection().await;
+        let mut env = fast_env(&redis);
+        set(&mut env, "DELIVER_CONCURRENCY", "16");
+        set(&mut env, "DELIVER_PER_HOST_CONCURRENCY", &per_host.to_string());
+        // Far longer than the test waits: a dead request never frees its slot.
+        set(&mut env, "DELIVER_TIMEOUT_MS", "120000");
+        DeadEndpoint {
+            redis,
+            keys: QueueKeys::new("default"),
+            conn,
+            healthy: Sink::ok().await,
+            dead: Sink::start(Arc::new(|_, _| Reply::hang())).await,
+            env,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_holds_only_its_share_and_the_others_are_delivered() {
-    let redis = RedisServer::start();
-    let keys = QueueKeys::new("default");
-    let mut conn = redis.connection().await;
-    let healthy = Sink::ok().await;
-    let dead = Sink::start(Arc::new(|_, _| Reply::hang())).await;
-    let mut env = fast_env(&redis);
-    set(&mut env, "DELIVER_CONCURRENCY", "16");
-    set(&mut env, "DELIVER_PER_HOST_CONCURRENCY", "4");
-    // Far longer than the test waits: a dead request never frees its slot.
-    set(&mut env, "DELIVER_TIMEOUT_MS", "120000");
+    let DeadEndpoint {
+        redis: _redis,
+        keys,
+        mut conn,
+        healthy,
+        dead,
+        env,
+    } = DeadEndpoint::start(4).await;
     let _deliver = Deliver::start(&env);
     let mut jobs = Vec::new();
     for i in 0..300 {
@@ -657,4 +687,160 @@ async fn a_dead_endpoint_holds_only_its_share_and_the_others_are_delivered() {
         4,
         "more requests in flight to one host than DELIVER_PER_HOST_CONCURRENCY"
     );
+}
+
+/// How many times Redis ran `ZRANDMEMBER` (the workers' look at the parked hosts).
+async fn zrandmember_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_zrandmember:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The number `name` shows on `deliver`'s /metrics now.
+async fn deliver_metric(deliver: &Deliver, name: &str) -> f64 {
+    let admin = deliver.admin_url().expect("admin address logged");
+    support::metric(&common::testkit::get(&format!("{admin}/metrics")).await.body, name, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoints_backlog_is_parked_once_and_jobs_queued_behind_it_go_ahead() {
+    let DeadEndpoint {
+        redis,
+        keys,
+        mut conn,
+        healthy,
+        dead,
+        mut env,
+    } = DeadEndpoint::start(2).await;
+    // The counts below are exact: the worker must not be presumed dead.
+    set(&mut env, "DELIVER_HEARTBEAT_TTL_MS", "5000");
+    // The dead endpoint's backlog first, the healthy jobs behind it.
+    let backlog = 1000;
+    let dead_jobs: Vec<_> = (0..backlog)
+        .map(|i| job(Method::Get, &dead.url("/never?id={id}"), json!({"id": format!("d{i}")})))
+        .collect();
+    enqueue(&mut conn, &keys, &dead_jobs).await;
+    // No more than the healthy host's gate admits at once, so that none of
+    // them is parked and the counts below are the dead host's alone.
+    let (healthy_jobs, healthy_ids) = numbered_jobs(&healthy, 10);
+    enqueue(&mut conn, &keys, &healthy_jobs).await;
+    let deliver = Deliver::start(&env);
+
+    healthy.wait_for(10, LIMIT).await;
+    assert_eq!(ids_at(&healthy).into_iter().collect::<HashSet<_>>(), healthy_ids);
+    // The gate holds its 2 requests and 8 waiting; every other job of the
+    // dead host was parked exactly once, and none was taken back: the host
+    // never had room. Requeued to the ready list instead, they would go
+    // round and round (and be counted each time).
+    let held = 2 * 5;
+    wait_until(LIMIT, "the dead host's backlog to be parked", || async {
+        let mut c = redis.connection().await;
+        depths(&mut c, &keys).await.parked == (backlog - held) as u64
+    })
+    .await;
+    // Let the worker look at the parked hosts a few times more: a host
+    // without room must not get its jobs back.
+    let looks = zrandmember_calls(&mut conn).await;
+    wait_until(LIMIT, "three more looks at the parked hosts", || async {
+        zrandmember_calls(&mut redis.connection().await).await >= looks + 3
+    })
+    .await;
+    let d = depths(&mut conn, &keys).await;
+    assert_eq!(d.ready, 0);
+    assert_eq!(d.parked, (backlog - held) as u64);
+    assert_eq!(
+        in_flight(&mut conn, &keys).await,
+        held,
+        "the gate's jobs stay in the in-flight list"
+    );
+    assert_eq!(
+        deliver_metric(&deliver, "postback_deliver_parked_busy_host_total").await,
+        (backlog - held) as f64
+    );
+    assert_eq!(deliver_metric(&deliver, "postback_deliver_unparked_total").await, 0.0);
+    let parked_list: usize = redis::cmd("LLEN")
+        .arg(keys.parked_list(deliver::hosts::host_of(&dead.url("/"))))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(parked_list, backlog - held);
+    assert_eq!(dead.count(), 2, "DELIVER_PER_HOST_CONCURRENCY requests, no more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_jobs_are_delivered_once_their_slow_host_has_room() {
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let slow = Sink::start(Arc::new(|_, _| Reply::status(200).after(Duration::from_millis(50)))).await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_PER_HOST_CONCURRENCY", "1");
+    set(&mut env, "DELIVER_HEARTBEAT_TTL_MS", "5000");
+    // One request at a time and five jobs in memory: 55 of 60 are parked.
+    let (jobs, ids) = numbered_jobs(&slow, 60);
+    enqueue(&mut conn, &keys, &jobs).await;
+    let deliver = Deliver::start(&env);
+    slow.wait_for(60, LIMIT).await;
+    let got = ids_at(&slow);
+    assert_eq!(got.iter().cloned().collect::<HashSet<_>>(), ids);
+    wait_until(LIMIT, "the queue to empty", || async {
+        let mut c = redis.connection().await;
+        let d = depths(&mut c, &keys).await;
+        d.ready == 0 && d.parked == 0 && in_flight(&mut c, &keys).await == 0
+    })
+    .await;
+    assert_eq!(got.len(), 60, "a job was delivered twice");
+    assert!(deliver_metric(&deliver, "postback_deliver_unparked_total").await >= 55.0);
+    let hosts: usize = redis::cmd("ZCARD")
+        .arg(&keys.parked)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(hosts, 0, "a host without parked jobs left in the parked set");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_jobs_survive_a_crash_and_a_new_worker_delivers_them() {
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    // Hangs until it is told to answer.
+    let answering = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = answering.clone();
+    let sink = Sink::start(Arc::new(move |_, _| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(200)
+        } else {
+            Reply::hang()
+        }
+    }))
+    .await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_PER_HOST_CONCURRENCY", "1");
+    set(&mut env, "DELIVER_TIMEOUT_MS", "120000");
+    let (jobs, ids) = numbered_jobs(&sink, 40);
+    enqueue(&mut conn, &keys, &jobs).await;
+    let mut first = Deliver::start(&env);
+    wait_until(LIMIT, "jobs to be parked", || async {
+        let mut c = redis.connection().await;
+        depths(&mut c, &keys).await.parked == 35
+    })
+    .await;
+    first.kill();
+    answering.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _second = Deliver::start(&env);
+    // The parked jobs, and the five the dead worker held (returned once its
+    // heartbeat expires).
+    wait_until(LIMIT, "every job at the sink", || async {
+        ids_at(&sink).into_iter().collect::<HashSet<_>>() == ids
+    })
+    .await;
+    wait_until(LIMIT, "the queue to empty", || async {
+        let mut c = redis.connection().await;
+        let d = depths(&mut c, &keys).await;
+        d.ready == 0 && d.parked == 0 && in_flight(&mut c, &keys).await == 0
+    })
+    .await;
 }

@@ -76,7 +76,7 @@ impl Metrics {
         let queue = Family::<StateLabels, Gauge>::default();
         registry.register(
             "queue_jobs",
-            "Jobs in the queue by state (ready, retry, dead)",
+            "Jobs in the queue by state (ready, retry, dead, parked)",
             queue.clone(),
         );
         Metrics {
@@ -103,7 +103,7 @@ impl Metrics {
 
     /// Records queue depths.
     pub fn set_depths(&self, d: Depths) {
-        for (state, n) in [("ready", d.ready), ("retry", d.retry), ("dead", d.dead)] {
+        for (state, n) in d.by_state() {
             self.queue.get_or_create(&StateLabels { state }).set(n as i64);
         }
     }

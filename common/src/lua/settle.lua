@@ -7,13 +7,16 @@
 -- KEYS[1] in-flight list    (postback:{q}:inflight:<worker>)
 -- KEYS[2] retry sorted set  (postback:{q}:retry), scored by due time in ms
 -- KEYS[3] dead-letter list  (postback:{q}:dead)
--- KEYS[4] ready list        (postback:{q}:ready)
+-- KEYS[4] parked hosts      (postback:{q}:parked), sorted set: host -> jobs
+-- KEYS[5…] parked lists     (postback:{q}:parked:<host>), one per host
+--                           parked by this batch
 -- ARGV    groups of four: op, taken, payload, delay_ms
 --           op "a": acknowledge (delivered); payload and delay are ignored
 --           op "r": retry: add payload to the retry set, due in delay_ms
 --           op "d": dead letter: push payload onto the dead-letter list
---           op "b": not attempted (its host is busy): back to the end of
---                   the ready list, unchanged
+--           op "p": not attempted (its host is busy): park it, unchanged,
+--                   at the end of its host's list; here payload is the
+--                   index in KEYS of that list and delay_ms the host
 --         taken is the exact string the worker took from the queue.
 -- A job no longer in the in-flight list was handed to another worker (this
 -- one was presumed dead); its outcome is then dropped here, since the other
@@ -30,8 +33,9 @@ for i = 1, #ARGV, 4 do
       redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[i + 3]), payload)
     elseif op == 'd' then
       redis.call('LPUSH', KEYS[3], payload)
-    elseif op == 'b' then
-      redis.call('LPUSH', KEYS[4], taken)
+    elseif op == 'p' then
+      local parked = redis.call('RPUSH', KEYS[tonumber(payload)], taken)
+      redis.call('ZADD', KEYS[4], parked, ARGV[i + 3])
     end
   end
 end

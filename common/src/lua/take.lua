@@ -11,11 +11,10 @@
 -- ARGV[1] how many to take at most (kept well below Lua's unpack limit)
 -- ARGV[2] the worker's id
 -- ARGV[3] heartbeat TTL in ms
--- Returns how many jobs are left in the ready list, then the jobs taken,
--- oldest first (possibly none).
+-- Returns the jobs taken, oldest first (possibly none).
 local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
 if not jobs then
-  return {0}
+  return {}
 end
 redis.call('RPUSH', KEYS[2], unpack(jobs))
 -- Registering here too means an in-flight list is never orphaned, nor
@@ -23,5 +22,4 @@ redis.call('RPUSH', KEYS[2], unpack(jobs))
 -- before the worker's next heartbeat.
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3], 'NX')
-table.insert(jobs, 1, redis.call('LLEN', KEYS[1]))
 return jobs

@@ -8,6 +8,7 @@ use common::job::{Job, Method};
 use common::queue::QueueKeys;
 use common::testkit::RedisServer;
 use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use prometheus_parse::{Scrape, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -272,4 +273,21 @@ pub fn cpu_time(process: &Deliver) -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     // Linux reports in clock ticks, 100 per second on every supported platform.
     Duration::from_millis(ticks * 10)
+}
+
+/// Parses Prometheus text and sums each metric's samples whose labels
+/// include `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("metrics must parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map(|b| b.count).unwrap_or(0.0),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
 }
