@@ -171,8 +171,9 @@ impl Depths {
 }
 
 /// Takes up to `max` jobs (at most [`MAX_BATCH`]) into `worker`'s in-flight
-/// list without waiting, oldest first. Restores the worker's registration and heartbeat
-/// (for `heartbeat_ttl`) if Redis lost them.
+/// list without waiting, and returns them oldest first. Restores the
+/// worker's registration and heartbeat (for `heartbeat_ttl`) if Redis lost
+/// them.
 pub async fn take<C: ConnectionLike>(
     conn: &mut C,
     keys: &QueueKeys,

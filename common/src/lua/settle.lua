@@ -27,7 +27,16 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local settled = 0
 for i = 1, #ARGV, 4 do
   local op, taken, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('LREM', KEYS[1], 1, taken) == 1 then
+  -- LREM scans from one end. A delivered or failed job is usually among
+  -- the oldest taken, so it is looked for from the oldest end. A job is
+  -- parked right after it was taken: it is looked for from the newest end,
+  -- or every park would first scan past a hung host's jobs, which stay at
+  -- the oldest end until their requests time out.
+  local from = 1
+  if op == 'p' then
+    from = -1
+  end
+  if redis.call('LREM', KEYS[1], from, taken) == 1 then
     settled = settled + 1
     if op == 'r' then
       redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[i + 3]), payload)
