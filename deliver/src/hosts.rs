@@ -18,6 +18,11 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// How many jobs of one host may wait in memory, per allowed request.
 const WAITING_PER_SLOT: usize = 4;
+
+/// The jobs a gate admits (running and waiting) before any extra room.
+fn fixed_room(limit: usize) -> usize {
+    limit * (WAITING_PER_SLOT + 1)
+}
 /// The window over which a host's completions are counted, in ms.
 const WINDOW_MS: u64 = 100;
 
@@ -72,7 +77,7 @@ impl Gate {
         } else {
             0
         };
-        self.limit * (WAITING_PER_SLOT + 1) + extra
+        fixed_room(self.limit) + extra
     }
 
     /// Counts a finished request (approximately: a race between two threads
@@ -153,7 +158,7 @@ impl Hosts {
         let gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         match gates.get(host) {
             Some(gate) => gate.room(),
-            None => self.limit * (WAITING_PER_SLOT + 1),
+            None => fixed_room(self.limit),
         }
     }
 
