@@ -175,6 +175,22 @@ impl RedisServer {
     }
 }
 
+/// One field of Redis' `INFO section` (its `field:value` line), as text.
+pub async fn redis_info(
+    conn: &mut deadpool_redis::redis::aio::MultiplexedConnection,
+    section: &str,
+    field: &str,
+) -> Option<String> {
+    let info: String = deadpool_redis::redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(|value| value.trim().to_string())
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();

@@ -294,7 +294,7 @@ async fn fetch(
             permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
         };
 
-        let connection = match conn.take() {
+        let mut connection = match conn.take() {
             Some(c) => c,
             None => match ctx.pool.get().await {
                 Ok(c) => c,
@@ -307,7 +307,6 @@ async fn fetch(
                 }
             },
         };
-        let mut connection = connection;
         if parked.due() {
             match unpark(ctx, &mut connection, &slots, permits, &mut parked).await {
                 Ok((jobs, held)) => {

@@ -492,11 +492,9 @@ async fn a_full_redis_is_drained_without_losing_a_job() {
     let redis = RedisServer::start();
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
+    let used: u64 = common::testkit::redis_info(&mut conn, "memory", "used_memory")
+        .await
+        .and_then(|v| v.parse().ok())
         .unwrap();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -691,17 +689,11 @@ async fn a_dead_endpoint_holds_only_its_share_and_the_others_are_delivered() {
 
 /// How many times Redis ran `ZRANDMEMBER` (the workers' look at the parked hosts).
 async fn zrandmember_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_zrandmember:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-/// The number `name` shows on `deliver`'s /metrics now.
-async fn deliver_metric(deliver: &Deliver, name: &str) -> f64 {
-    let admin = deliver.admin_url().expect("admin address logged");
-    support::metric(&common::testkit::get(&format!("{admin}/metrics")).await.body, name, &[])
+    // The line reads `cmdstat_zrandmember:calls=N,usec=...`.
+    common::testkit::redis_info(conn, "commandstats", "cmdstat_zrandmember")
+        .await
+        .and_then(|v| v.strip_prefix("calls=")?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -756,10 +748,10 @@ async fn a_dead_endpoints_backlog_is_parked_once_and_jobs_queued_behind_it_go_ah
         "the gate's jobs stay in the in-flight list"
     );
     assert_eq!(
-        deliver_metric(&deliver, "postback_deliver_parked_busy_host_total").await,
+        deliver.metric("postback_deliver_parked_busy_host_total", &[]).await,
         (backlog - held) as f64
     );
-    assert_eq!(deliver_metric(&deliver, "postback_deliver_unparked_total").await, 0.0);
+    assert_eq!(deliver.metric("postback_deliver_unparked_total", &[]).await, 0.0);
     let parked_list: usize = redis::cmd("LLEN")
         .arg(keys.parked_list(deliver::hosts::host_of(&dead.url("/"))))
         .query_async(&mut conn)
@@ -792,7 +784,7 @@ async fn parked_jobs_are_delivered_once_their_slow_host_has_room() {
     })
     .await;
     assert_eq!(got.len(), 60, "a job was delivered twice");
-    assert!(deliver_metric(&deliver, "postback_deliver_unparked_total").await >= 55.0);
+    assert!(deliver.metric("postback_deliver_unparked_total", &[]).await >= 55.0);
     let hosts: usize = redis::cmd("ZCARD")
         .arg(&keys.parked)
         .query_async(&mut conn)

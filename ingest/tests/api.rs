@@ -233,10 +233,9 @@ async fn a_queue_over_its_limit_gets_503_queue_full() {
 
 /// `total_connections_received` from Redis' INFO.
 async fn connections_received(conn: &mut MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await.unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .and_then(|v| v.trim().parse().ok())
+    common::testkit::redis_info(conn, "stats", "total_connections_received")
+        .await
+        .and_then(|v| v.parse().ok())
         .unwrap()
 }
 

@@ -98,6 +98,17 @@ impl Deliver {
         })
     }
 
+    /// The sum of metric `name`'s samples whose labels include `labels`, on
+    /// this process's /metrics now.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let admin = self.admin_url().expect("admin address logged");
+        metric(
+            &common::testkit::get(&format!("{admin}/metrics")).await.body,
+            name,
+            labels,
+        )
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
