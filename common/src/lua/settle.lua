@@ -1,9 +1,11 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
 -- is full (see the note on scripts at the top of queue.rs).
--- Settles a batch of attempts: each job leaves the worker's in-flight list
--- and, if it failed, goes to the retry set or the dead-letter list, in one
--- atomic step so that a crash can neither lose it nor duplicate it.
+-- Settles a batch of attempts that did not deliver: each job leaves the
+-- worker's in-flight list and goes to the retry set, the dead-letter list or
+-- its host's parked list, in one atomic step so that a crash can neither
+-- lose it nor duplicate it. (A delivered job is acknowledged with a plain
+-- LREM instead; see `settle` in queue.rs.)
 -- KEYS[1] in-flight list    (postback:{q}:inflight:<worker>)
 -- KEYS[2] retry sorted set  (postback:{q}:retry), scored by due time in ms
 -- KEYS[3] dead-letter list  (postback:{q}:dead)
@@ -11,7 +13,6 @@
 -- KEYS[5…] parked lists     (postback:{q}:parked:<host>), one per host
 --                           parked by this batch
 -- ARGV    groups of four: op, taken, payload, delay_ms
---           op "a": acknowledge (delivered); payload and delay are ignored
 --           op "r": retry: add payload to the retry set, due in delay_ms
 --           op "d": dead letter: push payload onto the dead-letter list
 --           op "p": not attempted (its host is busy): park it, unchanged,
@@ -27,11 +28,11 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local settled = 0
 for i = 1, #ARGV, 4 do
   local op, taken, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  -- LREM scans from one end. A delivered or failed job is usually among
-  -- the oldest taken, so it is looked for from the oldest end. A job is
-  -- parked right after it was taken: it is looked for from the newest end,
-  -- or every park would first scan past a hung host's jobs, which stay at
-  -- the oldest end until their requests time out.
+  -- LREM scans from one end. A failed job is usually among the oldest
+  -- taken, so it is looked for from the oldest end. A job is parked right
+  -- after it was taken: it is looked for from the newest end, or every park
+  -- would first scan past a hung host's jobs, which stay at the oldest end
+  -- until their requests time out.
   local from = 1
   if op == 'p' then
     from = -1
