@@ -174,6 +174,49 @@ test_nginx_limits_body_and_admin_pages() {
     fail "/metrics still refused after allowing 127.0.0.1"
 }
 
+# --- request ids --------------------------------------------------------------
+# request_id_of METHOD PATH [CURL_ARGS...] : the one X-Request-Id of the
+# answer (fails if there is none or more than one), after checking that
+# nginx's access line of that request logged the same id.
+request_id_of() {
+  local method=$1 path=$2 headers=$tmp/rid.headers ids
+  shift 2
+  curl -sS -o /dev/null -D "$headers" -X "$method" "$@" "$base$path" || return 1
+  ids=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([^[:space:]]*\).*/\1/p' "$headers")
+  [ "$(wc -l <<<"$ids")" -eq 1 ] && [ -n "$ids" ] ||
+    fail "$method $path: X-Request-Id headers: '$ids'" || return 1
+  wait_for 10 "nginx's access line of $method $path" \
+    grep -qF "\"$method $path HTTP/1.1\" $(sed -n 's/^HTTP[^ ]* \([0-9]*\).*/\1/p' "$headers" | tail -n1) " "$POSTBACK_LOG_DIR/nginx-access.log" || return 1
+  grep -F "\"$method $path HTTP/1.1\"" "$POSTBACK_LOG_DIR/nginx-access.log" | tail -n1 | grep -qF "request_id=$ids " ||
+    fail "nginx logged $(grep -F "\"$method $path " "$POSTBACK_LOG_DIR/nginx-access.log" | tail -n1), answered $ids" || return 1
+  echo "$ids"
+}
+
+test_every_answer_carries_one_request_id_that_nginx_logs() {
+  local sample id
+  sample="{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/rid?n={n}\"},\"data\":[{\"n\":\"1\"}]}"
+  # ingest makes the id when the caller sent none (nginx no longer does)...
+  id=$(request_id_of POST /ingest?made -d "$sample") || return 1
+  [[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "made id: $id" || return 1
+  # ...and keeps the caller's,
+  id=$(request_id_of POST /ingest?given -H 'X-Request-Id: trace-42' -d "$sample") || return 1
+  [ "$id" = trace-42 ] || fail "the caller's id came back as $id" || return 1
+  # which reaches the delivery log.
+  wait_for 20 "request_id=trace-42 in a delivery log" bash -c "grep -q 'request_id=trace-42' '$POSTBACK_LOG_DIR'/deliver_*.delivery.log" ||
+    return 1
+  # nginx makes one for the answers it gives itself,
+  id=$(request_id_of GET /no-such-page) || return 1
+  [[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "nginx's 404 id: $id" || return 1
+  # including its 503 while ingest is down.
+  stack_ctl stop 'ingest:*' >/dev/null || return 1
+  local answered=0
+  id=$(request_id_of POST /ingest?down -d "$sample") && answered=1
+  stack_ctl start 'ingest:*' >/dev/null
+  [ "$answered" = 1 ] && [[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "503 id: '$id'" || return 1
+  grep -q 'Retry-After: 5' "$tmp/rid.headers" || fail "the 503 lost its Retry-After: $(cat "$tmp/rid.headers")" || return 1
+  stack_wait_healthy 60
+}
+
 # --- monitoring ---------------------------------------------------------------
 influx() {
   curl -fsS -G "http://127.0.0.1:$(sed -n 's/^INFLUX_HTTP_PORT=//p' "$POSTBACK_CONF_DIR/postback.env")/query" \
@@ -267,6 +310,7 @@ check "a SIGKILLed deliver is restarted by supervisord and every job is delivere
 check "supervisorctl stop of deliver is graceful; start delivers the rest" test_stopping_deliver_is_graceful_and_start_finishes_the_work
 check "with monitoring on, collectd's host data and delivery counts can be queried from InfluxDB" test_collectd_data_reaches_influxdb
 check "nginx answers 413 over the body limit and guards /metrics with the allowlist" test_nginx_limits_body_and_admin_pages
+check "every answer carries one X-Request-Id, the one nginx logs and deliveries carry" test_every_answer_carries_one_request_id_that_nginx_logs
 check "every read-only command of docs/RUNBOOK.md works on the running stack" test_runbook_read_only_commands_work
 check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
 check "shellcheck is clean" test_shellcheck_is_clean
