@@ -39,10 +39,25 @@ stack_init_env() {
     export POSTBACK_HTTP_LISTEN=${POSTBACK_HTTP_LISTEN:-80}
     export REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-2gb}
     REDIS_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
-    export REDIS_PASSWORD
+    # Quoted: the file is read by the shell, and the URL has a '&'. The TCP
+    # URL names the user: redis-cli -u mistakes an empty user for a wrong one.
+    if redis_socket_fits; then
+      REDIS_URL="'redis+unix://$(redis_socket)?user=default&pass=$REDIS_PASSWORD'"
+    else
+      REDIS_URL="redis://default:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/0"
+    fi
+    export REDIS_PASSWORD REDIS_URL
     render "$STACK_REPO/supervisor.templates/postback.env.template" "$env_file"
   )
 }
+
+# redis_socket : where Redis puts its Unix socket (in a folder of its own,
+# which Redis' user can write to in production).
+redis_socket() { echo "$POSTBACK_RUN_DIR/redis/redis.sock"; }
+
+# redis_socket_fits : whether that path fits a socket address (108 bytes,
+# with room to spare); a deep checkout's run folder may not.
+redis_socket_fits() { local path; path=$(redis_socket); [ ${#path} -le 100 ]; }
 
 # sockets_reachable DIR NGINX_USER : whether nginx workers running as
 # NGINX_USER can reach sockets in DIR: they run as the caller, or every
@@ -88,6 +103,14 @@ stack_render() {
     export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES
     # postback.env files written before this setting existed do not have it.
     export REDIS_AOF_REWRITE_MIN_SIZE=${REDIS_AOF_REWRITE_MIN_SIZE:-1gb}
+    # Redis also listens on a Unix socket, for ingest and deliver. Mode 777
+    # opens it as the loopback port is open: to local users, who must still
+    # give the password.
+    REDIS_SOCKET_CONF="# (no Unix socket: $(redis_socket) is too long for one)"
+    if redis_socket_fits; then
+      REDIS_SOCKET_CONF="unixsocket $(redis_socket)"$'\n'"unixsocketperm 777"
+    fi
+    export REDIS_SOCKET_CONF
     # nginx reaches each ingest process on its own Unix socket, or on the
     # shared TCP port if its workers could not reach the socket folder.
     local n
@@ -158,7 +181,7 @@ stack_running() {
 
 # stack_start : starts supervisord (which starts everything).
 stack_start() {
-  mkdir -p "$POSTBACK_RUN_DIR/ingest" "$POSTBACK_LOG_DIR" "$POSTBACK_DATA_DIR/redis"
+  mkdir -p "$POSTBACK_RUN_DIR/ingest" "$POSTBACK_RUN_DIR/redis" "$POSTBACK_LOG_DIR" "$POSTBACK_DATA_DIR/redis"
   nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e "$POSTBACK_LOG_DIR/nginx-error.log" ||
     die "nginx -t failed on $POSTBACK_CONF_DIR/nginx.conf"
   supervisord -c "$POSTBACK_CONF_DIR/supervisord.conf"

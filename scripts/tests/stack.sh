@@ -43,6 +43,8 @@ check() {
 }
 
 fail() { say "    $*"; return 1; }
+rcli() { redis-cli --no-auth-warning -p "$(setting REDIS_PORT)" -a "$(setting REDIS_PASSWORD)" "$@"; }
+setting() { sed -n "s/^$1=//p" "$POSTBACK_CONF_DIR/postback.env" | tail -n1; }
 
 # --- set-up: a stack in $tmp and a sink ------------------------------------
 export POSTBACK_CONF_DIR=$tmp/etc POSTBACK_LOG_DIR=$tmp/log POSTBACK_DATA_DIR=$tmp/data POSTBACK_RUN_DIR=$tmp/run
@@ -111,8 +113,15 @@ test_all_running_and_sample_delivered() {
     fail "wrong URL: $(cat "$tmp/sink.log")" || return 1
   # Redis compacts its append-only file at the size postback.env gives.
   local min_size
-  min_size=$(redis-cli --no-auth-warning -u "$(sed -n 's/^REDIS_URL=//p' "$POSTBACK_CONF_DIR/postback.env")" CONFIG GET auto-aof-rewrite-min-size | tail -n1)
+  min_size=$(rcli CONFIG GET auto-aof-rewrite-min-size | tail -n1)
   [ "$min_size" = $((128 * 1024 * 1024)) ] || fail "auto-aof-rewrite-min-size is $min_size" || return 1
+  # ingest and deliver reached Redis on its Unix socket: every client but
+  # this redis-cli (at least one per ingest and deliver process) is on it.
+  local clients
+  clients=$(rcli CLIENT LIST | grep -v ' cmd=client|list ')
+  [ "$(grep -c " addr=$POSTBACK_RUN_DIR/redis/redis.sock:0 " <<<"$clients")" -ge 3 ] &&
+    ! grep -q ' addr=127\.0\.0\.1:' <<<"$clients" ||
+    fail "Redis' clients: $(grep -o ' addr=[^ ]*' <<<"$clients")" || return 1
   # nginx reached ingest on its Unix socket (its access log names the upstream).
   wait_for 10 "nginx's access line naming ingest's socket" \
     grep -q "POST /ingest .*upstream=unix:$POSTBACK_RUN_DIR/ingest/ingest_00.sock" "$POSTBACK_LOG_DIR/nginx-access.log" ||
