@@ -41,16 +41,38 @@ pub fn connect(url: &str, max_size: usize, response_timeout: Duration) -> Result
 /// Logs a Redis outage once when it starts and once when it ends, however
 /// many operations fail in between, so an outage is two log lines, not a
 /// flood.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outage {
     down: AtomicBool,
+    /// Where Redis was looked for, without credentials: an error such as
+    /// "No such file or directory" means little without the socket's path.
+    address: String,
 }
 
 impl Outage {
+    /// Outages of the Redis at `url`.
+    pub fn new(url: &str) -> Self {
+        use deadpool_redis::redis::{ConnectionAddr, IntoConnectionInfo};
+        let address = match url.into_connection_info() {
+            Ok(info) => match info.addr() {
+                ConnectionAddr::Unix(path) => format!(" at unix:{}", path.display()),
+                other => format!(" at {other}"),
+            },
+            Err(_) => String::new(),
+        };
+        Outage {
+            down: AtomicBool::new(false),
+            address,
+        }
+    }
+
     /// Records a failed operation; logs only the first of an outage.
     pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
         if !self.down.swap(true, Ordering::Relaxed) {
-            log::error!("redis unavailable ({what}: {error}); retrying with back-off until it answers");
+            log::error!(
+                "redis unavailable{} ({what}: {error}); retrying with back-off until it answers",
+                self.address
+            );
         }
     }
 
@@ -118,5 +140,19 @@ impl Shared {
         if error.code().is_none() {
             *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_names_where_redis_was_looked_for_without_the_password() {
+        let tcp = Outage::new("redis://default:secret@127.0.0.1:6390/0");
+        assert_eq!(tcp.address, " at 127.0.0.1:6390");
+        let unix = Outage::new("redis+unix:///run/postback/redis/redis.sock?user=default&pass=secret");
+        assert_eq!(unix.address, " at unix:/run/postback/redis/redis.sock");
+        assert_eq!(Outage::new("nonsense").address, "");
     }
 }

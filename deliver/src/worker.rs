@@ -140,7 +140,7 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
             retry_after_max: config.retry_after_max,
         },
         log,
-        outage: Arc::new(Outage::default()),
+        outage: Arc::new(Outage::new(&config.redis_url)),
         metrics: Arc::new(Metrics::new()),
         unmatched_default: config.unmatched_default.clone(),
         heartbeat_ttl: config.heartbeat_ttl,

@@ -90,7 +90,7 @@ impl Application {
             .map_err(std::io::Error::other)?;
         let keys = QueueKeys::new(&config.queue);
         let backlog = Arc::new(Backlog::new(config.max_queue));
-        let outage = Arc::new(Outage::default());
+        let outage = Arc::new(Outage::new(&config.redis_url));
         let metrics = Arc::new(Metrics::new());
         let refresher = tokio::spawn(backlog::refresh(
             backlog.clone(),
