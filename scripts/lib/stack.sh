@@ -187,6 +187,12 @@ stack_start() {
   supervisord -c "$POSTBACK_CONF_DIR/supervisord.conf"
 }
 
+# stack_setting NAME : NAME's value in postback.env, as written there (the
+# last line wins, as when the shell reads the file).
+stack_setting() {
+  sed -n "s/^$1=//p" "$POSTBACK_CONF_DIR/postback.env" | tail -n1
+}
+
 # stack_http_base : the http://host:port nginx listens on, for curl.
 stack_http_base() {
   local listen

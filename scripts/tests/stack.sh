@@ -43,8 +43,8 @@ check() {
 }
 
 fail() { say "    $*"; return 1; }
-rcli() { redis-cli --no-auth-warning -p "$(setting REDIS_PORT)" -a "$(setting REDIS_PASSWORD)" "$@"; }
-setting() { sed -n "s/^$1=//p" "$POSTBACK_CONF_DIR/postback.env" | tail -n1; }
+# redis-cli takes no socket URLs: it uses the port.
+rcli() { redis-cli --no-auth-warning -p "$(stack_setting REDIS_PORT)" -a "$(stack_setting REDIS_PASSWORD)" "$@"; }
 
 # --- set-up: a stack in $tmp and a sink ------------------------------------
 export POSTBACK_CONF_DIR=$tmp/etc POSTBACK_LOG_DIR=$tmp/log POSTBACK_DATA_DIR=$tmp/data POSTBACK_RUN_DIR=$tmp/run
@@ -204,9 +204,12 @@ request_id_of() {
 test_every_answer_carries_one_request_id_that_nginx_logs() {
   local sample id
   sample="{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/rid?n={n}\"},\"data\":[{\"n\":\"1\"}]}"
-  # ingest makes the id when the caller sent none (nginx no longer does)...
+  # ingest makes the id when the caller sent none, not nginx: a UUID v7,
+  # whose first 12 hex digits are the time in ms (nginx's are random)...
   id=$(request_id_of POST /ingest?made -d "$sample") || return 1
   [[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "made id: $id" || return 1
+  local skew=$(($(date +%s%3N) - 16#${id:0:12}))
+  [ "${skew#-}" -lt 60000 ] || fail "$id is not a UUID v7 of now (off by $skew ms): nginx made it?" || return 1
   # ...and keeps the caller's,
   id=$(request_id_of POST /ingest?given -H 'X-Request-Id: trace-42' -d "$sample") || return 1
   [ "$id" = trace-42 ] || fail "the caller's id came back as $id" || return 1
@@ -228,19 +231,19 @@ test_every_answer_carries_one_request_id_that_nginx_logs() {
 
 # --- monitoring ---------------------------------------------------------------
 influx() {
-  curl -fsS -G "http://127.0.0.1:$(sed -n 's/^INFLUX_HTTP_PORT=//p' "$POSTBACK_CONF_DIR/postback.env")/query" \
+  curl -fsS -G "http://127.0.0.1:$(stack_setting INFLUX_HTTP_PORT)/query" \
     --data-urlencode db=monitor --data-urlencode "q=$1"
 }
 
 test_collectd_data_reaches_influxdb() {
-  wait_for 60 "cpu data in InfluxDB" bash -c "$(declare -f influx); influx 'SELECT count(value) FROM cpu_value' | grep -q '\"count\"'" ||
+  wait_for 60 "cpu data in InfluxDB" bash -c "$(declare -f influx stack_setting); influx 'SELECT count(value) FROM cpu_value' | grep -q '\"count\"'" ||
     fail "no cpu_value in InfluxDB: $(influx 'SHOW MEASUREMENTS' 2>&1)" || return 1
   local q="SELECT last(value) FROM curl_json_value WHERE instance = 'ingest' AND type_instance = 'queue-ready'"
-  wait_for 60 "queue depth in InfluxDB" bash -c "$(declare -f influx); influx \"$q\" | grep -q '\"last\"'" ||
+  wait_for 60 "queue depth in InfluxDB" bash -c "$(declare -f influx stack_setting); influx \"$q\" | grep -q '\"last\"'" ||
     fail "no ingest stats in InfluxDB" || return 1
   # Deliveries of the last minute, cluster-wide (every test before delivered).
   q="SELECT last(value) FROM curl_json_value WHERE instance = 'ingest' AND type_instance = 'window-totals-delivered'"
-  wait_for 60 "delivery counts in InfluxDB" bash -c "$(declare -f influx); influx \"$q\" | grep -qE '\"last\"\\],\"values\":\\[\\[\"[^\"]*\",[1-9]'" ||
+  wait_for 60 "delivery counts in InfluxDB" bash -c "$(declare -f influx stack_setting); influx \"$q\" | grep -qE '\"last\"\\],\"values\":\\[\\[\"[^\"]*\",[1-9]'" ||
     fail "no delivery counts in InfluxDB: $(influx "$q")"
 }
 
