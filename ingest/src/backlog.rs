@@ -11,8 +11,8 @@ use common::queue::QueueKeys;
 use common::redis_pool::Outage;
 use deadpool_redis::Pool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How often the cached length is refreshed.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
@@ -21,6 +21,11 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct Backlog {
     ready: AtomicU64,
+    /// When the query that saw `ready` was sent (ns since `epoch`). The
+    /// refresher's answer can arrive after a push's answer to a later
+    /// query; it must not put back the older, shorter length.
+    seen_at: Mutex<u64>,
+    epoch: Instant,
     limit: u64,
 }
 
@@ -29,13 +34,21 @@ impl Backlog {
     pub fn new(limit: u64) -> Self {
         Backlog {
             ready: AtomicU64::new(0),
+            seen_at: Mutex::new(0),
+            epoch: Instant::now(),
             limit,
         }
     }
 
-    /// Records a freshly observed length.
-    pub fn observe(&self, ready: u64) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// Records a length seen by a query sent at `asked_at`, unless a query
+    /// sent later has been recorded already.
+    pub fn observe(&self, ready: u64, asked_at: Instant) {
+        let at = asked_at.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let mut seen_at = self.seen_at.lock().unwrap_or_else(|e| e.into_inner());
+        if at >= *seen_at {
+            *seen_at = at;
+            self.ready.store(ready, Ordering::Relaxed);
+        }
     }
 
     /// `Err(QueueFull)` while the queue is over its limit.
@@ -58,6 +71,7 @@ pub async fn refresh(backlog: Arc<Backlog>, pool: Pool, keys: QueueKeys, outage:
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let asked_at = Instant::now();
         let result = async {
             let mut conn = pool.get().await.map_err(|e| e.to_string())?;
             common::queue::depths(&mut *conn, &keys)
@@ -68,10 +82,29 @@ pub async fn refresh(backlog: Arc<Backlog>, pool: Pool, keys: QueueKeys, outage:
         match result {
             Ok(depths) => {
                 outage.succeeded();
-                backlog.observe(depths.ready);
+                backlog.observe(depths.ready, asked_at);
                 metrics.set_depths(depths);
             }
             Err(e) => outage.failed("queue length", &e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_answer_does_not_undo_a_newer_one() {
+        let backlog = Backlog::new(5);
+        let (refresh_sent, push_sent) = (Instant::now(), Instant::now() + Duration::from_millis(1));
+        // The push's answer (6 ready) arrives first, then the refresher's
+        // to its earlier query (0 ready).
+        backlog.observe(6, push_sent);
+        backlog.observe(0, refresh_sent);
+        assert!(backlog.check().is_err(), "the queue is over its limit");
+        // A later refresh sees the queue drained.
+        backlog.observe(0, push_sent + Duration::from_millis(1));
+        assert!(backlog.check().is_ok());
     }
 }

@@ -22,13 +22,14 @@ pub async fn ingest(
     state.backlog.check()?;
 
     let (keys, jobs) = (&state.keys, &accepted.jobs);
+    let asked_at = std::time::Instant::now();
     let depth = state
         .redis("push", |mut conn| async move {
             common::queue::push(&mut conn, keys, jobs).await
         })
         .await
         .map_err(ApiError::QueueUnavailable)?;
-    state.backlog.observe(depth);
+    state.backlog.observe(depth, asked_at);
     state.metrics.accepted(accepted.ids.len());
     // Ids are UUIDs (no characters to escape): the answer is written as it is.
     let mut body = String::with_capacity(32 + accepted.ids.len() * 39);
