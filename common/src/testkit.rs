@@ -416,6 +416,21 @@ impl Reply {
 /// the sink had received before it.
 pub type Responder = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
 
+/// A responder that answers `before` until its switch is turned on, then
+/// `after` (an endpoint that is down, then comes back). Returns the switch.
+pub fn switched(before: Reply, after: Reply) -> (Responder, Arc<std::sync::atomic::AtomicBool>) {
+    let on = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = on.clone();
+    let responder: Responder = Arc::new(move |_, _| {
+        if on.load(std::sync::atomic::Ordering::SeqCst) {
+            after.clone()
+        } else {
+            before.clone()
+        }
+    });
+    (responder, switch)
+}
+
 /// A real HTTP/1.1 server on 127.0.0.1 that records every request.
 pub struct Sink {
     addr: SocketAddr,

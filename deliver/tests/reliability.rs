@@ -419,16 +419,8 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
     let redis = RedisServer::start();
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
-    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = healthy.clone();
-    let sink = Sink::start(Arc::new(move |_, _| {
-        Reply::status(if flag.load(std::sync::atomic::Ordering::SeqCst) {
-            200
-        } else {
-            410
-        })
-    }))
-    .await;
+    let (responder, healthy) = common::testkit::switched(Reply::status(410), Reply::status(200));
+    let sink = Sink::start(responder).await;
     let env = fast_env(&redis);
     let _deliver = Deliver::start(&env);
     let (jobs, _) = numbered_jobs(&sink, 5);
@@ -799,16 +791,8 @@ async fn parked_jobs_survive_a_crash_and_a_new_worker_delivers_them() {
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
     // Hangs until it is told to answer.
-    let answering = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = answering.clone();
-    let sink = Sink::start(Arc::new(move |_, _| {
-        if flag.load(std::sync::atomic::Ordering::SeqCst) {
-            Reply::status(200)
-        } else {
-            Reply::hang()
-        }
-    }))
-    .await;
+    let (responder, answering) = common::testkit::switched(Reply::hang(), Reply::status(200));
+    let sink = Sink::start(responder).await;
     let mut env = fast_env(&redis);
     set(&mut env, "DELIVER_PER_HOST_CONCURRENCY", "1");
     set(&mut env, "DELIVER_TIMEOUT_MS", "120000");

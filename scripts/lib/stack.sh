@@ -39,8 +39,7 @@ stack_init_env() {
     export POSTBACK_HTTP_LISTEN=${POSTBACK_HTTP_LISTEN:-80}
     export REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-2gb}
     REDIS_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
-    # Quoted: the file is read by the shell, and the URL has a '&'. The TCP
-    # URL names the user: redis-cli -u mistakes an empty user for a wrong one.
+    # Quoted: the file is read by the shell, and the URL has a '&'.
     if redis_socket_fits; then
       REDIS_URL="'redis+unix://$(redis_socket)?user=default&pass=$REDIS_PASSWORD'"
     else
