@@ -12,7 +12,7 @@
 //! it, it keeps it aside as a [`DeadLetter`] with reason `malformed`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use std::fmt;
 use std::str::FromStr;
 
@@ -74,7 +74,7 @@ impl FromStr for Method {
 }
 
 /// One postback to make: fill `url` with `data` and send it with `method`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     /// Unique id, given by ingest in its answer and printed in every log
     /// line about this job.
@@ -83,8 +83,11 @@ pub struct Job {
     pub method: Method,
     /// URL template with `{key}` placeholders (see [`crate::template`]).
     pub url: String,
-    /// Values for the placeholders; also the JSON body of POST/PUT/PATCH.
-    pub data: Map<String, Value>,
+    /// Values for the placeholders ([`Job::fields`]); also the JSON body of
+    /// POST/PUT/PATCH. Kept as the JSON text the producer sent (always an
+    /// object): a body goes out byte for byte as it came in, key order
+    /// included, and reading a job allocates no tree of values.
+    pub data: Box<RawValue>,
     /// 1 for the first attempt; deliver increases it on every retry.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
@@ -100,6 +103,19 @@ fn first_attempt() -> u32 {
     1
 }
 
+impl PartialEq for Job {
+    /// Equal fields, and data of the same JSON text.
+    fn eq(&self, other: &Job) -> bool {
+        self.id == other.id
+            && self.method == other.method
+            && self.url == other.url
+            && self.data.get() == other.data.get()
+            && self.attempt == other.attempt
+            && self.enqueued_at == other.enqueued_at
+            && self.request_id == other.request_id
+    }
+}
+
 /// Why a queued string is not a valid job.
 #[derive(Debug, thiserror::Error)]
 pub enum MalformedJob {
@@ -112,6 +128,9 @@ pub enum MalformedJob {
     /// `attempt` is 0.
     #[error("attempt must be 1 or more")]
     Attempt,
+    /// `data` is not a JSON object.
+    #[error("data must be a JSON object")]
+    Data,
 }
 
 impl Job {
@@ -128,7 +147,19 @@ impl Job {
         if job.attempt == 0 {
             return Err(MalformedJob::Attempt);
         }
+        // Valid JSON (serde_json checked it) that opens with a brace.
+        if !job.data.get().starts_with('{') {
+            return Err(MalformedJob::Data);
+        }
         Ok(job)
+    }
+
+    /// The data's fields, to fill the URL template with.
+    pub fn fields(&self) -> crate::template::Fields<'_> {
+        // Cannot fail for a decoded job: `decode` made sure the data is a
+        // JSON object, and any JSON object reads as fields. (A job built by
+        // hand with other data has no fields.)
+        crate::template::Fields::parse(&self.data).unwrap_or_default()
     }
 
     /// Compact JSON, as it is stored in the queue.
@@ -273,7 +304,7 @@ mod tests {
             id: Job::new_id(),
             method: Method::Post,
             url: "http://h/{a}".into(),
-            data: json!({"a": 1}).as_object().unwrap().clone(),
+            data: serde_json::value::to_raw_value(&json!({"a": 1})).unwrap(),
             attempt: 2,
             enqueued_at: 1,
             request_id: Some("r".into()),
@@ -294,6 +325,15 @@ mod tests {
                 assert_eq!(job.encode(), encoded);
             }
         }
+    }
+
+    #[test]
+    fn data_stays_as_the_producer_wrote_it() {
+        let raw = r#"{"id":"x1","method":"POST","url":"http://h/{b}","data":{ "z": 1,  "b": "é" },"attempt":2,"enqueued_at":5}"#;
+        let job = Job::decode(raw.as_bytes()).unwrap();
+        assert_eq!(job.data.get(), r#"{ "z": 1,  "b": "é" }"#);
+        assert_eq!(job.encode(), raw);
+        assert_eq!(crate::template::render(&job.url, &job.fields(), ""), "http://h/%C3%A9");
     }
 
     #[test]

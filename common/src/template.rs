@@ -13,10 +13,15 @@
 //!   objects and arrays as their compact JSON text; a missing key or a
 //!   `null` value renders the caller's default (itself encoded).
 //!
-//! Rendering writes into a caller-owned `String` and allocates nothing else,
-//! because it runs once per delivery.
+//! Values come from [`Fields`], the top-level fields of a job's data object
+//! borrowed from its JSON text. Rendering writes into a caller-owned
+//! `String`; for string, number and boolean values it allocates nothing
+//! else, because it runs once per delivery.
 
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// One piece of a URL template.
@@ -113,36 +118,134 @@ pub fn check(template: &str) -> Result<(), TemplateError> {
     }
 }
 
-/// Fills `template` with `data` into `out` (which is cleared first).
+/// The top-level fields of a data object, borrowed from its JSON text:
+/// what placeholders are filled from.
+///
+/// Deliver reads them once per delivery, so they cost one small vector and
+/// no string copies (but for a key written with escapes); a
+/// `serde_json::Map` cost a tree node and a string or two per field. Each
+/// value stays raw JSON until a placeholder asks for it.
+#[derive(Debug, Default)]
+pub struct Fields<'a> {
+    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `data`, which must be a JSON object.
+    pub fn parse(data: &'a RawValue) -> Result<Fields<'a>, serde_json::Error> {
+        serde_json::from_str(data.get())
+    }
+
+    /// The raw JSON value of `key`; the last one if the object repeats the
+    /// key, as JSON parsers keep.
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'de>, M::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(Key(key)) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(Fields { entries })
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// An object key, borrowed from the JSON text unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Fills `template` with `fields` into `out` (which is cleared first).
 ///
 /// `default` stands in for a missing key or a `null` value.
-pub fn render_into(out: &mut String, template: &str, data: &Map<String, Value>, default: &str) {
+pub fn render_into(out: &mut String, template: &str, fields: &Fields<'_>, default: &str) {
     out.clear();
     for segment in segments(template) {
         match segment {
             Segment::Literal(text) => out.push_str(text),
-            Segment::Key(key) => match data.get(key) {
-                None | Some(Value::Null) => encode_str(out, default),
-                Some(Value::String(s)) => encode_str(out, s),
-                Some(Value::Bool(b)) => out.push_str(if *b { "true" } else { "false" }),
-                // A JSON number's text is only digits, signs, `.`, `e` and
-                // `E`, none of which need encoding except `+`.
-                Some(Value::Number(n)) => {
-                    let _ = write!(PercentEncoder(out), "{n}");
-                }
-                Some(nested) => {
-                    let _ = serde_json::to_writer(PercentEncoder(out), nested);
-                }
+            Segment::Key(key) => match fields.get(key) {
+                None => encode_str(out, default),
+                Some(value) => push_value(out, value, default),
             },
         }
     }
 }
 
 /// Convenience wrapper around [`render_into`] that returns a new `String`.
-pub fn render(template: &str, data: &Map<String, Value>, default: &str) -> String {
+pub fn render(template: &str, fields: &Fields<'_>, default: &str) -> String {
     let mut out = String::with_capacity(template.len() + 32);
-    render_into(&mut out, template, data, default);
+    render_into(&mut out, template, fields, default);
     out
+}
+
+/// Percent-encodes one raw JSON value, by the rules at the top. The value
+/// is valid JSON (serde_json checked it when it was read), so its first
+/// byte tells its type.
+fn push_value(out: &mut String, value: &RawValue, default: &str) {
+    let text = value.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let inner = &text[1..text.len() - 1];
+            if !inner.contains('\\') {
+                // Without escapes the JSON text is the string itself.
+                encode_str(out, inner);
+            } else if let Ok(unescaped) = serde_json::from_str::<String>(text) {
+                encode_str(out, &unescaped);
+            }
+        }
+        Some(b'n') => encode_str(out, default),
+        Some(b't') => out.push_str("true"),
+        Some(b'f') => out.push_str("false"),
+        // Objects and arrays: compact, as a `serde_json::Value` prints.
+        Some(b'{' | b'[') => {
+            if let Ok(nested) = serde_json::from_str::<Value>(text) {
+                let _ = serde_json::to_writer(PercentEncoder(out), &nested);
+            }
+        }
+        // A number prints as serde_json's `Number` does (so `1E3` and `1e3`
+        // agree). Its text is only digits, signs, `.`, `e` and `E`, none of
+        // which need encoding except `+`.
+        _ => {
+            if let Ok(number) = serde_json::from_str::<serde_json::Number>(text) {
+                let _ = write!(PercentEncoder(out), "{number}");
+            }
+        }
+    }
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -193,15 +296,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn data(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(map) => map,
-            _ => panic!("test data must be an object"),
-        }
+    fn raw(v: Value) -> Box<RawValue> {
+        RawValue::from_string(v.to_string()).unwrap()
     }
 
     fn r(template: &str, v: Value) -> String {
-        render(template, &data(v), "")
+        render(template, &Fields::parse(&raw(v)).unwrap(), "")
     }
 
     #[test]
@@ -241,7 +341,7 @@ mod tests {
             "http://h/?a=&b=&c="
         );
         assert_eq!(
-            render("http://h/?b={b}", &data(json!({})), "n/a"),
+            render("http://h/?b={b}", &Fields::default(), "n/a"),
             "http://h/?b=n%2Fa",
             "the default is encoded like any value"
         );
@@ -289,6 +389,32 @@ mod tests {
             r("http://h/?o={o}&a={a}", json!({"o": {"k": "v w"}, "a": [1, "x"]})),
             "http://h/?o=%7B%22k%22%3A%22v%20w%22%7D&a=%5B1%2C%22x%22%5D"
         );
+    }
+
+    #[test]
+    fn fields_read_from_the_producers_text_as_written() {
+        // Spacing, escapes in keys and values, a repeated key: as serde_json
+        // reads them (the last of a repeated key wins).
+        let text = "{ \"a\" : \"x\\\"y\\u00e9\" ,\n \"k\\u0065y\": [ 1 , {\"z\": 2, \"b\": 1} ],\n \"a\": \"last\", \"n\": 1E3, \"b\": false }";
+        let data = RawValue::from_string(text.into()).unwrap();
+        let fields = Fields::parse(&data).unwrap();
+        assert_eq!(
+            render("http://h/?a={a}&k={key}&n={n}&b={b}", &fields, ""),
+            "http://h/?a=last&k=%5B1%2C%7B%22b%22%3A1%2C%22z%22%3A2%7D%5D&n=1000.0&b=false"
+        );
+        let first = RawValue::from_string(r#"{"q": "x\"y\u00e9 \/"}"#.into()).unwrap();
+        assert_eq!(
+            render("http://h/?q={q}", &Fields::parse(&first).unwrap(), ""),
+            "http://h/?q=x%22y%C3%A9%20%2F"
+        );
+        let mut out = String::new();
+        let map = RawValue::from_string(r#"{"q": 1}"#.into()).unwrap();
+        render_into(&mut out, "{q}", &Fields::parse(&map).unwrap(), "");
+        assert_eq!(out, "1");
+        for not_an_object in ["[1]", "\"s\"", "3", "null"] {
+            let value = RawValue::from_string(not_an_object.into()).unwrap();
+            assert!(Fields::parse(&value).is_err(), "{not_an_object}");
+        }
     }
 
     #[test]

@@ -505,7 +505,7 @@ impl Starter<'_> {
                 }
             };
             let mut url = String::with_capacity(job.url.len() + 64);
-            common::template::render_into(&mut url, &job.url, &job.data, &ctx.unmatched_default);
+            common::template::render_into(&mut url, &job.url, &job.fields(), &ctx.unmatched_default);
             let host = crate::hosts::host_of(&url);
             let gate = ctx.hosts.gate(host);
             if !gate.try_queue() {
@@ -596,7 +596,7 @@ async fn attempt(ctx: &Context, job: Job, url: String, raw: Vec<u8>) -> Settleme
     let body = job
         .method
         .has_body()
-        .then(|| Bytes::from(serde_json::to_vec(&job.data).unwrap_or_default()));
+        .then(|| Bytes::copy_from_slice(job.data.get().as_bytes()));
     let outcome = ctx.client.send(job.method, &url, body).await;
     let verdict = ctx.policy.decide(job.attempt, &outcome);
 

@@ -79,9 +79,13 @@ async fn post_put_and_patch_deliver_the_data_as_a_json_body() {
     let ingest = spawn_ingest(&redis, &[]);
     let _deliver = Deliver::start(&fast_env(&redis));
 
+    // The body is the data object exactly as the producer wrote it: its key
+    // order and spacing too (an endpoint may check a signature over it).
+    let data = r#"{"kind": "buy",  "amount": 9.5, "tags": ["a"], "note": "caf\u00e9"}"#;
     for method in ["POST", "put", "Patch"] {
-        let body = json!({"endpoint": {"method": method, "url": sink.url("/hook/{kind}")}, "data": [{"kind": "buy", "amount": 9.5, "tags": ["a"]}]});
-        assert_eq!(post(&format!("{ingest}/ingest"), body.to_string()).await.status, 202);
+        let url = serde_json::to_string(&sink.url("/hook/{kind}")).unwrap();
+        let body = format!(r#"{{"endpoint": {{"method": "{method}", "url": {url}}}, "data": [ {data} ]}}"#);
+        assert_eq!(post(&format!("{ingest}/ingest"), body).await.status, 202);
     }
     sink.wait_for(3, LIMIT).await;
     let mut methods: Vec<String> = sink.received().iter().map(|r| r.method.clone()).collect();
@@ -90,8 +94,7 @@ async fn post_put_and_patch_deliver_the_data_as_a_json_body() {
     for got in sink.received() {
         assert_eq!(got.path_and_query, "/hook/buy");
         assert_eq!(got.header("content-type"), Some("application/json"));
-        let sent: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
-        assert_eq!(sent, json!({"kind": "buy", "amount": 9.5, "tags": ["a"]}));
+        assert_eq!(String::from_utf8_lossy(&got.body), data);
     }
 }
 

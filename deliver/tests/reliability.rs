@@ -11,7 +11,7 @@ use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{depths, enqueue, enqueue_raw, fast_env, field, ids_at, in_flight, job, set, Deliver};
+use support::{data_id, depths, enqueue, enqueue_raw, fast_env, field, ids_at, in_flight, job, set, Deliver};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -359,10 +359,7 @@ async fn jobs_taken_by_a_take_whose_answer_was_lost_are_delivered() {
     // A busy worker takes a batch with the take script.
     let mut jobs: Vec<_> = (0..50).map(|i| marked(&format!("b{i}"))).collect();
     jobs[1] = marked("lost-answer-batch");
-    let expected: HashSet<String> = jobs
-        .iter()
-        .map(|j| j.data["id"].as_str().unwrap().to_string())
-        .collect();
+    let expected: HashSet<String> = jobs.iter().map(data_id).collect();
     cutter.arm("lost-answer-batch");
     enqueue(&mut conn, &keys, &jobs).await;
     wait_until(LIMIT, "the proxy to lose the batch's answer", || async {
@@ -522,7 +519,7 @@ async fn a_full_redis_is_drained_without_losing_a_job() {
                 assert_eq!(refused.code(), Some("OOM"), "{refused}");
                 break 'fill;
             }
-            queued.insert(job.data["id"].as_str().unwrap().to_string());
+            queued.insert(data_id(&job));
         }
     }
     assert!(queued.len() > 1000, "only {} jobs fit", queued.len());

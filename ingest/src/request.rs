@@ -164,7 +164,8 @@ mod tests {
         assert_eq!(job.method, Method::Get);
         assert_eq!(job.attempt, 1);
         assert_eq!(job.request_id.as_deref(), Some("req-1"));
-        assert_eq!(job.data["mascot"], "Gopher");
+        let data: serde_json::Value = serde_json::from_str(job.data.get()).unwrap();
+        assert_eq!(data["mascot"], "Gopher");
     }
 
     #[test]

@@ -76,7 +76,8 @@ async fn the_sample_is_accepted_and_queued_as_one_job() {
         job.url,
         "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"
     );
-    assert_eq!(job.data["location"], "https://blog.golang.org/gopher/gopher.png");
+    let data: serde_json::Value = serde_json::from_str(job.data.get()).unwrap();
+    assert_eq!(data["location"], "https://blog.golang.org/gopher/gopher.png");
     assert_eq!(job.attempt, 1);
     assert!(job.enqueued_at > 0);
 }

@@ -159,11 +159,18 @@ pub fn job(method: Method, url: &str, data: serde_json::Value) -> Job {
         id: Job::new_id(),
         method,
         url: url.to_string(),
-        data: data.as_object().expect("data must be an object").clone(),
+        data: serde_json::value::to_raw_value(&data).expect("data prints as JSON"),
         attempt: 1,
         enqueued_at: common::now_ms(),
         request_id: None,
     }
+}
+
+/// The `id` field of a job's data (tests give their jobs one to tell them
+/// apart).
+pub fn data_id(job: &Job) -> String {
+    let data: serde_json::Value = serde_json::from_str(job.data.get()).expect("job data is JSON");
+    data["id"].as_str().expect("the data has a string id").to_string()
 }
 
 /// Queues jobs (in chunks, as several producers would).
