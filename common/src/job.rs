@@ -1,6 +1,7 @@
 //! The postback job: the one message that travels from ingest to deliver.
 //!
-//! A job is compact JSON, one per element of the ready list:
+//! A job is one JSON object per element of the ready list (compact, but
+//! for `data`, which keeps the text the producer sent):
 //!
 //! ```json
 //! {"id":"0190c6e2-...","method":"GET","url":"http://h/?t={mascot}",
@@ -162,7 +163,8 @@ impl Job {
         crate::template::Fields::parse(&self.data).unwrap_or_default()
     }
 
-    /// Compact JSON, as it is stored in the queue.
+    /// JSON as it is stored in the queue: compact, but for `data`, which
+    /// keeps the producer's text.
     pub fn encode(&self) -> String {
         // Serializing a struct of strings, numbers and JSON values cannot fail.
         serde_json::to_string(self).unwrap_or_default()

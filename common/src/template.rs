@@ -127,18 +127,40 @@ pub fn check(template: &str) -> Result<(), TemplateError> {
 /// value stays raw JSON until a placeholder asks for it.
 #[derive(Debug, Default)]
 pub struct Fields<'a> {
+    /// In the object's order; sorted by key (stably) when there are more
+    /// than [`Fields::SCANNED`].
     entries: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 impl<'a> Fields<'a> {
+    /// Up to this many fields a lookup scans them all; past it they are
+    /// sorted once and looked up by binary search, so that a producer's
+    /// object of thousands of keys cannot make each placeholder cost a
+    /// scan of all of them. (Sorting allocates: with 16 here, 20 fields
+    /// and 20 placeholders took 2.5 µs against 1.4 µs scanned.)
+    const SCANNED: usize = 64;
+
     /// The fields of `data`, which must be a JSON object.
     pub fn parse(data: &'a RawValue) -> Result<Fields<'a>, serde_json::Error> {
-        serde_json::from_str(data.get())
+        let mut fields: Fields<'a> = serde_json::from_str(data.get())?;
+        if fields.entries.len() > Self::SCANNED {
+            // Stable: of a repeated key, the last one stays last.
+            fields.entries.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(fields)
     }
 
     /// The raw JSON value of `key`; the last one if the object repeats the
     /// key, as JSON parsers keep.
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        if self.entries.len() > Self::SCANNED {
+            let after = self.entries.partition_point(|(k, _)| k.as_ref() <= key);
+            return after
+                .checked_sub(1)
+                .map(|last| &self.entries[last])
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| *v);
+        }
         self.entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 }
@@ -415,6 +437,34 @@ mod tests {
             let value = RawValue::from_string(not_an_object.into()).unwrap();
             assert!(Fields::parse(&value).is_err(), "{not_an_object}");
         }
+    }
+
+    #[test]
+    fn many_fields_are_found_as_few_are() {
+        // Past the scanned few (81 fields here), lookups go by binary
+        // search over sorted keys; the answers must not change, repeated
+        // keys included.
+        let mut text = String::from("{");
+        for i in (0..40).rev() {
+            text.push_str(&format!("\"k{i}\":\"v{i}\",\"dup\":{i},"));
+        }
+        text.push_str("\"z\":null}");
+        let data = RawValue::from_string(text).unwrap();
+        let fields = Fields::parse(&data).unwrap();
+        for i in 0..40 {
+            assert_eq!(
+                fields.get(&format!("k{i}")).map(RawValue::get),
+                Some(format!("\"v{i}\"").as_str())
+            );
+        }
+        assert_eq!(
+            fields.get("dup").map(RawValue::get),
+            Some("0"),
+            "the last of a repeated key"
+        );
+        assert_eq!(fields.get("z").map(RawValue::get), Some("null"));
+        assert!(fields.get("k40").is_none() && fields.get("").is_none() && fields.get("zz").is_none());
+        assert_eq!(render("http://h/{k7}/{z}/{nope}", &fields, "d"), "http://h/v7/d/d");
     }
 
     #[test]

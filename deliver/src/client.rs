@@ -149,9 +149,9 @@ impl HttpClient {
     /// Redirects are not followed: a 3xx is an answer like any other.
     pub async fn send(&self, method: Method, url: &str, body: Option<Bytes>) -> Attempt {
         let started = Instant::now();
-        // Boxed: hyper's request future is most of a delivery's 2.6 KB of
-        // state, which tokio copies each time the task moves (spawn, and its
-        // completion); boxed, the task holds only a pointer to it.
+        // Boxed: hyper's request future was a quarter of a delivery's
+        // 2.6 KB of state, which tokio copies when it spawns and completes
+        // the task; boxed, the task holds only a pointer to it.
         let exchange = Box::pin(self.exchange(method, url, body));
         let result = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
