@@ -43,6 +43,22 @@ fn template_benches(c: &mut Criterion) {
             template::render_into(&mut out, black_box(&wide_url), &fields, "")
         })
     });
+
+    // A producer may send an object of many fields: past 64 they are
+    // sorted once and found by binary search instead of a scan each.
+    let huge_data = raw(format!(
+        "{{{}}}",
+        (0..1000)
+            .map(|i| format!(r#""k{i}":"value {i}""#))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    c.bench_function("template: read 1,000 fields, render 20 placeholders", |b| {
+        b.iter(|| {
+            let fields = template::Fields::parse(black_box(&huge_data)).unwrap_or_default();
+            template::render_into(&mut out, black_box(&wide_url), &fields, "")
+        })
+    });
 }
 
 fn job_benches(c: &mut Criterion) {
