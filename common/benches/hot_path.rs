@@ -15,50 +15,47 @@ fn raw(json: String) -> Box<RawValue> {
     RawValue::from_string(json).unwrap_or_else(|_| unreachable!("valid JSON"))
 }
 
-fn template_benches(c: &mut Criterion) {
-    // Reading the fields is part of each render: deliver does both per job.
-    let data = raw(SAMPLE_DATA.to_string());
+/// A JSON object of `n` fields `k0`..`k{n-1}`, each `value(i)`.
+fn object(n: usize, value: impl Fn(usize) -> String) -> Box<RawValue> {
+    let fields: Vec<String> = (0..n).map(|i| format!(r#""k{i}":"{}""#, value(i))).collect();
+    raw(format!("{{{}}}", fields.join(",")))
+}
+
+/// Reading the fields is part of each render: deliver does both per job.
+fn bench_render(c: &mut Criterion, name: &str, url: &str, data: &RawValue) {
     let mut out = String::with_capacity(256);
-    c.bench_function("template: render the sample", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
-            let fields = template::Fields::parse(black_box(&data)).unwrap_or_default();
-            template::render_into(&mut out, black_box(SAMPLE_URL), &fields, "")
+            let fields = template::Fields::parse(black_box(data)).unwrap_or_default();
+            template::render_into(&mut out, black_box(url), &fields, "")
         })
     });
+}
+
+fn template_benches(c: &mut Criterion) {
+    bench_render(
+        c,
+        "template: render the sample",
+        SAMPLE_URL,
+        &raw(SAMPLE_DATA.to_string()),
+    );
 
     let wide_url = format!(
         "https://postback.example.com/cb?{}",
         (0..20).map(|i| format!("p{i}={{k{i}}}")).collect::<Vec<_>>().join("&")
     );
-    let wide_data = raw(format!(
-        "{{{}}}",
-        (0..20)
-            .map(|i| format!(r#""k{i}":"value {i}/é&=""#))
-            .collect::<Vec<_>>()
-            .join(",")
-    ));
-    c.bench_function("template: render 20 placeholders", |b| {
-        b.iter(|| {
-            let fields = template::Fields::parse(black_box(&wide_data)).unwrap_or_default();
-            template::render_into(&mut out, black_box(&wide_url), &fields, "")
-        })
-    });
+    let wide_data = object(20, |i| format!("value {i}/é&="));
+    bench_render(c, "template: render 20 placeholders", &wide_url, &wide_data);
 
     // A producer may send an object of many fields: past 64 they are
     // sorted once and found by binary search instead of a scan each.
-    let huge_data = raw(format!(
-        "{{{}}}",
-        (0..1000)
-            .map(|i| format!(r#""k{i}":"value {i}""#))
-            .collect::<Vec<_>>()
-            .join(",")
-    ));
-    c.bench_function("template: read 1,000 fields, render 20 placeholders", |b| {
-        b.iter(|| {
-            let fields = template::Fields::parse(black_box(&huge_data)).unwrap_or_default();
-            template::render_into(&mut out, black_box(&wide_url), &fields, "")
-        })
-    });
+    let huge_data = object(1000, |i| format!("value {i}"));
+    bench_render(
+        c,
+        "template: read 1,000 fields, render 20 placeholders",
+        &wide_url,
+        &huge_data,
+    );
 }
 
 fn job_benches(c: &mut Criterion) {

@@ -316,6 +316,30 @@ test_provision_dry_run_and_root() {
 }
 
 # --- 6 ----------------------------------------------------------------------
+# scripts/bench --runs N: each target on the median of its per-run values.
+# Made-up runs, so that the median of the ratios (0.36, ok) differs from
+# the ratio of the medians (0.40), a 0.449 is not rounded up to pass 0.45,
+# and one error in one run is a miss.
+test_bench_medians_are_of_per_run_ratios() {
+  local dir=$tmp/bench-runs i out
+  mkdir -p "$dir"
+  local ingest=(30 40 72) ceiling=(100 100 200) errors10=(0 1 0)
+  for i in 1 2 3; do
+    printf '{"mode":"full","ingest1_rps":%s,"nginx_ceiling_rps":%s,"ingest10_rps":30,"drain_per_s":4490,"sink_ceiling_rps":10000,"healthy_next_to_dead_per_s":6,"healthy_alone_per_s":10,"ingest1_peak_rss_mb":9.1,"ingest10_peak_rss_mb":9.4,"ingest1_errors":0,"ingest10_errors":%s,"ingest1_p99_ms":3.5,"e2e_p99_ms":1.2,"deliver_peak_rss_mb":11,"redis_bytes_per_job":294}\n' \
+      "${ingest[i - 1]}" "${ceiling[i - 1]}" "${errors10[i - 1]}" >"$dir/$i.json"
+  done
+  out=$(bash -c '. "$1/scripts/lib/bench-targets.sh"; bench_medians "$2" 3 full "$2/median.json"' _ "$repo" "$dir") || return 1
+  grep -Eq '^ingest 1 item, req/s / nginx ceiling +0\.300/0\.400/0\.360 +0\.36 +>= 0\.35 +ok$' <<<"$out" ||
+    fail "1 item: want the median of the per-run ratios, 0.36: $out" || return 1
+  grep -Eq '^drain, deliveries/s / sink ceiling +0\.449/0\.449/0\.449 +0\.449 +>= 0\.45 +MISSED$' <<<"$out" ||
+    fail "drain: 0.449 must miss 0.45: $out" || return 1
+  grep -Eq '^ingest errors \(non-202\), all runs +0/1/0 +1 +< 1 +MISSED$' <<<"$out" ||
+    fail "errors: one in one run must miss: $out" || return 1
+  grep -Eq '^ingest peak RSS under load, MB +9\.4/9\.4/9\.4 +9\.4 +< 32 +ok$' <<<"$out" ||
+    fail "ingest RSS: the larger of the two phases: $out" || return 1
+  grep -q '"ingest1_ratio":0.36,.*"drain_ratio":0.449' "$dir/median.json" || fail "median JSON: $(cat "$dir/median.json")"
+}
+
 test_shellcheck_is_clean() {
   (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/tests/*.sh .ci/run)
 }
@@ -328,6 +352,7 @@ check "nginx answers 413 over the body limit and guards /metrics with the allowl
 check "every answer carries one X-Request-Id, the one nginx logs and deliveries carry" test_every_answer_carries_one_request_id_that_nginx_logs
 check "every read-only command of docs/RUNBOOK.md works on the running stack" test_runbook_read_only_commands_work
 check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
+check "bench --runs: each target is checked on the median of its per-run values" test_bench_medians_are_of_per_run_ratios
 check "shellcheck is clean" test_shellcheck_is_clean
 
 if [ "$failed" -gt 0 ]; then
