@@ -21,11 +21,10 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct Backlog {
     ready: AtomicU64,
-    /// When the query that saw `ready` was sent (ns since `epoch`). The
-    /// refresher's answer can arrive after a push's answer to a later
-    /// query; it must not put back the older, shorter length.
-    seen_at: Mutex<u64>,
-    epoch: Instant,
+    /// When the query that saw `ready` was sent. The refresher's answer
+    /// can arrive after a push's answer to a later query; it must not put
+    /// back the older, shorter length.
+    seen_at: Mutex<Option<Instant>>,
     limit: u64,
 }
 
@@ -34,8 +33,7 @@ impl Backlog {
     pub fn new(limit: u64) -> Self {
         Backlog {
             ready: AtomicU64::new(0),
-            seen_at: Mutex::new(0),
-            epoch: Instant::now(),
+            seen_at: Mutex::new(None),
             limit,
         }
     }
@@ -43,10 +41,9 @@ impl Backlog {
     /// Records a length seen by a query sent at `asked_at`, unless a query
     /// sent later has been recorded already.
     pub fn observe(&self, ready: u64, asked_at: Instant) {
-        let at = asked_at.saturating_duration_since(self.epoch).as_nanos() as u64;
         let mut seen_at = self.seen_at.lock().unwrap_or_else(|e| e.into_inner());
-        if at >= *seen_at {
-            *seen_at = at;
+        if seen_at.is_none_or(|seen| asked_at >= seen) {
+            *seen_at = Some(asked_at);
             self.ready.store(ready, Ordering::Relaxed);
         }
     }

@@ -45,17 +45,21 @@ meets() {
 # json_field FILE KEY : one value of the flat JSON object scripts/bench writes.
 json_field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$1"; }
 
+# run_pair FILE KEY_A KEY_B PROGRAM : awk PROGRAM run on two of a run's
+# values, as a and b.
+run_pair() { awk -v a="$(json_field "$1" "$2")" -v b="$(json_field "$1" "$3")" "BEGIN { $4 }"; }
+
 # run_figure FILE NAME : one figure of a run, as the targets define it.
 # Ratios have three decimals and are compared as printed (a rounded 0.346
 # must not pass 0.35).
 run_figure() {
-  local f=$1 ratio='BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'
+  local f=$1 ratio='if (b > 0) printf "%.3f", a / b; else print "n/a"'
   case "$2" in
-    ingest1_ratio) awk -v a="$(json_field "$f" ingest1_rps)" -v b="$(json_field "$f" nginx_ceiling_rps)" "$ratio" ;;
-    ingest10_ratio) awk -v a="$(json_field "$f" ingest10_rps)" -v b="$(json_field "$f" nginx_ceiling_rps)" "$ratio" ;;
-    drain_ratio) awk -v a="$(json_field "$f" drain_per_s)" -v b="$(json_field "$f" sink_ceiling_rps)" "$ratio" ;;
-    dead_ratio) awk -v a="$(json_field "$f" healthy_next_to_dead_per_s)" -v b="$(json_field "$f" healthy_alone_per_s)" "$ratio" ;;
-    ingest_peak_rss_mb) awk -v a="$(json_field "$f" ingest1_peak_rss_mb)" -v b="$(json_field "$f" ingest10_peak_rss_mb)" 'BEGIN { print (a > b ? a : b) }' ;;
+    ingest1_ratio) run_pair "$f" ingest1_rps nginx_ceiling_rps "$ratio" ;;
+    ingest10_ratio) run_pair "$f" ingest10_rps nginx_ceiling_rps "$ratio" ;;
+    drain_ratio) run_pair "$f" drain_per_s sink_ceiling_rps "$ratio" ;;
+    dead_ratio) run_pair "$f" healthy_next_to_dead_per_s healthy_alone_per_s "$ratio" ;;
+    ingest_peak_rss_mb) run_pair "$f" ingest1_peak_rss_mb ingest10_peak_rss_mb 'print (a > b ? a : b)' ;;
     errors) echo $(($(json_field "$f" ingest1_errors) + $(json_field "$f" ingest10_errors))) ;;
     *) json_field "$f" "$2" ;;
   esac
