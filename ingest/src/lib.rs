@@ -4,7 +4,9 @@
 //! the request ([`request`]), queues one job per object in a single Redis
 //! round trip, and answers 202 with the job ids ([`routes`]). It also
 //! serves the operator's view: `/metrics` ([`metrics`]), `/stats` and the
-//! `/dashboard`. It never makes
+//! `/dashboard`. [`startup`] builds the app; [`server`] serves it on a TCP
+//! port and on the Unix socket nginx reaches it by ([`unix_stream`]). It
+//! never makes
 //! an outbound request itself: that is `deliver`'s job, on the other side of
 //! the queue.
 
@@ -14,4 +16,6 @@ pub mod error;
 pub mod metrics;
 pub mod request;
 pub mod routes;
+pub mod server;
 pub mod startup;
+pub mod unix_stream;

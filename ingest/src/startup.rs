@@ -13,7 +13,7 @@ use std::time::Instant;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use common::queue::QueueKeys;
 use common::redis_pool::{Outage, Shared};
 use deadpool_redis::redis::{aio::MultiplexedConnection, RedisResult};
@@ -114,7 +114,7 @@ impl Application {
         };
         let (max_body_bytes, max_items, redis_timeout) =
             (config.max_body_bytes, config.max_items, config.redis_timeout);
-        let server = HttpServer::new(move || {
+        let app = move || {
             let state = web::Data::new(AppState {
                 redis: Shared::new(pool.clone()),
                 keys: keys.clone(),
@@ -173,15 +173,8 @@ impl Application {
                 .route("/stats", web::get().to(routes::stats))
                 .route("/dashboard", web::get().to(routes::dashboard))
                 .default_service(web::to(routes::not_found))
-        })
-        .workers(config.workers)
-        .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
-        .listen(listener)?;
-        let server = match socket {
-            Some(socket) => server.listen_uds(socket)?,
-            None => server,
-        }
-        .run();
+        };
+        let server = crate::server::serve(app, listener, socket, config.workers, config.shutdown_grace)?;
         Ok(Application {
             port,
             server,

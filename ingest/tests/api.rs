@@ -313,6 +313,24 @@ async fn ingest_also_serves_on_its_unix_socket_and_replaces_a_stale_one() {
         Job::decode(queued[0].as_bytes()).unwrap().id,
         answer["ids"][0].as_str().unwrap()
     );
+    // A request of ~200 KB arrives in several reads, and its ~80 KB answer
+    // goes back whole (the socket's stream is ingest's own: src/unix_stream.rs).
+    let items: Vec<String> = (0..2000)
+        .map(|i| format!(r#"{{"mascot":"Gopher {i:04}","location":"https://blog.golang.org/gopher/gopher-{i:04}.png","padding":"{}"}}"#, "x".repeat(20)))
+        .collect();
+    let large = format!(
+        r#"{{"endpoint":{{"method":"GET","url":"http://127.0.0.1:9/data?title={{mascot}}"}},"data":[{}]}}"#,
+        items.join(",")
+    );
+    assert!(large.len() > 200_000, "{} bytes", large.len());
+    let path = socket.clone();
+    let (status, body) = tokio::task::spawn_blocking(move || post_over_socket(&path, "/ingest", &large))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["ids"].as_array().map(Vec::len), Some(2000));
+    assert_eq!(app.queued().await.len(), 2001);
     // Every local user may connect, as to a loopback port (nginx's workers
     // run as another user).
     use std::os::unix::fs::PermissionsExt;
