@@ -64,8 +64,12 @@ where
     let tcp = {
         let (app, shutdown) = (app.clone(), shutdown.clone());
         move || {
-            fn_service(|io: tokio::net::TcpStream| async { Ok::<_, DispatchError>((io, Protocol::Http1, None)) })
-                .and_then(http_service(&app, shutdown.clone()))
+            fn_service(|io: tokio::net::TcpStream| async {
+                // As `HttpServer` does: requests know their peer's address.
+                let peer = io.peer_addr().ok();
+                Ok::<_, DispatchError>((io, Protocol::Http1, peer))
+            })
+            .and_then(http_service(&app, shutdown.clone()))
         }
     };
     let builder = builder.listen("ingest", listener, tcp)?;
