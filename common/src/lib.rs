@@ -7,19 +7,18 @@
 //!   failed job becomes;
 //! - [`template`]: how a URL template is checked (by ingest) and filled (by
 //!   deliver);
-//! - [`queue`]: every Redis key of a queue and every operation on it, with
-//!   the Lua scripts that make those operations atomic;
+//! - [`queue`]: the queue handle, the one way the services reach Redis, and
+//!   under it every key and command of the protocol, with the Lua scripts
+//!   that make its operations atomic;
 //! - [`line_log`]: buffered one-line-per-event logs (delivery log, access log);
 //! - [`config`]: reading typed settings from the environment, so that a bad
 //!   value stops a program at start with one clear line;
-//! - [`redis_pool`]: how both services connect to Redis;
 //! - [`stats`]: cluster-wide delivery statistics kept in Redis.
 
 pub mod config;
 pub mod job;
 pub mod line_log;
 pub mod queue;
-pub mod redis_pool;
 pub mod stats;
 pub mod template;
 

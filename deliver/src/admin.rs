@@ -5,7 +5,7 @@
 
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use common::redis_pool::Outage;
+use common::queue::Queue;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -17,7 +17,7 @@ pub struct AdminState {
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// Whether Redis answered the last operation.
-    pub outage: Arc<Outage>,
+    pub queue: Queue,
     /// The worker id.
     pub worker: String,
 }
@@ -54,7 +54,7 @@ fn answer<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
             state.metrics.encode(),
         ),
         "/health" => {
-            let up = !state.outage.is_down();
+            let up = !state.queue.is_down();
             let body = serde_json::json!({
                 "status": if up { "ok" } else { "unavailable" },
                 "redis": if up { "up" } else { "down" },

@@ -8,7 +8,7 @@
 
 use common::job::{DeadLetter, Job};
 use common::line_log::rfc3339_millis;
-use common::queue::{self, QueueKeys};
+use common::queue::Queue;
 use std::io::Write;
 
 /// A parsed `deliver dead` command.
@@ -58,30 +58,31 @@ pub fn parse(args: &[String]) -> Result<DeadCommand, String> {
     }
 }
 
-/// Runs `command` against the queue, writing its report to `out`.
-pub async fn run(command: &DeadCommand, redis_url: &str, queue_name: &str, out: &mut impl Write) -> Result<(), String> {
-    let keys = QueueKeys::new(queue_name);
-    let client = deadpool_redis::redis::Client::open(redis_url).map_err(|e| e.to_string())?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("cannot reach redis at {redis_url}: {e}"))?;
-    let fail = |e: deadpool_redis::redis::RedisError| e.to_string();
+/// Runs `command` against `queue`, writing its report to `out`.
+pub async fn run(command: &DeadCommand, queue: &Queue, out: &mut impl Write) -> Result<(), String> {
+    let fail = |e: common::queue::QueueError| e.to_string();
     let io = |e: std::io::Error| e.to_string();
     match command {
         DeadCommand::List { limit } => {
-            let letters = queue::dead_letters(&mut conn, &keys, *limit).await.map_err(fail)?;
-            let total = queue::depths(&mut conn, &keys).await.map_err(fail)?.dead;
+            let letters = queue.dead_letters(*limit).await.map_err(fail)?;
+            let total = queue.depths().await.map_err(fail)?.dead;
             for (stored, letter) in &letters {
                 match letter {
                     Some(letter) => writeln!(out, "{}", list_line(letter)).map_err(io)?,
                     None => writeln!(out, "unreadable dead letter: {stored}").map_err(io)?,
                 }
             }
-            writeln!(out, "# {} of {} dead letters in {}", letters.len(), total, keys.dead).map_err(io)?;
+            writeln!(
+                out,
+                "# {} of {} dead letters in {}",
+                letters.len(),
+                total,
+                queue.dead_key()
+            )
+            .map_err(io)?;
         }
         DeadCommand::Replay { ids, all } => {
-            let letters = queue::dead_letters(&mut conn, &keys, 0).await.map_err(fail)?;
+            let letters = queue.dead_letters(0).await.map_err(fail)?;
             let mut pairs = Vec::new();
             let mut found = std::collections::HashSet::new();
             for (stored, letter) in letters {
@@ -103,15 +104,15 @@ pub async fn run(command: &DeadCommand, redis_url: &str, queue_name: &str, out: 
             for id in ids.iter().filter(|id| !found.contains(*id)) {
                 writeln!(out, "{id}: no such dead letter").map_err(io)?;
             }
-            let requeued = queue::replay(&mut conn, &keys, &pairs).await.map_err(fail)?;
-            writeln!(out, "requeued {requeued} dead letters onto {}", keys.ready).map_err(io)?;
+            let requeued = queue.replay(&pairs).await.map_err(fail)?;
+            writeln!(out, "requeued {requeued} dead letters onto {}", queue.ready_key()).map_err(io)?;
             if !*all && found.len() < ids.len() {
                 return Err(format!("{} of the given ids were not found", ids.len() - found.len()));
             }
         }
         DeadCommand::Purge => {
-            let removed = queue::purge_dead(&mut conn, &keys).await.map_err(fail)?;
-            writeln!(out, "purged {removed} dead letters from {}", keys.dead).map_err(io)?;
+            let removed = queue.purge_dead().await.map_err(fail)?;
+            writeln!(out, "purged {removed} dead letters from {}", queue.dead_key()).map_err(io)?;
         }
     }
     Ok(())

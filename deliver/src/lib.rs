@@ -1,20 +1,25 @@
 //! `deliver`: takes postback jobs from the Redis queue and delivers them.
 //!
-//! [`worker`] is the loop; [`client`] makes the outbound requests, [`hosts`]
-//! keeps one endpoint from taking every slot;
-//! [`retry`] decides what follows a failure; [`delivery_log`] writes one line
-//! per attempt; [`dead`] is the operator's command line for dead letters;
-//! [`metrics`] counts what happens and [`admin`] serves it; [`config`] reads
-//! the settings; [`cpu_policy`] asks the kernel to schedule the worker as
-//! batch work.
+//! One job's way: a [`consumer`] takes it from its shard of the queue
+//! (through `common::queue`, the only door to Redis) and hands it to the
+//! [`deliverer`], which fills its URL, makes the request with the
+//! [`client`] (within the limits of [`hosts`]), logs the attempt
+//! ([`delivery_log`]), counts it ([`metrics`]) and decides what follows
+//! ([`retry`]); the consumer settles that outcome in the queue.
+//! [`startup`] wires a worker process together; [`admin`] serves its
+//! metrics; [`dead`] is the operator's command line for dead letters;
+//! [`config`] reads the settings; [`cpu_policy`] asks the kernel to
+//! schedule the worker as batch work.
 
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod consumer;
 pub mod cpu_policy;
 pub mod dead;
+pub mod deliverer;
 pub mod delivery_log;
 pub mod hosts;
 pub mod metrics;
 pub mod retry;
-pub mod worker;
+pub mod startup;

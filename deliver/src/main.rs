@@ -3,7 +3,7 @@
 
 use deliver::config::{Config, SETTINGS};
 use deliver::delivery_log::DeliveryLog;
-use deliver::{cpu_policy, dead, worker};
+use deliver::{cpu_policy, dead, startup};
 use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "deliver: takes postback jobs from Redis and makes their HTTP requests.
@@ -50,7 +50,8 @@ fn main() {
         Some("dead") => match dead::parse(&args[1..]) {
             Ok(command) => {
                 let mut out = std::io::stdout().lock();
-                match runtime.block_on(dead::run(&command, &config.redis_url, &config.queue, &mut out)) {
+                let result = startup::queue(&config).map_err(|e| e.to_string());
+                match result.and_then(|queue| runtime.block_on(dead::run(&command, &queue, &mut out))) {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("deliver dead: {e}");
@@ -84,11 +85,10 @@ async fn run_worker(config: Config) -> i32 {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    // Not spawned: the worker's fetcher then runs on this thread, taking
+    // Not spawned: the consumers' fetchers then run on this thread, taking
     // and handing out the next batch while the runtime's threads deliver
-    // (measured: a spawned worker drained 7 % slower on two cores, although
-    // it switched threads less).
-    let result = worker::run(&config, log, shutdown).await;
+    // (a spawned worker drained slower on two cores; docs/PERFORMANCE.md).
+    let result = startup::run(&config, log, shutdown).await;
     // Every log handle is gone once the worker returns: let the writer
     // flush the last lines before exiting.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -6,7 +6,7 @@
 //! adds the attempt to this second's statistics, which [`flush_stats`]
 //! writes to Redis once a second in one pipeline, whatever the load.
 
-use common::queue::{Depths, QueueKeys};
+use common::queue::Depths;
 use common::stats::{Failure, Outcome, Second};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -299,8 +299,7 @@ impl Drop for InFlight<'_> {
 /// depths, until `stop` is cancelled (then flushes one last time).
 pub async fn flush_stats(
     metrics: std::sync::Arc<Metrics>,
-    redis: std::sync::Arc<common::redis_pool::Shared>,
-    keys: QueueKeys,
+    queue: common::queue::Queue,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -311,28 +310,18 @@ pub async fn flush_stats(
             _ = tick.tick() => false,
         };
         let pending = metrics.take_pending();
-        let flushed = match redis.get().await {
-            Ok(mut conn) => async {
-                let depths = common::queue::depths(&mut conn, &keys).await?;
-                metrics.set_depths(depths);
-                let now = common::now_ms() / 1000;
-                common::stats::flush(
-                    &mut conn,
-                    &keys,
-                    &pending.seconds,
-                    Some((now, depths)),
-                    &pending.failures,
-                )
+        let flushed = async {
+            let depths = queue.depths().await?;
+            metrics.set_depths(depths);
+            let now = common::now_ms() / 1000;
+            queue
+                .flush_stats(&pending.seconds, Some((now, depths)), &pending.failures)
                 .await
-            }
-            .await
-            .inspect_err(|e| redis.failed(e))
-            .is_ok(),
-            Err(_) => false,
-        };
-        if !flushed {
-            // Redis is away or full (the worker logs outages): keep the
-            // counts for the next second.
+        }
+        .await;
+        if flushed.is_err() {
+            // Redis is away or full (the queue handle logs outages): keep
+            // the counts for the next second.
             metrics.restore_pending(pending);
         }
         if stopping {

@@ -7,6 +7,8 @@
 //! followed), every other 4xx, and a URL that cannot be built.
 
 use crate::client::{Attempt, FailureKind};
+use common::job::DeadReason;
+use common::stats::Outcome;
 use std::time::Duration;
 
 /// The decision after one attempt.
@@ -20,6 +22,35 @@ pub enum Verdict {
     Final,
     /// Give up: every attempt of the schedule was used.
     Exhausted,
+}
+
+/// What a verdict means to each part that records it, decided here once.
+impl Verdict {
+    /// The delivery log's `outcome`, and the `outcome` of the statistics.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Verdict::Delivered => Outcome::Delivered,
+            Verdict::Retry(_) => Outcome::Retry,
+            Verdict::Final | Verdict::Exhausted => Outcome::Dead,
+        }
+    }
+
+    /// Why the job is dead, if it is.
+    pub fn dead_reason(self) -> Option<DeadReason> {
+        match self {
+            Verdict::Final => Some(DeadReason::FinalStatus),
+            Verdict::Exhausted => Some(DeadReason::RetriesExhausted),
+            Verdict::Delivered | Verdict::Retry(_) => None,
+        }
+    }
+
+    /// The delay before the next attempt, if there is one.
+    pub fn retry_in(self) -> Option<Duration> {
+        match self {
+            Verdict::Retry(delay) => Some(delay),
+            _ => None,
+        }
+    }
 }
 
 /// The retry schedule and its limits.
@@ -144,6 +175,20 @@ mod tests {
             p.decide(1, &answered(500, Some(20))),
             Verdict::Retry(Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn each_verdict_is_recorded_one_way() {
+        let retry = Verdict::Retry(Duration::from_secs(5));
+        assert_eq!(Verdict::Delivered.outcome(), Outcome::Delivered);
+        assert_eq!(retry.outcome(), Outcome::Retry);
+        assert_eq!(Verdict::Final.outcome(), Outcome::Dead);
+        assert_eq!(Verdict::Exhausted.outcome(), Outcome::Dead);
+        assert_eq!(Verdict::Final.dead_reason(), Some(DeadReason::FinalStatus));
+        assert_eq!(Verdict::Exhausted.dead_reason(), Some(DeadReason::RetriesExhausted));
+        assert_eq!(retry.dead_reason(), None);
+        assert_eq!(retry.retry_in(), Some(Duration::from_secs(5)));
+        assert_eq!(Verdict::Delivered.retry_in(), None);
     }
 
     #[test]

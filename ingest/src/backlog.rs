@@ -7,9 +7,7 @@
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use common::queue::QueueKeys;
-use common::redis_pool::Outage;
-use deadpool_redis::Pool;
+use common::queue::Queue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,27 +60,17 @@ impl Backlog {
 }
 
 /// Refreshes `backlog` (and the queue gauges of `metrics`) from Redis until
-/// the task is aborted: one pipelined round trip per refresh.
-pub async fn refresh(backlog: Arc<Backlog>, pool: Pool, keys: QueueKeys, outage: Arc<Outage>, metrics: Arc<Metrics>) {
+/// the task is aborted: one round trip per refresh. A failure is logged by
+/// the queue handle, once per outage.
+pub async fn refresh(backlog: Arc<Backlog>, queue: Queue, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let asked_at = Instant::now();
-        let result = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            common::queue::depths(&mut *conn, &keys)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        match result {
-            Ok(depths) => {
-                outage.succeeded();
-                backlog.observe(depths.ready, asked_at);
-                metrics.set_depths(depths);
-            }
-            Err(e) => outage.failed("queue length", &e),
+        if let Ok(depths) = queue.depths().await {
+            backlog.observe(depths.ready, asked_at);
+            metrics.set_depths(depths);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use common::queue::QueueError;
 use serde_json::json;
 
 /// Seconds a client is asked to wait before trying again after a 503.
@@ -35,9 +36,15 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
-    /// Redis did not answer in time.
+    /// Redis could not be reached, did not answer in time, or answered as
+    /// something other than the queue's master.
     #[error("the queue is unavailable right now ({0}); nothing was queued, retry later")]
-    QueueUnavailable(String),
+    QueueUnavailable(QueueError),
+    /// Redis is out of memory and refused the jobs.
+    #[error(
+        "the queue's Redis is full ({0}); nothing was queued, retry later (operators: see RUNBOOK, \"Redis is full\")"
+    )]
+    RedisFull(QueueError),
     /// The queue is over `INGEST_MAX_QUEUE`.
     #[error("the queue holds {depth} jobs, more than its limit of {limit}; nothing was queued, retry later")]
     QueueFull {
@@ -76,9 +83,19 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::TooManyItems { .. } => "too_many_items",
             ApiError::QueueUnavailable(_) => "queue_unavailable",
+            ApiError::RedisFull(_) => "redis_full",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotFound { .. } => "not_found",
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
+        match error {
+            QueueError::OutOfMemory(_) => ApiError::RedisFull(error),
+            _ => ApiError::QueueUnavailable(error),
         }
     }
 }
@@ -88,7 +105,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueUnavailable(_) | ApiError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueueUnavailable(_) | ApiError::RedisFull(_) | ApiError::QueueFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
         }
@@ -97,7 +116,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::QueueUnavailable(_) | ApiError::QueueFull { .. } => {
+            ApiError::QueueUnavailable(_) | ApiError::RedisFull(_) | ApiError::QueueFull { .. } => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
             }
             ApiError::MethodNotAllowed { .. } => {

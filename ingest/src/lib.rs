@@ -4,16 +4,18 @@
 //! the request ([`request`]), queues one job per object in a single Redis
 //! round trip, and answers 202 with the job ids ([`routes`]). It also
 //! serves the operator's view: `/metrics` ([`metrics`]), `/stats` and the
-//! `/dashboard`. [`startup`] builds the app; [`server`] serves it on a TCP
+//! `/dashboard`. [`middleware`] gives every request its id, metrics and
+//! access line; [`startup`] builds the app; [`server`] serves it on a TCP
 //! port and on the Unix socket nginx reaches it by ([`unix_stream`]). It
-//! never makes
-//! an outbound request itself: that is `deliver`'s job, on the other side of
+//! reaches Redis only through `common::queue::Queue`, and never makes an
+//! outbound request itself: that is `deliver`'s job, on the other side of
 //! the queue.
 
 pub mod backlog;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod middleware;
 pub mod request;
 pub mod routes;
 pub mod server;

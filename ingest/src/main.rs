@@ -6,12 +6,11 @@ use ingest::startup::Application;
 const USAGE: &str = "ingest: accepts postback requests over HTTP and queues one job per data item on Redis.
 
 Usage: ingest [--help]";
-const ROUTES: &str = "Routes: POST /ingest (also /ingest.php, /i); GET /health, /metrics, /stats, /dashboard";
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        common::config::print_help(USAGE, SETTINGS, ROUTES);
+        common::config::print_help(USAGE, SETTINGS, &ingest::routes::help_line());
         return Ok(());
     }
     if let Some(arg) = args.first() {

@@ -43,18 +43,6 @@ impl Default for Metrics {
     }
 }
 
-/// The route label of a path: one of a fixed set.
-pub fn route_of(path: &str) -> &'static str {
-    match path {
-        "/ingest" | "/ingest.php" | "/i" => "ingest",
-        "/health" => "health",
-        "/metrics" => "metrics",
-        "/stats" => "stats",
-        "/dashboard" => "dashboard",
-        _ => "other",
-    }
-}
-
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {

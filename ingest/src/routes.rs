@@ -1,13 +1,101 @@
-//! HTTP handlers: the ingest endpoint and its aliases, health, and the JSON
-//! answers for unknown routes and methods.
+//! The routes, listed once in [`ROUTES`] (for the app, the metrics' route
+//! label and `--help`), and their handlers: the ingest endpoint and its
+//! aliases, the operator's pages, and the JSON answers for unknown routes
+//! and methods.
 
 use crate::error::{ApiError, RETRY_AFTER_SECS};
+use crate::middleware::{Accepted, RequestId};
 use crate::request;
 use crate::startup::AppState;
+use actix_web::dev::{ServiceFactory, ServiceRequest};
 use actix_web::http::header;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes_buf::read_body;
 use serde_json::json;
+
+/// What a route serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `POST`: queue postbacks.
+    Ingest,
+    /// `GET`: whether Redis answers.
+    Health,
+    /// `GET`: Prometheus text.
+    Metrics,
+    /// `GET`: delivery statistics as JSON.
+    Stats,
+    /// `GET`: the dashboard page.
+    Dashboard,
+}
+
+impl Page {
+    /// The metrics' `route` label: one of a fixed set, never a path.
+    pub fn label(self) -> &'static str {
+        match self {
+            Page::Ingest => "ingest",
+            Page::Health => "health",
+            Page::Metrics => "metrics",
+            Page::Stats => "stats",
+            Page::Dashboard => "dashboard",
+        }
+    }
+}
+
+/// Every route: its path and what it serves. The aliases of `/ingest` keep
+/// clients of the old PHP endpoint working.
+pub const ROUTES: &[(&str, Page)] = &[
+    ("/ingest", Page::Ingest),
+    ("/ingest.php", Page::Ingest),
+    ("/i", Page::Ingest),
+    ("/health", Page::Health),
+    ("/metrics", Page::Metrics),
+    ("/stats", Page::Stats),
+    ("/dashboard", Page::Dashboard),
+];
+
+/// The metrics' route label of a path (`other` for unknown paths).
+pub fn route_of(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map_or("other", |(_, page)| page.label())
+}
+
+/// The routes for `--help`, one line.
+pub fn help_line() -> String {
+    let paths = |ingest: bool| {
+        ROUTES
+            .iter()
+            .filter(|(_, page)| (*page == Page::Ingest) == ingest)
+            .map(|(path, _)| *path)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("Routes: POST {}; GET {}", paths(true), paths(false))
+}
+
+/// Adds every route of [`ROUTES`] to `app`, and the JSON 404 for the rest.
+/// One resource per path: static paths match without a regex.
+pub fn register<T>(app: App<T>) -> App<T>
+where
+    T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
+{
+    ROUTES
+        .iter()
+        .fold(app, |app, (path, page)| match page {
+            // Any method but POST gets 405.
+            Page::Ingest => app.service(
+                web::resource(*path)
+                    .route(web::post().to(ingest))
+                    .default_service(web::to(method_not_allowed)),
+            ),
+            Page::Health => app.route(path, web::get().to(health)),
+            Page::Metrics => app.route(path, web::get().to(metrics)),
+            Page::Stats => app.route(path, web::get().to(stats)),
+            Page::Dashboard => app.route(path, web::get().to(dashboard)),
+        })
+        .default_service(web::to(not_found))
+}
 
 /// `POST /ingest` (also `/ingest.php` and `/i`): validate, queue one job per
 /// data item in one round trip, answer 202 with the job ids.
@@ -21,14 +109,8 @@ pub async fn ingest(
     let accepted = request::parse(&body, state.max_items, request_id.as_deref())?;
     state.backlog.check()?;
 
-    let (keys, jobs) = (&state.keys, &accepted.jobs);
     let asked_at = std::time::Instant::now();
-    let depth = state
-        .redis("push", |mut conn| async move {
-            common::queue::push(&mut conn, keys, jobs).await
-        })
-        .await
-        .map_err(ApiError::QueueUnavailable)?;
+    let depth = state.queue.push(&accepted.jobs).await?;
     state.backlog.observe(depth, asked_at);
     state.metrics.accepted(accepted.ids.len());
     // Ids are UUIDs (no characters to escape): the answer is written as it is.
@@ -50,35 +132,20 @@ pub async fn ingest(
     Ok(response)
 }
 
-/// The request's id: the caller's (or nginx's) `X-Request-Id` if it is a
-/// sane token (printable ASCII, at most 128 bytes), otherwise a new one.
-/// Stored in each job and printed in every log line about it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-impl RequestId {
-    /// The id for `req`.
-    pub fn of(req: &actix_web::dev::ServiceRequest) -> RequestId {
-        let given = req.headers().get("x-request-id").and_then(|v| v.to_str().ok());
-        match given {
-            Some(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) => {
-                RequestId(v.to_string())
-            }
-            _ => RequestId(uuid::Uuid::now_v7().simple().to_string()),
-        }
-    }
-}
-
-/// How many jobs a response accepted, for the access log.
-#[derive(Debug, Clone, Copy)]
-pub struct Accepted(pub usize);
-
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.encode())
 }
+
+/// How many of the latest failed attempts `/stats` shows.
+const STATS_FAILURES: usize = 20;
+/// `/stats` windows: at most an hour (the statistics' retention) ...
+const STATS_SECONDS_MAX: u64 = 3600;
+/// ... in points of at most ten minutes, ten seconds by default.
+const STATS_STEP_MAX: u64 = 600;
+const STATS_STEP_DEFAULT: u64 = 10;
 
 /// Query of `GET /stats`.
 #[derive(Debug, serde::Deserialize)]
@@ -92,24 +159,17 @@ pub struct StatsQuery {
 /// `GET /stats`: cluster-wide delivery statistics from Redis, with the
 /// current queue depths.
 pub async fn stats(query: web::Query<StatsQuery>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let seconds = query.seconds.unwrap_or(3600);
-    let step = query.step.unwrap_or(10);
-    if !(1..=3600).contains(&seconds) || !(1..=600).contains(&step) {
+    let seconds = query.seconds.unwrap_or(STATS_SECONDS_MAX);
+    let step = query.step.unwrap_or(STATS_STEP_DEFAULT);
+    if !(1..=STATS_SECONDS_MAX).contains(&seconds) || !(1..=STATS_STEP_MAX).contains(&step) {
         return Err(ApiError::invalid(
             "invalid_query",
-            "`seconds` must be 1 to 3600 and `step` 1 to 600",
+            format!("`seconds` must be 1 to {STATS_SECONDS_MAX} and `step` 1 to {STATS_STEP_MAX}"),
         ));
     }
-    let keys = &state.keys;
-    let (depths, window) = state
-        .redis("stats", |mut conn| async move {
-            let depths = common::queue::depths(&mut conn, keys).await?;
-            let until = common::now_ms() / 1000;
-            let window = common::stats::read(&mut conn, keys, until, seconds, step, 20).await?;
-            Ok((depths, window))
-        })
-        .await
-        .map_err(ApiError::QueueUnavailable)?;
+    let depths = state.queue.depths().await?;
+    let until = common::now_ms() / 1000;
+    let window = state.queue.stats_window(until, seconds, step, STATS_FAILURES).await?;
     Ok(HttpResponse::Ok().json(json!({"queue": depths, "window": window})))
 }
 
@@ -128,16 +188,10 @@ pub async fn dashboard() -> HttpResponse {
 
 /// `GET /health`: 200 when Redis answers a PING in time, 503 otherwise.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let ping = state
-        .redis("health", |mut conn| async move {
-            deadpool_redis::redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-        })
-        .await;
+    let ping = state.queue.ping().await;
     match ping {
         Ok(_) => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up"})),
-        Err(e) => unhealthy(e),
+        Err(e) => unhealthy(e.to_string()),
     }
 }
 
@@ -171,6 +225,9 @@ mod bytes_buf {
     use actix_web::{web, HttpRequest};
     use futures_util::StreamExt;
 
+    /// What a body of unknown length is first given room for.
+    const UNDECLARED_BODY_GUESS: usize = 1024;
+
     pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
         let declared = req
             .headers()
@@ -180,7 +237,7 @@ mod bytes_buf {
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::BodyTooLarge { limit });
         }
-        let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit));
+        let mut body = Vec::with_capacity(declared.unwrap_or(UNDECLARED_BODY_GUESS).min(limit));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk
                 .map_err(|e| ApiError::invalid("unreadable_body", format!("could not read the request body: {e}")))?;

@@ -259,7 +259,7 @@ async fn a_full_redis_gets_503_without_a_new_connection_per_request() {
     for _ in 0..30 {
         let response = post(&app.url("/ingest"), SAMPLE).await;
         assert_eq!(response.status, 503, "{}", response.body);
-        assert_eq!(response.json()["error"]["code"], "queue_unavailable");
+        assert_eq!(response.json()["error"]["code"], "redis_full");
         assert!(response.body.contains("maxmemory"), "{}", response.body);
         assert!(response.header("retry-after").is_some());
     }

@@ -177,18 +177,20 @@ pub fn data_id(job: &Job) -> String {
 pub async fn enqueue(conn: &mut MultiplexedConnection, keys: &QueueKeys, jobs: &[Job]) {
     for chunk in jobs.chunks(1000) {
         let encoded: Vec<String> = chunk.iter().map(Job::encode).collect();
-        common::queue::push(conn, keys, &encoded).await.unwrap();
+        common::queue::protocol::push(conn, keys, &encoded).await.unwrap();
     }
 }
 
 /// Queues a raw string, as a foreign producer might.
 pub async fn enqueue_raw(conn: &mut MultiplexedConnection, keys: &QueueKeys, raw: &str) {
-    common::queue::push(conn, keys, &[raw.to_string()]).await.unwrap();
+    common::queue::protocol::push(conn, keys, &[raw.to_string()])
+        .await
+        .unwrap();
 }
 
 /// Queue depths.
 pub async fn depths(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> common::queue::Depths {
-    common::queue::depths(conn, keys).await.unwrap()
+    common::queue::protocol::depths(conn, keys).await.unwrap()
 }
 
 /// Total length of all in-flight lists.

@@ -1,4 +1,4 @@
-//! How both services connect to Redis: a deadpool of multiplexed
+//! How the queue handle connects to Redis: a deadpool of multiplexed
 //! connections with every wait bounded, so that a Redis that is down turns
 //! into a quick error (503 at ingest, a back-off at deliver), never a hang.
 //!
@@ -8,6 +8,7 @@
 //! the pool once and cloned per command; redis-rs pipelines the commands of
 //! all its clones on one socket, and a broken connection is replaced.
 
+use super::QueueError;
 use deadpool::managed::Manager as _;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{AsyncConnectionConfig, RedisError};
@@ -19,12 +20,12 @@ use std::time::Duration;
 ///
 /// `response_timeout` bounds every command; it must be longer than the
 /// longest blocking command the caller sends (deliver's `BLMOVE`).
-pub fn connect(url: &str, max_size: usize, response_timeout: Duration) -> Result<Pool, String> {
+pub(crate) fn connect(url: &str, max_size: usize, response_timeout: Duration) -> Result<Pool, QueueError> {
     let connect_timeout = response_timeout.min(Duration::from_secs(2));
     let connection = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(connect_timeout))
         .set_response_timeout(Some(response_timeout));
-    let manager = Manager::new_with_config(url, connection).map_err(|e| e.to_string())?;
+    let manager = Manager::new_with_config(url, connection).map_err(QueueError::Refused)?;
     let mut config = PoolConfig::new(max_size);
     config.timeouts = Timeouts {
         wait: Some(response_timeout),
@@ -35,14 +36,14 @@ pub fn connect(url: &str, max_size: usize, response_timeout: Duration) -> Result
         .config(config)
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| QueueError::Refused(RedisError::from(std::io::Error::other(e.to_string()))))
 }
 
 /// Logs a Redis outage once when it starts and once when it ends, however
 /// many operations fail in between, so an outage is two log lines, not a
 /// flood.
 #[derive(Debug)]
-pub struct Outage {
+pub(crate) struct Outage {
     down: AtomicBool,
     /// Where Redis was looked for, without credentials: an error such as
     /// "No such file or directory" means little without the socket's path.
@@ -51,7 +52,7 @@ pub struct Outage {
 
 impl Outage {
     /// Outages of the Redis at `url`.
-    pub fn new(url: &str) -> Self {
+    pub(crate) fn new(url: &str) -> Self {
         use deadpool_redis::redis::{ConnectionAddr, IntoConnectionInfo};
         let address = match url.into_connection_info() {
             Ok(info) => match info.addr() {
@@ -67,7 +68,7 @@ impl Outage {
     }
 
     /// Records a failed operation; logs only the first of an outage.
-    pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+    pub(crate) fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
         if !self.down.swap(true, Ordering::Relaxed) {
             log::error!(
                 "redis unavailable{} ({what}: {error}); retrying with back-off until it answers",
@@ -77,14 +78,14 @@ impl Outage {
     }
 
     /// Records a successful operation; logs the end of an outage.
-    pub fn succeeded(&self) {
+    pub(crate) fn succeeded(&self) {
         if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
             log::info!("redis is back");
         }
     }
 
     /// Whether the last operation failed.
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
 }
@@ -92,7 +93,7 @@ impl Outage {
 /// One multiplexed connection shared by many tasks, made with a pool's
 /// settings on the runtime of the first task that needs it, and replaced
 /// after an error that may have broken it.
-pub struct Shared {
+pub(crate) struct Shared {
     pool: Pool,
     current: std::sync::Mutex<Option<MultiplexedConnection>>,
     connecting: tokio::sync::Mutex<()>,
@@ -100,7 +101,7 @@ pub struct Shared {
 
 impl Shared {
     /// A shared connection made with `pool`'s settings when first needed.
-    pub fn new(pool: Pool) -> Self {
+    pub(crate) fn new(pool: Pool) -> Self {
         Shared {
             pool,
             current: std::sync::Mutex::new(None),
@@ -113,7 +114,7 @@ impl Shared {
     }
 
     /// A handle on the connection (cheap: a clone), connecting if needed.
-    pub async fn get(&self) -> Result<MultiplexedConnection, String> {
+    pub(crate) async fn get(&self) -> Result<MultiplexedConnection, RedisError> {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
@@ -127,17 +128,16 @@ impl Shared {
         // connection may have been made on another thread (ingest's main
         // thread, say), which would cost two cross-thread wake-ups per
         // command. The connect timeout of the pool's config still applies.
-        let conn = self.pool.manager().create().await.map_err(|e| e.to_string())?;
+        let conn = self.pool.manager().create().await?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
 
-    /// Drops the connection after an error that may have broken it, so the
-    /// next `get` makes a new one. An error answer from Redis (`OOM` when it
-    /// is full, say) leaves the connection as good as before: dropping it
-    /// then would mean a new connection per refused command.
-    pub fn failed(&self, error: &RedisError) {
-        if error.code().is_none() {
+    /// Drops the connection after an error that may have broken it (see
+    /// [`QueueError::replaces_connection`]), so the next `get` makes a new
+    /// one.
+    pub(crate) fn failed(&self, error: &QueueError) {
+        if error.replaces_connection() {
             *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }

@@ -1,50 +1,18 @@
-//! The queue protocol: every Redis key of a queue and every operation on it.
+//! The queue protocol: every Redis key of a queue and every command on it,
+//! over any one connection. [`super::Queue`] is how the services call it;
+//! tests call these functions directly to set up and inspect a queue.
 //!
-//! Nothing outside this module names a Redis key or sends a queue command,
-//! so the protocol can be read in one place.
+//! The key table, the lifecycle of a job and why nothing is lost are in
+//! `docs/ARCHITECTURE.md` (written once there). Two rules that shape the
+//! code below:
 //!
-//! | key                                | type       | holds |
-//! |------------------------------------|------------|-------|
-//! | `postback:{q}:ready`               | list       | jobs waiting for delivery; producers `LPUSH`, workers take from the right |
-//! | `postback:{q}:inflight:<worker>`   | list       | jobs a worker has taken and not yet settled |
-//! | `postback:{q}:heartbeat:<worker>`  | string+TTL | present while the worker is alive |
-//! | `postback:{q}:workers`             | set        | worker ids that may own an in-flight list |
-//! | `postback:{q}:retry`               | sorted set | jobs waiting for their next attempt, scored by due time (ms) |
-//! | `postback:{q}:dead`                | list       | dead letters, newest first |
-//! | `postback:{q}:parked`              | sorted set | hosts with parked jobs, each scored by how many |
-//! | `postback:{q}:parked:<host>`       | list       | jobs of a saturated host, oldest first, waiting for it to have room |
-//! | `postback:{q}:stats:<unix second>` | hash+TTL   | delivery counts and response-time buckets of that second (see [`crate::stats`]) |
-//! | `postback:{q}:failures`            | list       | the latest failed attempts, newest first, for the dashboard |
-//!
-//! `{q}` is the queue name inside braces: a Redis Cluster hash tag, so all
-//! keys of one queue live in one slot and every script below stays valid
-//! when queues are spread over a cluster.
-//!
-//! The lifecycle of a job: `push` → ready → `take` → in-flight → `settle`
-//! (delivered: gone; failed: retry set or dead letters) → retry set →
-//! `promote_due` → ready. A worker that dies leaves its in-flight list
-//! behind; `reclaim_dead_workers` (run by every live worker) puts it back.
-//! A take whose answer never arrived may have moved jobs into a live
-//! worker's list; that worker returns them with `return_in_flight` once it
-//! holds nothing else.
-//!
-//! A job taken for a host that already has all it may have in flight is
-//! *parked* by `settle`: moved, unattempted, to that host's parked list.
-//! Workers `unpark` a host's jobs into their in-flight list once they have
-//! room for it. A parked job is thus looked at once per wait, not once per
-//! pass over the queue: a dead endpoint's backlog costs nothing while it
-//! waits, and the jobs queued behind it are reached at once.
-//!
-//! Every script, the heartbeat included, starts with `#!lua
-//! flags=allow-oom` (Redis 7): a full Redis (`maxmemory` reached, policy
-//! `noeviction`) must still let workers register, take, settle and hand
-//! back jobs, or a full queue could never be drained. Without the flag
-//! Redis refuses a script whose first write would add data (the `LMOVE` of
-//! `reclaim` and `return_in_flight`), and the heartbeat, a plain `SET`
-//! before, was refused outright, so no worker could start on a full Redis.
-//! The scripts only move or remove data: running them when full adds a few
-//! bytes at most. Producers' `LPUSH` is refused when full (ingest answers
-//! 503).
+//! - every key of a queue carries the queue's name as a Redis Cluster hash
+//!   tag (`postback:{q}:...`), so each script touches one slot;
+//! - every script starts with `#!lua flags=allow-oom` (Redis 7): a full
+//!   Redis (`maxmemory` reached, `noeviction`) must still let workers
+//!   register, take, settle and hand back jobs, or a full queue could never
+//!   be drained. The scripts only move or remove data; producers' `LPUSH`
+//!   is refused when full.
 
 use crate::job::DeadLetter;
 use deadpool_redis::redis::{self, aio::ConnectionLike, RedisResult, Script, ScriptInvocation};
@@ -125,6 +93,11 @@ impl QueueKeys {
 /// or not at all. Returns the ready list's new length.
 pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, jobs: &[String]) -> RedisResult<u64> {
     redis::cmd("LPUSH").arg(&keys.ready).arg(jobs).query_async(conn).await
+}
+
+/// Redis answers a `PING`.
+pub async fn ping<C: ConnectionLike>(conn: &mut C) -> RedisResult<()> {
+    redis::cmd("PING").query_async::<String>(conn).await.map(drop)
 }
 
 /// How many jobs wait in the ready list, the retry set, the dead-letter
@@ -211,18 +184,13 @@ pub async fn take_blocking<C: ConnectionLike>(
         .await
 }
 
-/// What became of one attempt, to be recorded by [`settle`].
+/// What became of one taken job, to be recorded by [`settle`].
 #[derive(Debug, Clone)]
 pub enum Settlement {
     /// Delivered: forget the job.
-    Ack {
-        /// The exact bytes taken from the queue.
-        taken: Vec<u8>,
-    },
+    Ack,
     /// Failed, to be tried again after `delay`.
     Retry {
-        /// The exact bytes taken from the queue.
-        taken: Vec<u8>,
         /// The job for its next attempt, encoded.
         next: String,
         /// How long to wait before it is due.
@@ -231,19 +199,25 @@ pub enum Settlement {
     /// Not attempted (its host has all it may have in flight): parked
     /// until it has room.
     Park {
-        /// The exact bytes taken from the queue.
-        taken: Vec<u8>,
         /// The host (`host:port`) it waits for.
         host: String,
     },
     /// Failed for good.
     Dead {
-        /// The exact bytes taken from the queue.
-        taken: Vec<u8>,
         /// The dead letter to keep (boxed: it is much larger than the
         /// other variants, and rare).
         letter: Box<DeadLetter>,
     },
+}
+
+/// A taken job's exact bytes (how the in-flight list knows it) with what
+/// became of it.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The bytes taken from the queue.
+    pub taken: Vec<u8>,
+    /// What to record.
+    pub settlement: Settlement,
 }
 
 /// Records a batch of outcomes: one round trip when every outcome is an
@@ -261,23 +235,23 @@ pub async fn settle<C: ConnectionLike>(
     conn: &mut C,
     keys: &QueueKeys,
     worker: &str,
-    outcomes: &[Settlement],
+    outcomes: &[Settled],
 ) -> RedisResult<u64> {
     let inflight = keys.inflight(worker);
     let mut acks = redis::Pipeline::with_capacity(outcomes.len());
     let mut others = None;
     // One key per parked host, however many of its jobs the batch parks.
     let mut parked_hosts: Vec<&str> = Vec::new();
-    for outcome in outcomes {
-        match outcome {
+    for Settled { taken, settlement } in outcomes {
+        match settlement {
             // From the oldest end: a delivered job is usually among the
             // oldest taken.
-            Settlement::Ack { taken } => {
+            Settlement::Ack => {
                 let mut lrem = redis::Cmd::with_capacity(4, 5 + inflight.len() + 1 + taken.len());
                 lrem.arg("LREM").arg(&inflight).arg(1).arg(taken);
                 acks.add_command(lrem);
             }
-            Settlement::Park { taken, host } => {
+            Settlement::Park { host } => {
                 let call = settle_script(&mut others, keys, &inflight);
                 let index = match parked_hosts.iter().position(|h| h == host) {
                     Some(i) => i,
@@ -290,11 +264,11 @@ pub async fn settle<C: ConnectionLike>(
                 // KEYS is 1-based in Lua and starts with four fixed keys.
                 call.arg("p").arg(taken).arg(index + 5).arg(host);
             }
-            Settlement::Retry { taken, next, delay } => {
+            Settlement::Retry { next, delay } => {
                 let call = settle_script(&mut others, keys, &inflight);
                 call.arg("r").arg(taken).arg(next).arg(delay.as_millis() as u64);
             }
-            Settlement::Dead { taken, letter } => {
+            Settlement::Dead { letter } => {
                 let call = settle_script(&mut others, keys, &inflight);
                 call.arg("d").arg(taken).arg(letter.encode()).arg(0);
             }

@@ -1,0 +1,206 @@
+//! One delivery: fill the job's URL, make the request, log the attempt,
+//! count it, and decide what becomes of the job.
+//!
+//! A [`Deliverer`] holds everything an attempt needs and nothing of the
+//! queue: the HTTP client, the retry policy, the host gates and the global
+//! limit on requests in flight, the delivery log and the metrics. The
+//! consumers of every shard share one, so the limits hold across shards.
+//! Tests call [`Deliverer::deliver_one`] directly against a real sink.
+
+use crate::client::HttpClient;
+use crate::config::Config;
+use crate::delivery_log::{DeliveryLog, Record};
+use crate::hosts::{Gate, Hosts};
+use crate::metrics::{AttemptRecord, Metrics};
+use crate::retry::{RetryPolicy, Verdict};
+use bytes::Bytes;
+use common::job::{DeadLetter, DeadReason, Job};
+use common::queue::Settlement;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Room reserved in a URL beyond its template for the filled-in values, so
+/// that most fills do not grow the string.
+const URL_SLACK: usize = 64;
+
+/// What an attempt needs: client, policy, limits, log and metrics.
+pub struct Deliverer {
+    client: HttpClient,
+    policy: RetryPolicy,
+    hosts: Hosts,
+    /// Requests in flight at once over all hosts (`DELIVER_CONCURRENCY`).
+    running: Semaphore,
+    log: DeliveryLog,
+    metrics: Arc<Metrics>,
+    unmatched_default: String,
+}
+
+impl Deliverer {
+    /// A deliverer with `config`'s client, policy and limits, writing to
+    /// `log` and counting into `metrics`.
+    pub fn new(config: &Config, log: DeliveryLog, metrics: Arc<Metrics>) -> Result<Self, crate::client::ClientError> {
+        let client = HttpClient::new(
+            config.timeout,
+            config.log_body_max,
+            config.concurrency,
+            config.extra_ca_file.as_deref(),
+        )?;
+        Ok(Deliverer {
+            client,
+            policy: RetryPolicy {
+                schedule: config.retry_schedule.clone(),
+                jitter_pct: config.retry_jitter_pct,
+                retry_after_max: config.retry_after_max,
+            },
+            hosts: Hosts::new(config.per_host_concurrency),
+            running: Semaphore::new(config.concurrency),
+            log,
+            metrics,
+            unmatched_default: config.unmatched_default.clone(),
+        })
+    }
+
+    /// The per-host gates (the consumer parks jobs of a full host).
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The job's URL with its data filled in.
+    pub fn url_of(&self, job: &Job) -> String {
+        let mut url = String::with_capacity(job.url.len() + URL_SLACK);
+        common::template::render_into(&mut url, &job.url, &job.fields(), &self.unmatched_default);
+        url
+    }
+
+    /// Makes one attempt at `job`, with no wait for a host's or a global
+    /// slot, and returns what is to become of it: logged, counted, decided.
+    pub async fn deliver_one(&self, job: &Job) -> Settlement {
+        let url = self.url_of(job);
+        self.attempt(job, url).await
+    }
+
+    /// The consumer's way: waits for a request slot of the job's host
+    /// (`gate`) and a global one, then makes the attempt at `url`.
+    pub async fn deliver_gated(&self, job: Job, url: String, gate: Arc<Gate>) -> Settlement {
+        let _host = gate.enter().await;
+        // Never closed: an error would only mean no limit.
+        let _running = self.running.acquire().await.ok();
+        let _in_flight = self.metrics.start_delivery();
+        self.attempt(&job, url).await
+    }
+
+    async fn attempt(&self, job: &Job, url: String) -> Settlement {
+        let body = job
+            .method
+            .has_body()
+            .then(|| Bytes::copy_from_slice(job.data.get().as_bytes()));
+        let outcome = self.client.send(job.method, &url, body).await;
+        let verdict = self.policy.decide(job.attempt, &outcome);
+
+        let (status, response_body) = match &outcome.result {
+            Ok(answer) => (answer.status.to_string(), answer.body.as_str()),
+            Err(failure) => (failure.kind.as_str().to_string(), failure.message.as_str()),
+        };
+        let now = common::now_ms();
+        self.log.write(&Record {
+            delivery_time_ms: now,
+            id: &job.id,
+            attempt: job.attempt,
+            method: job.method.as_str(),
+            url: &url,
+            status: &status,
+            response_ms: outcome.elapsed.as_millis() as u64,
+            response_body,
+            outcome: verdict.outcome().as_str(),
+            retry_in_ms: verdict.retry_in().map(|d| d.as_millis() as u64),
+            request_id: job.request_id.as_deref(),
+        });
+        self.metrics.attempt(&AttemptRecord {
+            outcome: verdict.outcome(),
+            status: outcome.result.as_ref().ok().map(|a| a.status),
+            response: outcome.elapsed,
+            enqueued_at_ms: job.enqueued_at,
+            now_ms: now,
+            dead_reason: verdict.dead_reason().map(DeadReason::as_str),
+            failure: (verdict != Verdict::Delivered).then_some((
+                job.id.as_str(),
+                job.method.as_str(),
+                url.as_str(),
+                status.as_str(),
+                response_body,
+            )),
+        });
+
+        if let Some(delay) = verdict.retry_in() {
+            let next = Job {
+                attempt: job.attempt + 1,
+                ..job.clone()
+            }
+            .encode();
+            return Settlement::Retry { next, delay };
+        }
+        let Some(reason) = verdict.dead_reason() else {
+            return Settlement::Ack;
+        };
+        let detail = (!response_body.is_empty()).then(|| response_body.to_string());
+        Settlement::Dead {
+            letter: Box::new(DeadLetter {
+                id: job.id.clone(),
+                reason,
+                attempts: job.attempt,
+                last_status: status,
+                method: Some(job.method),
+                url: Some(url),
+                detail,
+                dead_at: now,
+                job: Some(job.clone()),
+                raw: None,
+            }),
+        }
+    }
+
+    /// A queued string that is not a job: keep it aside, never retry it.
+    pub fn malformed(&self, raw: &[u8], error: &str) -> Settlement {
+        let text = String::from_utf8_lossy(raw).into_owned();
+        // Keep the producer's id when there is one, so it can be traced.
+        let id = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
+            .unwrap_or_else(Job::new_id);
+        let now = common::now_ms();
+        log::warn!("malformed job {id} moved to the dead letters: {error}");
+        self.metrics.dead(DeadReason::Malformed.as_str());
+        self.log.write(&Record {
+            delivery_time_ms: now,
+            id: &id,
+            attempt: 0,
+            method: "-",
+            url: "-",
+            status: "malformed",
+            response_ms: 0,
+            response_body: error,
+            outcome: "dead",
+            retry_in_ms: None,
+            request_id: None,
+        });
+        Settlement::Dead {
+            letter: Box::new(DeadLetter {
+                id,
+                reason: DeadReason::Malformed,
+                attempts: 0,
+                last_status: "malformed".into(),
+                method: None,
+                url: None,
+                detail: Some(error.to_string()),
+                dead_at: now,
+                job: None,
+                raw: Some(text),
+            }),
+        }
+    }
+}

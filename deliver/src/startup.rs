@@ -1,0 +1,119 @@
+//! The worker process, wired: the queue handle, one [`Deliverer`], one
+//! consumer per shard, the admin listener and the statistics flusher.
+//! `main` calls [`run`]; so do tests that want a whole worker in-process.
+
+use crate::config::Config;
+use crate::consumer::{self, Stopped};
+use crate::deliverer::Deliverer;
+use crate::delivery_log::DeliveryLog;
+use crate::metrics::Metrics;
+use common::queue::{Queue, QueueConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The deadline of every Redis command but a blocking take's wait.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(4);
+/// Connections deliver's pool may hold: one shared by a consumer's
+/// settler and housekeeping, one for each fetcher's blocking take, one for
+/// the statistics.
+const REDIS_POOL_SIZE: usize = 8;
+/// How long the last statistics flush may take at shutdown.
+const STATS_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    /// The queue handle could not be built (a `REDIS_URL` it cannot use).
+    #[error("redis: {0}")]
+    Redis(#[from] common::queue::QueueError),
+    /// The admin listener could not bind.
+    #[error("cannot listen on DELIVER_ADMIN_BIND {0}: {1}")]
+    Admin(std::net::SocketAddr, std::io::Error),
+}
+
+/// A unique id for this process: host, pid and a random suffix (a restarted
+/// process must never take over a predecessor's in-flight list while that
+/// list may still be in use).
+pub fn new_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    format!("{}-{}-{:04x}", host.trim(), std::process::id(), fastrand::u16(..))
+}
+
+/// The queue handle deliver uses.
+pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
+    Queue::new(&QueueConfig {
+        url: config.redis_url.clone(),
+        name: config.queue.clone(),
+        timeout: REDIS_TIMEOUT,
+        longest_block: consumer::BLOCK_WAIT,
+        pool_size: REDIS_POOL_SIZE,
+    })
+}
+
+/// Runs a worker until `shutdown` is cancelled, then stops gracefully.
+pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken) -> Result<Stopped, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let deliverer = Arc::new(Deliverer::new(config, log, metrics.clone())?);
+    let queue = queue(config)?;
+    let id = new_worker_id();
+    log::info!(
+        "deliver worker {id} started on queue {:?} (concurrency {}, timeout {} ms)",
+        config.queue,
+        config.concurrency,
+        config.timeout.as_millis()
+    );
+
+    let admin = crate::admin::bind(config.admin_bind)
+        .await
+        .map_err(|e| StartError::Admin(config.admin_bind, e))?;
+    log::info!(
+        "admin listening on {} (/metrics, /health, /stats)",
+        admin
+            .local_addr()
+            .map_err(|e| StartError::Admin(config.admin_bind, e))?
+    );
+    let admin = tokio::spawn(crate::admin::serve(
+        admin,
+        Arc::new(crate::admin::AdminState {
+            metrics: metrics.clone(),
+            queue: queue.clone(),
+            worker: id.clone(),
+        }),
+    ));
+    let stop_stats = CancellationToken::new();
+    let stats = tokio::spawn(crate::metrics::flush_stats(
+        metrics.clone(),
+        queue.handle(),
+        stop_stats.clone(),
+    ));
+
+    // Not spawned: the consumers' fetchers run on the caller's thread
+    // (main's), taking and handing out the next batch while the runtime's
+    // threads deliver.
+    let settings = consumer::Settings::of(config);
+    let consumers = queue
+        .workers(&id, config.heartbeat_ttl)
+        .into_iter()
+        .map(|shard| consumer::run(shard, deliverer.clone(), settings.clone(), shutdown.clone()));
+    let stopped = futures_util::future::join_all(consumers)
+        .await
+        .into_iter()
+        .fold(Stopped::default(), |all, one| Stopped {
+            cut_short: all.cut_short + one.cut_short,
+            returned: all.returned + one.returned,
+        });
+
+    stop_stats.cancel();
+    let _ = tokio::time::timeout(STATS_FLUSH_DEADLINE, stats).await;
+    admin.abort();
+    log::info!(
+        "stopped: {} deliveries cut short by the grace period, {} unsettled jobs returned to the queue",
+        stopped.cut_short,
+        stopped.returned
+    );
+    Ok(stopped)
+}
