@@ -1,0 +1,152 @@
+//! One delivery, in-process: `Deliverer::deliver_one` against a real sink,
+//! for each kind of answer and failure, with the settlement it decides and
+//! the delivery log line it writes. No Redis: a delivery does not touch the
+//! queue.
+
+use common::job::{Job, Method};
+use common::queue::Settlement;
+use common::testkit::{free_port, wait_blocking, Reply, Sink, TempDir, TestCa};
+use deliver::config::Config;
+use deliver::deliverer::Deliverer;
+use deliver::delivery_log::DeliveryLog;
+use deliver::metrics::Metrics;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A deliverer with a short timeout, no jitter and two retries, logging to
+/// a file in `dir`.
+fn deliverer(dir: &TempDir, extra: &[(&str, &str)]) -> (Deliverer, PathBuf) {
+    let mut env = vec![
+        ("DELIVER_TIMEOUT_MS", "500"),
+        ("DELIVER_RETRY_SCHEDULE", "5s,30s"),
+        ("DELIVER_RETRY_JITTER_PCT", "0"),
+        ("DELIVER_RETRY_AFTER_MAX_MS", "3600000"),
+    ];
+    env.extend_from_slice(extra);
+    let config = Config::from_source(env.as_slice()).expect("test settings are valid");
+    let path = dir.path().join("delivery.log");
+    let (log, _writer) = DeliveryLog::file(config.log_format, &path).expect("the log file opens");
+    let deliverer = Deliverer::new(&config, log, Arc::new(Metrics::new())).expect("the client builds");
+    (deliverer, path)
+}
+
+fn job(url: &str, attempt: u32) -> Job {
+    Job {
+        id: Job::new_id(),
+        method: Method::Get,
+        url: url.to_string(),
+        data: serde_json::value::to_raw_value(&serde_json::json!({"v": "a b"})).unwrap(),
+        attempt,
+        enqueued_at: common::now_ms(),
+        request_id: Some("req-1".into()),
+    }
+}
+
+/// The delivery log line of job `id`, once the writer has written it.
+fn log_line(path: &PathBuf, id: &str) -> String {
+    let mut found = String::new();
+    wait_blocking(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        match text.lines().find(|l| l.contains(id)) {
+            Some(line) => {
+                found = line.to_string();
+                true
+            }
+            None => false,
+        }
+    })
+    .expect("the attempt is logged");
+    found
+}
+
+/// What a settlement says, in one comparable word (and the delay or the
+/// dead reason).
+fn kind(settlement: &Settlement) -> String {
+    match settlement {
+        Settlement::Ack => "ack".into(),
+        Settlement::Retry { delay, next } => {
+            let next = Job::decode(next.as_bytes()).expect("the retry is a job");
+            format!("retry {}s attempt {}", delay.as_secs(), next.attempt)
+        }
+        Settlement::Park { host } => format!("park {host}"),
+        Settlement::Dead { letter } => format!("dead {}", letter.reason.as_str()),
+    }
+}
+
+fn by_path() -> common::testkit::Responder {
+    Arc::new(|req, _| match req.path_and_query.split('?').next().unwrap_or("") {
+        "/ok" => Reply::status(204),
+        "/redirect" => Reply::status(302).header("location", "http://127.0.0.1:1/elsewhere"),
+        "/missing" => Reply::status(404),
+        "/slow-client" => Reply::status(408),
+        "/busy" => Reply::status(429).header("retry-after", "120"),
+        "/broken" => Reply::status(500),
+        "/unavailable" => Reply::status(503),
+        "/hang" => Reply::hang(),
+        _ => Reply::status(400),
+    })
+}
+
+#[tokio::test]
+async fn each_answer_and_failure_settles_as_the_policy_says() {
+    let sink = Sink::start(by_path()).await;
+    let dir = TempDir::new("deliver-one");
+    let (deliverer, log) = deliverer(&dir, &[]);
+    let closed = format!("http://127.0.0.1:{}/x", free_port());
+    let cases: Vec<(String, u32, &str, &str)> = vec![
+        (sink.url("/ok?v={v}"), 1, "ack", "204"),
+        (sink.url("/redirect"), 1, "dead final_status", "302"),
+        (sink.url("/missing"), 1, "dead final_status", "404"),
+        (sink.url("/slow-client"), 1, "retry 5s attempt 2", "408"),
+        // Retry-After above the schedule's delay is honoured.
+        (sink.url("/busy"), 1, "retry 120s attempt 2", "429"),
+        (sink.url("/broken"), 2, "retry 30s attempt 3", "500"),
+        // The schedule has two retries: a third failure is the last.
+        (sink.url("/unavailable"), 3, "dead retries_exhausted", "503"),
+        (sink.url("/hang"), 1, "retry 5s attempt 2", "timeout"),
+        (closed, 1, "retry 5s attempt 2", "connect"),
+        ("http://no-such-host.invalid/x".into(), 1, "retry 5s attempt 2", "dns"),
+    ];
+    for (url, attempt, expected, status) in cases {
+        let job = job(&url, attempt);
+        let settlement = deliverer.deliver_one(&job).await;
+        assert_eq!(kind(&settlement), expected, "{url}");
+        let line = log_line(&log, &job.id);
+        assert!(line.contains(&format!(" status={status} ")), "{url}: {line}");
+        assert!(line.contains(" request_id=req-1"), "{line}");
+        if let Settlement::Dead { letter } = &settlement {
+            assert_eq!(letter.id, job.id);
+            assert_eq!(letter.attempts, attempt);
+            assert_eq!(letter.last_status, status);
+            assert!(letter.job.is_some(), "a dead letter keeps its job for replay");
+        }
+    }
+    // The placeholder was filled, percent-encoded.
+    let ok = sink
+        .received()
+        .into_iter()
+        .find(|r| r.path_and_query.starts_with("/ok"))
+        .unwrap();
+    assert_eq!(ok.path_and_query, "/ok?v=a%20b");
+    // Redirects are not followed: nothing reached the redirect's target.
+    assert!(sink.received().iter().all(|r| r.path_and_query != "/elsewhere"));
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_tls_failure_and_a_trusted_one_delivers() {
+    let ca = TestCa::new();
+    let sink = Sink::tls(&ca).await;
+    let dir = TempDir::new("deliver-one-tls");
+    let (untrusting, log) = deliverer(&dir, &[]);
+    let job1 = job(&sink.url("/x"), 1);
+    assert_eq!(kind(&untrusting.deliver_one(&job1).await), "retry 5s attempt 2");
+    assert!(log_line(&log, &job1.id).contains(" status=tls "));
+
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let trusted = TempDir::new("deliver-one-tls-trusted");
+    let (trusting, _) = deliverer(&trusted, &[("DELIVER_EXTRA_CA_FILE", ca_file.to_str().unwrap())]);
+    assert_eq!(kind(&trusting.deliver_one(&job(&sink.url("/x"), 1)).await), "ack");
+    assert_eq!(sink.count(), 1, "only the trusted attempt got through");
+}
