@@ -8,24 +8,85 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-/// The settings both services read, for their `--help`: variable,
-/// default, meaning.
-pub const SHARED_SETTINGS: &[(&str, &str, &str)] = &[
-    (
-        "REDIS_URL",
-        "redis://127.0.0.1:6379",
-        "Redis holding the queue (redis://[user:password@]host:port[/db])",
-    ),
-    ("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*"),
-];
+/// One setting, written once: its variable, its default (the value used
+/// when it is unset), how `--help` and the docs show that default when it
+/// is not a plain value, and what it means. Each binary lists its settings
+/// in one table of these; parsing, `--help` and the docs check
+/// (`settings_match_docs`) all read that table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The value used when it is unset; empty for "none".
+    pub default: &'static str,
+    /// How the default is shown when it is not a plain value (`none`,
+    /// `CPUs ÷ INGEST_PROCS`); empty to show `default` itself.
+    pub shown: &'static str,
+    /// What it means, in a few words.
+    pub meaning: &'static str,
+}
+
+impl Setting {
+    /// A setting whose default is shown as it is.
+    pub const fn new(var: &'static str, default: &'static str, meaning: &'static str) -> Self {
+        Setting {
+            var,
+            default,
+            shown: "",
+            meaning,
+        }
+    }
+
+    /// The same setting with its default shown as `shown`.
+    pub const fn shown_as(self, shown: &'static str) -> Self {
+        Setting { shown, ..self }
+    }
+
+    /// The default as `--help` and the docs show it.
+    pub fn shown_default(&self) -> &'static str {
+        match (self.shown, self.default) {
+            ("", "") => "none",
+            ("", default) => default,
+            (shown, _) => shown,
+        }
+    }
+
+    /// The value in `src` (even if empty: `DELIVER_RETRY_SCHEDULE=` means
+    /// no retries), or the default when unset; `None` when unset with no
+    /// default.
+    pub fn value(&self, src: &(impl Source + ?Sized)) -> Option<String> {
+        src.get(self.var)
+            .or_else(|| (!self.default.is_empty()).then(|| self.default.to_string()))
+    }
+}
+
+/// `REDIS_URL`.
+pub const REDIS_URL: Setting = Setting::new(
+    "REDIS_URL",
+    "redis://127.0.0.1:6379",
+    "Redis holding the queue (redis://[user:password@]host:port[/db] or redis+unix:///path?pass=P)",
+);
+/// `POSTBACK_QUEUE`.
+pub const POSTBACK_QUEUE: Setting = Setting::new("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*");
+/// `RUST_LOG`, read by env_logger.
+pub const RUST_LOG: Setting = Setting::new("RUST_LOG", "info", "log filter for operational messages (stderr)");
+
+/// The settings both services read.
+pub const SHARED_SETTINGS: &[Setting] = &[REDIS_URL, POSTBACK_QUEUE, RUST_LOG];
 
 /// A service's `--help`: `usage`, then every setting (the shared ones
 /// first, then `own`) with its default and meaning, then `notes`.
-pub fn help_text(usage: &str, own: &[(&str, &str, &str)], notes: &str) -> String {
+pub fn help_text(usage: &str, own: &[Setting], notes: &str) -> String {
     use std::fmt::Write as _;
     let mut help = format!("{usage}\n\nSettings (environment variables):\n");
-    for (var, default, meaning) in SHARED_SETTINGS.iter().chain(own) {
-        let _ = writeln!(help, "  {var:<28} default {default:<24} {meaning}");
+    for setting in SHARED_SETTINGS.iter().chain(own) {
+        let _ = writeln!(
+            help,
+            "  {:<28} default {:<24} {}",
+            setting.var,
+            setting.shown_default(),
+            setting.meaning
+        );
     }
     if !notes.is_empty() {
         let _ = write!(help, "\n{notes}\n");
@@ -33,13 +94,49 @@ pub fn help_text(usage: &str, own: &[(&str, &str, &str)], notes: &str) -> String
     help
 }
 
-/// Prints [`help_text`] on standard output; a closed pipe (`| head`) is
-/// not an error.
-pub fn print_help(usage: &str, own: &[(&str, &str, &str)], notes: &str) {
-    use std::io::Write as _;
-    let _ = std::io::stdout()
-        .lock()
-        .write_all(help_text(usage, own, notes).as_bytes());
+/// Starts env_logger with `RUST_LOG`'s default.
+pub fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(RUST_LOG.default)).init();
+}
+
+/// The rows of the settings table in `docs/CONFIGURATION.md` (`markdown`)
+/// whose service column is `service`: `(variable, default)`, backticks
+/// removed. For the `settings_match_docs` tests.
+pub fn documented_settings(markdown: &str, service: &str) -> Vec<(String, String)> {
+    markdown
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim().strip_prefix('|')?.split('|').map(str::trim).collect();
+            let var = cells.first()?.strip_prefix('`')?.strip_suffix('`')?;
+            let default = cells.get(1)?.replace('`', "");
+            (cells.get(2)? == &service).then(|| (var.to_string(), default))
+        })
+        .collect()
+}
+
+/// Checks a service's table against the docs: every setting documented
+/// with its default, and nothing documented for it that it does not read.
+/// Returns the differences, one line each.
+pub fn settings_differences(markdown: &str, service: &str, settings: &[Setting]) -> Vec<String> {
+    let documented = documented_settings(markdown, service);
+    let mut differences = Vec::new();
+    for setting in settings {
+        match documented.iter().find(|(var, _)| var == setting.var) {
+            None => differences.push(format!("{} is not documented for {service}", setting.var)),
+            Some((_, default)) if default != setting.shown_default() => differences.push(format!(
+                "{}: the docs say the default is {default:?}, the code {:?}",
+                setting.var,
+                setting.shown_default()
+            )),
+            Some(_) => {}
+        }
+    }
+    for (var, _) in &documented {
+        if !settings.iter().any(|s| s.var == var) {
+            differences.push(format!("{var} is documented for {service} but not read by it"));
+        }
+    }
+    differences
 }
 
 /// A setting that is present but unusable.
@@ -94,49 +191,68 @@ impl<const N: usize> Source for [(&str, &str); N] {
     }
 }
 
-/// Reads `var` as a string, or `default` when unset.
-pub fn string(src: &(impl Source + ?Sized), var: &str, default: &str) -> String {
-    src.get(var).unwrap_or_else(|| default.to_string())
+/// Reads a setting as a string: its value, or its default (empty when
+/// both are).
+pub fn string(src: &(impl Source + ?Sized), setting: &Setting) -> String {
+    setting.value(src).unwrap_or_default()
 }
 
-/// Reads `var` with `FromStr`; `what` describes the expected value in the
-/// error ("a whole number", "host:port").
-pub fn parsed<T: FromStr>(src: &(impl Source + ?Sized), var: &str, default: T, what: &str) -> Result<T, ConfigError> {
-    match src.get(var) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::new(var, &v, format!("expected {what}"))),
-    }
+/// Reads a setting with `FromStr`; `what` describes the expected value in
+/// the error ("a whole number", "host:port").
+pub fn parsed<T: FromStr>(src: &(impl Source + ?Sized), setting: &Setting, what: &str) -> Result<T, ConfigError> {
+    let value = string(src, setting);
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(setting.var, &value, format!("expected {what}")))
 }
 
 /// Reads a count that must be at least `min`.
-pub fn count(src: &(impl Source + ?Sized), var: &str, default: usize, min: usize) -> Result<usize, ConfigError> {
-    let n = parsed(src, var, default, "a whole number")?;
+pub fn count(src: &(impl Source + ?Sized), setting: &Setting, min: usize) -> Result<usize, ConfigError> {
+    at_least(setting, parsed(src, setting, "a whole number")?, min)
+}
+
+/// Reads a count with no fixed default (empty in the table): `computed`
+/// when unset.
+pub fn count_or(
+    src: &(impl Source + ?Sized),
+    setting: &Setting,
+    computed: usize,
+    min: usize,
+) -> Result<usize, ConfigError> {
+    match setting.value(src) {
+        None => Ok(computed),
+        Some(_) => count(src, setting, min),
+    }
+}
+
+fn at_least(setting: &Setting, n: usize, min: usize) -> Result<usize, ConfigError> {
     if n < min {
-        return Err(ConfigError::new(var, &n.to_string(), format!("must be at least {min}")));
+        return Err(ConfigError::new(
+            setting.var,
+            &n.to_string(),
+            format!("must be at least {min}"),
+        ));
     }
     Ok(n)
 }
 
-/// The default thread count of one of the `procs_var` processes of a
-/// service that share this machine (supervisord's `numprocs`): the CPUs
-/// divided among them, at least one. Measured on two cores: two deliver
-/// processes of one runtime thread each drained ~20 % more jobs per second
-/// than two of two threads, at ~18 % less CPU per job.
-pub fn threads_per_process(src: &(impl Source + ?Sized), procs_var: &str) -> Result<usize, ConfigError> {
+/// The default thread count of one of the `procs` processes of a service
+/// that share this machine (supervisord's `numprocs`): the CPUs divided
+/// among them, at least one. On two cores, two deliver processes of one
+/// runtime thread each drained faster, at less CPU per job, than two of two
+/// threads (docs/PERFORMANCE.md).
+pub fn threads_per_process(src: &(impl Source + ?Sized), procs: &Setting) -> Result<usize, ConfigError> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let procs = count(src, procs_var, 1, 1)?;
-    Ok((cpus / procs).max(1))
+    Ok((cpus / count(src, procs, 1)?).max(1))
 }
 
 /// Reads a duration given in milliseconds (`DELIVER_TIMEOUT_MS=2500`),
 /// which must be above zero.
-pub fn millis(src: &(impl Source + ?Sized), var: &str, default_ms: u64) -> Result<Duration, ConfigError> {
-    let ms = parsed(src, var, default_ms, "a whole number of milliseconds")?;
+pub fn millis(src: &(impl Source + ?Sized), setting: &Setting) -> Result<Duration, ConfigError> {
+    let ms: u64 = parsed(src, setting, "a whole number of milliseconds")?;
     if ms == 0 {
-        return Err(ConfigError::new(var, "0", "must be above zero"));
+        return Err(ConfigError::new(setting.var, "0", "must be above zero"));
     }
     Ok(Duration::from_millis(ms))
 }
@@ -162,21 +278,30 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Reads a comma-separated list of durations (`5s,30s,2m`).
-pub fn durations(src: &(impl Source + ?Sized), var: &str, default: &str) -> Result<Vec<Duration>, ConfigError> {
-    let value = string(src, var, default);
+pub fn durations(src: &(impl Source + ?Sized), setting: &Setting) -> Result<Vec<Duration>, ConfigError> {
+    let value = string(src, setting);
     if value.trim().is_empty() {
         return Ok(Vec::new());
     }
     value
         .split(',')
-        .map(|part| parse_duration(part).map_err(|problem| ConfigError::new(var, &value, problem)))
+        .map(|part| parse_duration(part).map_err(|problem| ConfigError::new(setting.var, &value, problem)))
         .collect()
+}
+
+/// Reads a yes/no setting (1/0, true/false, yes/no, on/off).
+pub fn flag(src: &(impl Source + ?Sized), setting: &Setting) -> Result<bool, ConfigError> {
+    match string(src, setting).to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(ConfigError::new(setting.var, other, "expected true or false")),
+    }
 }
 
 /// Checks a queue name: every Redis key of the queue embeds it inside a
 /// Redis Cluster hash tag, so it must not contain braces.
 pub fn queue_name(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
-    let name = string(src, "POSTBACK_QUEUE", "default");
+    let name = string(src, &POSTBACK_QUEUE);
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -184,7 +309,7 @@ pub fn queue_name(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
         return Err(ConfigError::new(
-            "POSTBACK_QUEUE",
+            POSTBACK_QUEUE.var,
             &name,
             "expected 1 to 64 characters from A-Z a-z 0-9 - _ .",
         ));
@@ -192,13 +317,13 @@ pub fn queue_name(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
     Ok(name)
 }
 
-/// Checks `REDIS_URL` (default `redis://127.0.0.1:6379`).
+/// Checks `REDIS_URL`.
 pub fn redis_url(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
-    let url = string(src, "REDIS_URL", "redis://127.0.0.1:6379");
+    let url = string(src, &REDIS_URL);
     use deadpool_redis::redis::IntoConnectionInfo;
     url.as_str()
         .into_connection_info()
-        .map_err(|e| ConfigError::new("REDIS_URL", &url, format!("not a Redis URL ({e})")))?;
+        .map_err(|e| ConfigError::new(REDIS_URL.var, &url, format!("not a Redis URL ({e})")))?;
     Ok(url)
 }
 
@@ -217,12 +342,18 @@ pub fn exit_on_error<T>(program: &str, result: Result<T, ConfigError>) -> T {
 mod tests {
     use super::*;
 
+    const SVC_X: Setting = Setting::new("SVC_X", "3", "how many");
+
     #[test]
     fn help_lists_every_setting_between_usage_and_notes() {
-        let help = help_text("svc: does things", &[("SVC_X", "3", "how many")], "Routes: /x");
+        let help = help_text("svc: does things", &[SVC_X], "Routes: /x");
         assert!(help.starts_with("svc: does things\n\nSettings (environment variables):\n"));
-        for (var, ..) in SHARED_SETTINGS {
-            assert!(help.contains(&format!("  {var} ")), "{var} missing:\n{help}");
+        for setting in SHARED_SETTINGS {
+            assert!(
+                help.contains(&format!("  {} ", setting.var)),
+                "{} missing:\n{help}",
+                setting.var
+            );
         }
         assert!(help.contains("  SVC_X "), "{help}");
         assert!(help.contains(" how many\n"), "{help}");
@@ -241,25 +372,70 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_value_names_the_variable() {
+    fn a_bad_value_names_the_variable_and_the_default_comes_from_the_table() {
+        const CONCURRENCY: Setting = Setting::new("DELIVER_CONCURRENCY", "256", "");
         let env = [("DELIVER_CONCURRENCY", "lots")];
-        let err = count(&env, "DELIVER_CONCURRENCY", 256, 1).unwrap_err();
+        let err = count(&env, &CONCURRENCY, 1).unwrap_err();
         assert_eq!(err.to_string(), "DELIVER_CONCURRENCY=\"lots\": expected a whole number");
         assert_eq!(
-            count(&[("X", "0")], "X", 1, 1).unwrap_err().problem,
+            count(&[("DELIVER_CONCURRENCY", "0")], &CONCURRENCY, 1)
+                .unwrap_err()
+                .problem,
             "must be at least 1"
         );
-        assert_eq!(count(&env, "OTHER", 256, 1), Ok(256));
+        assert_eq!(count(&[("OTHER", "1")], &CONCURRENCY, 1), Ok(256));
+        const THREADS: Setting = Setting::new("THREADS", "", "").shown_as("CPUs");
+        assert_eq!(count_or(&[("OTHER", "1")], &THREADS, 7, 1), Ok(7));
+        assert_eq!(count_or(&[("THREADS", "3")], &THREADS, 7, 1), Ok(3));
+        assert_eq!(THREADS.shown_default(), "CPUs");
+        assert_eq!(Setting::new("X", "", "").shown_default(), "none");
     }
 
     #[test]
     fn schedules_and_queue_names() {
+        const S: Setting = Setting::new("S", "", "");
         let env = [("S", "5s,30s,2m"), ("POSTBACK_QUEUE", "a{b}")];
-        assert_eq!(durations(&env, "S", "").unwrap().len(), 3);
-        assert!(durations(&[("S", "5s,x")], "S", "").is_err());
+        assert_eq!(durations(&env, &S).unwrap().len(), 3);
+        assert!(durations(&[("S", "5s,x")], &S).is_err());
         assert!(queue_name(&env).is_err());
         assert_eq!(queue_name(&[("POSTBACK_QUEUE", "clicks-eu")]).unwrap(), "clicks-eu");
         assert!(redis_url(&[("REDIS_URL", "nonsense://")]).is_err());
         assert!(redis_url(&[("REDIS_URL", "redis://:pw@127.0.0.1:6390/0")]).is_ok());
+    }
+
+    #[test]
+    fn the_docs_check_finds_a_missing_a_wrong_and_an_extra_row() {
+        let docs = "| setting | default | service | meaning |\n|---|---|---|---|\n\
+                    | `SVC_X` | `4` | svc | how many |\n| `SVC_OLD` | `1` | svc | gone |\n| `REDIS_URL` | x | both | |\n";
+        let differences = settings_differences(docs, "svc", &[SVC_X, Setting::new("SVC_Y", "", "")]);
+        assert_eq!(
+            differences,
+            [
+                "SVC_X: the docs say the default is \"4\", the code \"3\"",
+                "SVC_Y is not documented for svc",
+                "SVC_OLD is documented for svc but not read by it",
+            ]
+        );
+        assert!(settings_differences(
+            docs.replace("`4`", "3").as_str(),
+            "svc",
+            &[SVC_X, Setting::new("SVC_OLD", "1", "")]
+        )
+        .is_empty());
+    }
+}
+
+/// The shared settings are documented as the docs table says.
+#[cfg(test)]
+mod docs {
+    #[test]
+    fn settings_match_docs() {
+        let docs = include_str!("../../docs/CONFIGURATION.md");
+        let differences = super::settings_differences(docs, "both", super::SHARED_SETTINGS);
+        assert!(
+            differences.is_empty(),
+            "docs/CONFIGURATION.md and the code disagree:\n{}",
+            differences.join("\n")
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Deliver's settings, read once from the environment at start.
 
 use crate::cpu_policy::CpuPolicy;
-use common::config::{self, ConfigError, Source};
+use common::config::{self, ConfigError, Setting, Source};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,151 +65,114 @@ pub struct Config {
     pub cpu_policy: CpuPolicy,
 }
 
-/// The `--help` table of this service's own settings (besides
-/// [`config::SHARED_SETTINGS`]): variable, default, meaning.
-pub const SETTINGS: &[(&str, &str, &str)] = &[
-    ("DELIVER_CONCURRENCY", "256", "deliveries in flight at once"),
-    (
-        "DELIVER_THREADS",
-        "CPUs / DELIVER_PROCS",
-        "runtime threads of this process",
-    ),
-    (
-        "DELIVER_PROCS",
-        "1",
-        "deliver processes on this machine (divides the default of DELIVER_THREADS)",
-    ),
-    (
-        "DELIVER_PER_HOST_CONCURRENCY",
-        "32",
-        "deliveries in flight at once to one host:port",
-    ),
-    ("DELIVER_TIMEOUT_MS", "10000", "longest time for one outbound request"),
-    (
-        "DELIVER_UNMATCHED_DEFAULT",
-        "(empty)",
-        "value of a {key} missing from the data",
-    ),
-    ("DELIVER_LOG_FORMAT", "logfmt", "delivery log format: logfmt or json"),
-    (
-        "DELIVER_LOG_FILE",
-        "(stdout)",
-        "delivery log file, rotated at 200 MiB, 10 kept",
-    ),
-    ("DELIVER_LOG_BODY_MAX", "1024", "bytes of response body kept in the log"),
-    (
-        "DELIVER_EXTRA_CA_FILE",
-        "(none)",
-        "PEM file of CAs trusted besides the webpki roots",
-    ),
-    (
-        "DELIVER_RETRY_SCHEDULE",
-        "5s,30s,2m,10m,1h,6h",
-        "delays before attempts 2, 3, ... (ms, s, m, h, d)",
-    ),
-    (
-        "DELIVER_RETRY_JITTER_PCT",
-        "10",
-        "random spread of each retry delay, in percent",
-    ),
-    (
-        "DELIVER_RETRY_AFTER_MAX_MS",
-        "3600000",
-        "cap on an endpoint's Retry-After",
-    ),
-    (
-        "DELIVER_SHUTDOWN_GRACE_MS",
-        "10000",
-        "time for deliveries in flight after SIGTERM",
-    ),
-    (
-        "DELIVER_HEARTBEAT_MS",
-        "2000",
-        "how often the process marks itself alive",
-    ),
-    (
-        "DELIVER_HEARTBEAT_TTL_MS",
-        "10000",
-        "silence after which its jobs go back to the queue",
-    ),
-    ("DELIVER_POLL_MS", "250", "how often due retries return to the queue"),
-    ("DELIVER_BATCH", "64", "most jobs taken or settled per Redis round trip"),
-    (
-        "DELIVER_ADMIN_BIND",
-        "127.0.0.1:3001",
-        "admin listener: /metrics, /health, /stats",
-    ),
-    (
-        "DELIVER_INSTANCE",
-        "0",
-        "added to the admin port, so numbered processes each get one",
-    ),
-    (
-        "DELIVER_CPU_POLICY",
-        "batch",
-        "batch: run as SCHED_BATCH (yield to the request path); inherit: as started",
-    ),
-    ("RUST_LOG", "info", "log filter for operational messages (stderr)"),
-];
+macro_rules! settings {
+    ($($(#[$doc:meta])* $name:ident = $var:literal, $default:literal $(shown $shown:literal)?, $meaning:literal;)*) => {
+        $($(#[$doc])* pub const $name: Setting = Setting::new($var, $default, $meaning)$(.shown_as($shown))?;)*
+        /// Every setting of deliver besides [`config::SHARED_SETTINGS`],
+        /// in `--help` order.
+        pub const SETTINGS: &[Setting] = &[$($name),*];
+    };
+}
+
+settings! {
+    /// `DELIVER_CONCURRENCY`.
+    CONCURRENCY = "DELIVER_CONCURRENCY", "256", "deliveries in flight at once";
+    /// `DELIVER_THREADS`.
+    THREADS = "DELIVER_THREADS", "" shown "CPUs ÷ DELIVER_PROCS", "runtime threads of this process";
+    /// `DELIVER_PROCS`.
+    PROCS = "DELIVER_PROCS", "1", "deliver processes on this machine (divides the default of DELIVER_THREADS)";
+    /// `DELIVER_PER_HOST_CONCURRENCY`.
+    PER_HOST_CONCURRENCY = "DELIVER_PER_HOST_CONCURRENCY", "32", "deliveries in flight at once to one host:port";
+    /// `DELIVER_TIMEOUT_MS`.
+    TIMEOUT_MS = "DELIVER_TIMEOUT_MS", "10000", "longest time for one outbound request";
+    /// `DELIVER_UNMATCHED_DEFAULT`.
+    UNMATCHED_DEFAULT = "DELIVER_UNMATCHED_DEFAULT", "" shown "empty", "value of a {key} missing from the data";
+    /// `DELIVER_LOG_FORMAT`.
+    LOG_FORMAT = "DELIVER_LOG_FORMAT", "logfmt", "delivery log format: logfmt or json";
+    /// `DELIVER_LOG_FILE`.
+    LOG_FILE = "DELIVER_LOG_FILE", "" shown "stdout", "delivery log file, rotated at 200 MiB, 10 kept";
+    /// `DELIVER_LOG_BODY_MAX`.
+    LOG_BODY_MAX = "DELIVER_LOG_BODY_MAX", "1024", "bytes of response body kept in the log";
+    /// `DELIVER_EXTRA_CA_FILE`.
+    EXTRA_CA_FILE = "DELIVER_EXTRA_CA_FILE", "", "PEM file of CAs trusted besides the webpki roots";
+    /// `DELIVER_RETRY_SCHEDULE`.
+    RETRY_SCHEDULE = "DELIVER_RETRY_SCHEDULE", "5s,30s,2m,10m,1h,6h", "delays before attempts 2, 3, ... (ms, s, m, h, d; empty: no retries)";
+    /// `DELIVER_RETRY_JITTER_PCT`.
+    RETRY_JITTER_PCT = "DELIVER_RETRY_JITTER_PCT", "10", "random spread of each retry delay, in percent";
+    /// `DELIVER_RETRY_AFTER_MAX_MS`.
+    RETRY_AFTER_MAX_MS = "DELIVER_RETRY_AFTER_MAX_MS", "3600000", "cap on an endpoint's Retry-After";
+    /// `DELIVER_SHUTDOWN_GRACE_MS`.
+    SHUTDOWN_GRACE_MS = "DELIVER_SHUTDOWN_GRACE_MS", "10000", "time for deliveries in flight after SIGTERM";
+    /// `DELIVER_HEARTBEAT_MS`.
+    HEARTBEAT_MS = "DELIVER_HEARTBEAT_MS", "2000", "how often the process marks itself alive";
+    /// `DELIVER_HEARTBEAT_TTL_MS`.
+    HEARTBEAT_TTL_MS = "DELIVER_HEARTBEAT_TTL_MS", "10000", "silence after which its jobs go back to the queue";
+    /// `DELIVER_POLL_MS`.
+    POLL_MS = "DELIVER_POLL_MS", "250", "how often due retries return to the queue";
+    /// `DELIVER_BATCH`.
+    BATCH = "DELIVER_BATCH", "64", "most jobs taken or settled per Redis round trip";
+    /// `DELIVER_ADMIN_BIND`.
+    ADMIN_BIND = "DELIVER_ADMIN_BIND", "127.0.0.1:3001", "admin listener: /metrics, /health, /stats";
+    /// `DELIVER_INSTANCE`.
+    INSTANCE = "DELIVER_INSTANCE", "0", "added to the admin port, so numbered processes each get one";
+    /// `DELIVER_CPU_POLICY`.
+    CPU_POLICY = "DELIVER_CPU_POLICY", "batch", "batch: run as SCHED_BATCH (yield to the request path); inherit: as started";
+}
 
 impl Config {
     /// Reads and checks every setting.
     pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Config, ConfigError> {
-        let log_format = match config::string(src, "DELIVER_LOG_FORMAT", "logfmt").as_str() {
+        let log_format = match config::string(src, &LOG_FORMAT).as_str() {
             "logfmt" => LogFormat::Logfmt,
             "json" => LogFormat::Json,
-            other => return Err(ConfigError::new("DELIVER_LOG_FORMAT", other, "expected logfmt or json")),
+            other => return Err(ConfigError::new(LOG_FORMAT.var, other, "expected logfmt or json")),
         };
-        let cpu_policy = match config::string(src, "DELIVER_CPU_POLICY", "batch").as_str() {
+        let cpu_policy = match config::string(src, &CPU_POLICY).as_str() {
             "batch" => CpuPolicy::Batch,
             "inherit" => CpuPolicy::Inherit,
-            other => {
-                return Err(ConfigError::new(
-                    "DELIVER_CPU_POLICY",
-                    other,
-                    "expected batch or inherit",
-                ))
-            }
+            other => return Err(ConfigError::new(CPU_POLICY.var, other, "expected batch or inherit")),
         };
-        let extra_ca_file = src
-            .get("DELIVER_EXTRA_CA_FILE")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
+        let path = |setting: &Setting| {
+            Some(config::string(src, setting))
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        };
+        let extra_ca_file = path(&EXTRA_CA_FILE);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
                 return Err(ConfigError::new(
-                    "DELIVER_EXTRA_CA_FILE",
+                    EXTRA_CA_FILE.var,
                     &path.display().to_string(),
                     "no such file",
                 ));
             }
         }
-        let heartbeat_every = config::millis(src, "DELIVER_HEARTBEAT_MS", 2_000)?;
-        let heartbeat_ttl = config::millis(src, "DELIVER_HEARTBEAT_TTL_MS", 10_000)?;
+        let heartbeat_every = config::millis(src, &HEARTBEAT_MS)?;
+        let heartbeat_ttl = config::millis(src, &HEARTBEAT_TTL_MS)?;
         if heartbeat_ttl < heartbeat_every * 2 {
             return Err(ConfigError::new(
-                "DELIVER_HEARTBEAT_TTL_MS",
+                HEARTBEAT_TTL_MS.var,
                 &heartbeat_ttl.as_millis().to_string(),
                 "must be at least twice DELIVER_HEARTBEAT_MS, or a live process could be presumed dead",
             ));
         }
-        let retry_jitter_pct = config::parsed(src, "DELIVER_RETRY_JITTER_PCT", 10u32, "a whole percentage")?;
+        let retry_jitter_pct: u32 = config::parsed(src, &RETRY_JITTER_PCT, "a whole percentage")?;
         if retry_jitter_pct > 100 {
             return Err(ConfigError::new(
-                "DELIVER_RETRY_JITTER_PCT",
+                RETRY_JITTER_PCT.var,
                 &retry_jitter_pct.to_string(),
                 "must be 0 to 100",
             ));
         }
-        let admin = config::string(src, "DELIVER_ADMIN_BIND", "127.0.0.1:3001");
+        let admin = config::string(src, &ADMIN_BIND);
         let mut admin_bind: std::net::SocketAddr = admin
             .parse()
-            .map_err(|_| ConfigError::new("DELIVER_ADMIN_BIND", &admin, "expected ip:port, e.g. 127.0.0.1:3001"))?;
-        let instance: u16 = config::parsed(src, "DELIVER_INSTANCE", 0, "a small whole number")?;
+            .map_err(|_| ConfigError::new(ADMIN_BIND.var, &admin, "expected ip:port, e.g. 127.0.0.1:3001"))?;
+        let instance: u16 = config::parsed(src, &INSTANCE, "a small whole number")?;
         if admin_bind.port() != 0 {
             let port = admin_bind.port().checked_add(instance).ok_or_else(|| {
                 ConfigError::new(
-                    "DELIVER_INSTANCE",
+                    INSTANCE.var,
                     &instance.to_string(),
                     "makes the admin port larger than 65535",
                 )
@@ -221,28 +184,23 @@ impl Config {
             cpu_policy,
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
-            concurrency: config::count(src, "DELIVER_CONCURRENCY", 256, 1)?,
-            threads: config::count(
-                src,
-                "DELIVER_THREADS",
-                config::threads_per_process(src, "DELIVER_PROCS")?,
-                1,
-            )?,
-            per_host_concurrency: config::count(src, "DELIVER_PER_HOST_CONCURRENCY", 32, 1)?,
-            timeout: config::millis(src, "DELIVER_TIMEOUT_MS", 10_000)?,
-            unmatched_default: config::string(src, "DELIVER_UNMATCHED_DEFAULT", ""),
+            concurrency: config::count(src, &CONCURRENCY, 1)?,
+            threads: config::count_or(src, &THREADS, config::threads_per_process(src, &PROCS)?, 1)?,
+            per_host_concurrency: config::count(src, &PER_HOST_CONCURRENCY, 1)?,
+            timeout: config::millis(src, &TIMEOUT_MS)?,
+            unmatched_default: config::string(src, &UNMATCHED_DEFAULT),
             log_format,
-            log_file: src.get("DELIVER_LOG_FILE").filter(|p| !p.is_empty()).map(PathBuf::from),
-            log_body_max: config::parsed(src, "DELIVER_LOG_BODY_MAX", 1024, "a whole number of bytes")?,
+            log_file: path(&LOG_FILE),
+            log_body_max: config::parsed(src, &LOG_BODY_MAX, "a whole number of bytes")?,
             extra_ca_file,
-            retry_schedule: config::durations(src, "DELIVER_RETRY_SCHEDULE", "5s,30s,2m,10m,1h,6h")?,
+            retry_schedule: config::durations(src, &RETRY_SCHEDULE)?,
             retry_jitter_pct,
-            retry_after_max: config::millis(src, "DELIVER_RETRY_AFTER_MAX_MS", 3_600_000)?,
-            shutdown_grace: config::millis(src, "DELIVER_SHUTDOWN_GRACE_MS", 10_000)?,
+            retry_after_max: config::millis(src, &RETRY_AFTER_MAX_MS)?,
+            shutdown_grace: config::millis(src, &SHUTDOWN_GRACE_MS)?,
             heartbeat_every,
             heartbeat_ttl,
-            poll_every: config::millis(src, "DELIVER_POLL_MS", 250)?,
-            batch: config::count(src, "DELIVER_BATCH", 64, 1)?.min(common::queue::MAX_BATCH),
+            poll_every: config::millis(src, &POLL_MS)?,
+            batch: config::count(src, &BATCH, 1)?.min(common::queue::MAX_BATCH),
         })
     }
 }
@@ -279,6 +237,17 @@ mod tests {
         assert_eq!(threads(&[("DELIVER_PROCS", "2"), ("DELIVER_THREADS", "3")]), 3);
         let err = Config::from_source(&[("DELIVER_PROCS", "0")]).unwrap_err();
         assert_eq!(err.var, "DELIVER_PROCS");
+    }
+
+    #[test]
+    fn settings_match_docs() {
+        let docs = include_str!("../../docs/CONFIGURATION.md");
+        let differences = config::settings_differences(docs, "deliver", SETTINGS);
+        assert!(
+            differences.is_empty(),
+            "docs/CONFIGURATION.md and deliver's settings disagree:\n{}",
+            differences.join("\n")
+        );
     }
 
     #[test]

@@ -11,51 +11,26 @@ use common::line_log::rfc3339_millis;
 use common::queue::Queue;
 use std::io::Write;
 
-/// A parsed `deliver dead` command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A `deliver dead` command (parsed by clap, which makes its help).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum DeadCommand {
-    /// List the newest `limit` letters (0: all).
+    /// List dead letters, newest first.
     List {
-        /// How many at most.
+        /// How many at most (0: all).
+        #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Requeue every letter, or those with the given ids.
+    /// Requeue dead letters with a fresh attempt count.
     Replay {
-        /// Job ids to replay; empty with `all`.
+        /// Job ids to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         ids: Vec<String>,
-        /// Replay every letter.
+        /// Replay every dead letter.
+        #[arg(long)]
         all: bool,
     },
-    /// Empty the list.
+    /// Empty the dead-letter list.
     Purge,
-}
-
-/// Usage text of `deliver dead`.
-pub const USAGE: &str =
-    "usage: deliver dead list [--limit N] | deliver dead replay (--all | ID...) | deliver dead purge";
-
-/// Parses the words after `deliver dead`.
-pub fn parse(args: &[String]) -> Result<DeadCommand, String> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        ["list"] => Ok(DeadCommand::List { limit: 100 }),
-        ["list", "--limit", n] => n
-            .parse()
-            .map(|limit| DeadCommand::List { limit })
-            .map_err(|_| format!("--limit takes a whole number, not {n:?}\n{USAGE}")),
-        ["replay", "--all"] => Ok(DeadCommand::Replay {
-            ids: Vec::new(),
-            all: true,
-        }),
-        ["replay", ids @ ..] if !ids.is_empty() && !ids.iter().any(|id| id.starts_with('-')) => {
-            Ok(DeadCommand::Replay {
-                ids: ids.iter().map(|s| s.to_string()).collect(),
-                all: false,
-            })
-        }
-        ["purge"] => Ok(DeadCommand::Purge),
-        _ => Err(USAGE.to_string()),
-    }
 }
 
 /// Runs `command` against `queue`, writing its report to `out`.
@@ -135,29 +110,43 @@ pub fn list_line(letter: &DeadLetter) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn words(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_string).collect()
+    #[derive(Parser)]
+    struct Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    }
+
+    fn parse(line: &str) -> Result<DeadCommand, clap::Error> {
+        Dead::try_parse_from(std::iter::once("dead").chain(line.split_whitespace())).map(|d| d.command)
     }
 
     #[test]
     fn commands_parse() {
-        assert_eq!(parse(&words("list")), Ok(DeadCommand::List { limit: 100 }));
-        assert_eq!(parse(&words("list --limit 5")), Ok(DeadCommand::List { limit: 5 }));
+        assert_eq!(parse("list").unwrap(), DeadCommand::List { limit: 100 });
+        assert_eq!(parse("list --limit 5").unwrap(), DeadCommand::List { limit: 5 });
         assert_eq!(
-            parse(&words("replay --all")),
-            Ok(DeadCommand::Replay { ids: vec![], all: true })
+            parse("replay --all").unwrap(),
+            DeadCommand::Replay { ids: vec![], all: true }
         );
         assert_eq!(
-            parse(&words("replay a b")),
-            Ok(DeadCommand::Replay {
+            parse("replay a b").unwrap(),
+            DeadCommand::Replay {
                 ids: vec!["a".into(), "b".into()],
                 all: false
-            })
+            }
         );
-        assert_eq!(parse(&words("purge")), Ok(DeadCommand::Purge));
-        for bad in ["", "replay", "list --limit x", "replay --bogus", "drop"] {
-            assert!(parse(&words(bad)).is_err(), "{bad}");
+        assert_eq!(parse("purge").unwrap(), DeadCommand::Purge);
+        for bad in [
+            "",
+            "replay",
+            "list --limit x",
+            "replay --bogus",
+            "drop",
+            "replay --all a",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
         }
     }
 }

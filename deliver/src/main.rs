@@ -1,30 +1,41 @@
 //! The `deliver` binary: the worker (no arguments) or the dead-letter
 //! commands (`deliver dead ...`).
 
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use deliver::config::{Config, SETTINGS};
+use deliver::dead::DeadCommand;
 use deliver::delivery_log::DeliveryLog;
 use deliver::{cpu_policy, dead, startup};
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "deliver: takes postback jobs from Redis and makes their HTTP requests.
+/// deliver: takes postback jobs from Redis and makes their HTTP requests.
+///
+/// With no command, runs the worker until SIGTERM or SIGINT. Delivery log:
+/// one line per attempt on stdout (or DELIVER_LOG_FILE); operational
+/// messages on stderr.
+#[derive(Parser)]
+#[command(name = "deliver", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-Usage:
-  deliver                      run the worker until SIGTERM or SIGINT
-  deliver dead list [--limit N]   list dead letters, newest first (default 100, 0 = all)
-  deliver dead replay (--all | ID...)   requeue dead letters with a fresh attempt count
-  deliver dead purge              empty the dead-letter list
-
-Delivery log: one line per attempt on stdout (or DELIVER_LOG_FILE); operational messages on stderr.";
+#[derive(Subcommand)]
+enum Command {
+    /// The dead-letter list: list, replay, purge.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        common::config::print_help(USAGE, SETTINGS, "");
-        return;
-    }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let help = common::config::help_text("", SETTINGS, "");
+    let matches = Cli::command().after_help(help.trim_start().to_string()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    common::config::init_logging();
     let config = common::config::exit_on_error("deliver", Config::from_source(&common::config::Env));
-    if args.is_empty() {
+    if cli.command.is_none() {
         // Before the runtime starts its threads, so they all inherit it.
         match cpu_policy::apply(config.cpu_policy) {
             Ok(()) => log::info!("cpu policy: {}", config.cpu_policy.as_str()),
@@ -45,28 +56,18 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match args.first().map(String::as_str) {
+    let code = match cli.command {
         None => runtime.block_on(run_worker(config)),
-        Some("dead") => match dead::parse(&args[1..]) {
-            Ok(command) => {
-                let mut out = std::io::stdout().lock();
-                let result = startup::queue(&config).map_err(|e| e.to_string());
-                match result.and_then(|queue| runtime.block_on(dead::run(&command, &queue, &mut out))) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("deliver dead: {e}");
-                        1
-                    }
+        Some(Command::Dead { command }) => {
+            let mut out = std::io::stdout().lock();
+            let result = startup::queue(&config).map_err(|e| e.to_string());
+            match result.and_then(|queue| runtime.block_on(dead::run(&command, &queue, &mut out))) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("deliver dead: {e}");
+                    1
                 }
             }
-            Err(usage) => {
-                eprintln!("{usage}");
-                2
-            }
-        },
-        Some(other) => {
-            eprintln!("deliver: unknown command {other:?}; see deliver --help");
-            2
         }
     };
     std::process::exit(code);

@@ -1,6 +1,6 @@
 //! Ingest's settings, read once from the environment at start.
 
-use common::config::{self, ConfigError, Source};
+use common::config::{self, ConfigError, Setting, Source};
 use std::time::Duration;
 
 /// Where ingest's access log goes.
@@ -50,89 +50,113 @@ pub struct Config {
     pub access_log: AccessLog,
 }
 
-/// The `--help` table of this service's own settings (besides
-/// [`config::SHARED_SETTINGS`]): variable, default, meaning.
-pub const SETTINGS: &[(&str, &str, &str)] = &[
-    ("INGEST_BIND", "127.0.0.1:3000", "address to listen on"),
-    (
-        "INGEST_REUSEPORT",
-        "false",
-        "share the port with other ingest processes (SO_REUSEPORT)",
-    ),
-    (
-        "INGEST_SOCKET",
-        "(none)",
-        "also listen on this Unix socket path (nginx uses it)",
-    ),
-    ("INGEST_WORKERS", "CPUs / INGEST_PROCS", "HTTP worker threads"),
-    (
-        "INGEST_PROCS",
-        "1",
-        "ingest processes on this machine (divides the default of INGEST_WORKERS)",
-    ),
-    ("INGEST_MAX_BODY_BYTES", "1048576", "largest request body (413 above)"),
-    ("INGEST_MAX_ITEMS", "10000", "most items in `data` (413 above)"),
-    (
-        "INGEST_MAX_QUEUE",
-        "10000000",
-        "ready jobs above which requests get 503",
-    ),
-    ("INGEST_REDIS_TIMEOUT_MS", "2000", "longest wait for Redis before a 503"),
-    ("INGEST_REDIS_POOL", "16", "Redis connections"),
-    (
-        "INGEST_SHUTDOWN_GRACE_MS",
-        "10000",
-        "time for requests in flight after SIGTERM",
-    ),
-    (
-        "INGEST_ACCESS_LOG",
-        "stdout",
-        "one line per request: stdout, off, or a file (rotated at 200 MiB)",
-    ),
-    ("RUST_LOG", "info", "log filter (error, warn, info, debug)"),
+/// `INGEST_BIND`.
+pub const BIND: Setting = Setting::new("INGEST_BIND", "127.0.0.1:3000", "address to listen on");
+/// `INGEST_REUSEPORT`.
+pub const REUSEPORT: Setting = Setting::new(
+    "INGEST_REUSEPORT",
+    "false",
+    "share the port with other ingest processes (SO_REUSEPORT)",
+);
+/// `INGEST_SOCKET`.
+pub const SOCKET: Setting = Setting::new(
+    "INGEST_SOCKET",
+    "",
+    "also listen on this Unix socket path (nginx uses it)",
+);
+/// `INGEST_WORKERS`.
+pub const WORKERS: Setting = Setting::new("INGEST_WORKERS", "", "HTTP worker threads").shown_as("CPUs ÷ INGEST_PROCS");
+/// `INGEST_PROCS`.
+pub const PROCS: Setting = Setting::new(
+    "INGEST_PROCS",
+    "1",
+    "ingest processes on this machine (divides the default of INGEST_WORKERS)",
+);
+/// `INGEST_MAX_BODY_BYTES`.
+pub const MAX_BODY_BYTES: Setting =
+    Setting::new("INGEST_MAX_BODY_BYTES", "1048576", "largest request body (413 above)");
+/// `INGEST_MAX_ITEMS`.
+pub const MAX_ITEMS: Setting = Setting::new("INGEST_MAX_ITEMS", "10000", "most items in `data` (413 above)");
+/// `INGEST_MAX_QUEUE`.
+pub const MAX_QUEUE: Setting = Setting::new(
+    "INGEST_MAX_QUEUE",
+    "10000000",
+    "ready jobs above which requests get 503",
+);
+/// `INGEST_REDIS_TIMEOUT_MS`.
+pub const REDIS_TIMEOUT_MS: Setting =
+    Setting::new("INGEST_REDIS_TIMEOUT_MS", "2000", "longest wait for Redis before a 503");
+/// `INGEST_REDIS_POOL`.
+pub const REDIS_POOL: Setting = Setting::new("INGEST_REDIS_POOL", "16", "Redis connections");
+/// `INGEST_SHUTDOWN_GRACE_MS`.
+pub const SHUTDOWN_GRACE_MS: Setting = Setting::new(
+    "INGEST_SHUTDOWN_GRACE_MS",
+    "10000",
+    "time for requests in flight after SIGTERM",
+);
+/// `INGEST_ACCESS_LOG`.
+pub const ACCESS_LOG: Setting = Setting::new(
+    "INGEST_ACCESS_LOG",
+    "stdout",
+    "one line per request: stdout, off, or a file (rotated at 200 MiB)",
+);
+
+/// The smallest body limit that still fits a request of one item.
+const MAX_BODY_BYTES_MIN: usize = 64;
+
+/// Every setting of ingest besides [`config::SHARED_SETTINGS`], in
+/// `--help` order.
+pub const SETTINGS: &[Setting] = &[
+    BIND,
+    REUSEPORT,
+    SOCKET,
+    WORKERS,
+    PROCS,
+    MAX_BODY_BYTES,
+    MAX_ITEMS,
+    MAX_QUEUE,
+    REDIS_TIMEOUT_MS,
+    REDIS_POOL,
+    SHUTDOWN_GRACE_MS,
+    ACCESS_LOG,
 ];
 
 impl Config {
     /// Reads and checks every setting.
     pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Config, ConfigError> {
-        let bind = config::string(src, "INGEST_BIND", "127.0.0.1:3000");
+        let bind = config::string(src, &BIND);
         bind.parse::<std::net::SocketAddr>()
-            .map_err(|_| ConfigError::new("INGEST_BIND", &bind, "expected ip:port, e.g. 127.0.0.1:3000"))?;
+            .map_err(|_| ConfigError::new(BIND.var, &bind, "expected ip:port, e.g. 127.0.0.1:3000"))?;
         Ok(Config {
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
             bind,
-            reuse_port: flag(src, "INGEST_REUSEPORT")?,
-            socket: match config::string(src, "INGEST_SOCKET", "").as_str() {
+            reuse_port: config::flag(src, &REUSEPORT)?,
+            socket: match config::string(src, &SOCKET).as_str() {
                 "" => None,
                 path if path.starts_with('/') => Some(path.into()),
                 other => {
                     return Err(ConfigError::new(
-                        "INGEST_SOCKET",
+                        SOCKET.var,
                         other,
                         "expected an absolute path, e.g. /run/postback/ingest/ingest_00.sock",
                     ))
                 }
             },
-            workers: config::count(
-                src,
-                "INGEST_WORKERS",
-                config::threads_per_process(src, "INGEST_PROCS")?,
-                1,
-            )?,
-            max_body_bytes: config::count(src, "INGEST_MAX_BODY_BYTES", 1 << 20, 64)?,
-            max_items: config::count(src, "INGEST_MAX_ITEMS", 10_000, 1)?,
-            max_queue: config::parsed(src, "INGEST_MAX_QUEUE", 10_000_000, "a whole number")?,
-            redis_timeout: config::millis(src, "INGEST_REDIS_TIMEOUT_MS", 2_000)?,
-            redis_pool: config::count(src, "INGEST_REDIS_POOL", 16, 1)?,
-            shutdown_grace: config::millis(src, "INGEST_SHUTDOWN_GRACE_MS", 10_000)?,
-            access_log: match config::string(src, "INGEST_ACCESS_LOG", "stdout").as_str() {
+            workers: config::count_or(src, &WORKERS, config::threads_per_process(src, &PROCS)?, 1)?,
+            max_body_bytes: config::count(src, &MAX_BODY_BYTES, MAX_BODY_BYTES_MIN)?,
+            max_items: config::count(src, &MAX_ITEMS, 1)?,
+            max_queue: config::parsed(src, &MAX_QUEUE, "a whole number")?,
+            redis_timeout: config::millis(src, &REDIS_TIMEOUT_MS)?,
+            redis_pool: config::count(src, &REDIS_POOL, 1)?,
+            shutdown_grace: config::millis(src, &SHUTDOWN_GRACE_MS)?,
+            access_log: match config::string(src, &ACCESS_LOG).as_str() {
                 "stdout" => AccessLog::Stdout,
                 "off" => AccessLog::Off,
                 path if path.starts_with('/') => AccessLog::File(path.into()),
                 other => {
                     return Err(ConfigError::new(
-                        "INGEST_ACCESS_LOG",
+                        ACCESS_LOG.var,
                         other,
                         "expected stdout, off, or an absolute file path",
                     ))
@@ -142,11 +166,26 @@ impl Config {
     }
 }
 
-/// Reads a yes/no setting (1/0, true/false, yes/no), default no.
-fn flag(src: &(impl Source + ?Sized), var: &str) -> Result<bool, ConfigError> {
-    match config::string(src, var, "false").to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        other => Err(ConfigError::new(var, other, "expected true or false")),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_source(&[] as &[(&str, &str)]).unwrap();
+        assert_eq!(config.max_body_bytes, 1 << 20);
+        assert_eq!(config.access_log, AccessLog::Stdout);
+        assert_eq!(config.socket, None);
+    }
+
+    #[test]
+    fn settings_match_docs() {
+        let docs = include_str!("../../docs/CONFIGURATION.md");
+        let differences = config::settings_differences(docs, "ingest", SETTINGS);
+        assert!(
+            differences.is_empty(),
+            "docs/CONFIGURATION.md and ingest's settings disagree:\n{}",
+            differences.join("\n")
+        );
     }
 }

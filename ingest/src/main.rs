@@ -1,23 +1,20 @@
 //! The `ingest` binary: reads its configuration, then serves.
 
+use clap::{CommandFactory, FromArgMatches, Parser};
 use ingest::config::{Config, SETTINGS};
 use ingest::startup::Application;
 
-const USAGE: &str = "ingest: accepts postback requests over HTTP and queues one job per data item on Redis.
-
-Usage: ingest [--help]";
+/// ingest: accepts postback requests over HTTP and queues one job per data
+/// item on Redis.
+#[derive(Parser)]
+#[command(name = "ingest", version)]
+struct Cli {}
 
 fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        common::config::print_help(USAGE, SETTINGS, &ingest::routes::help_line());
-        return Ok(());
-    }
-    if let Some(arg) = args.first() {
-        eprintln!("ingest: unknown argument {arg:?}; see ingest --help");
-        std::process::exit(2);
-    }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let help = common::config::help_text("", SETTINGS, &ingest::routes::help_line());
+    let matches = Cli::command().after_help(help.trim_start().to_string()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    common::config::init_logging();
     let config = common::config::exit_on_error("ingest", Config::from_source(&common::config::Env));
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config)?;

@@ -452,3 +452,34 @@ async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists(), "the socket file is removed at exit");
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_lists_every_setting_and_route() {
+    let run = |arg: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .arg(arg)
+            .output()
+            .unwrap()
+    };
+    let version = run("--version");
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("ingest {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = run("--help");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for setting in common::config::SHARED_SETTINGS.iter().chain(ingest::config::SETTINGS) {
+        let line = help
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(setting.var))
+            .unwrap_or_else(|| panic!("{} missing from ingest --help:\n{help}", setting.var));
+        assert!(line.contains(setting.shown_default()), "{line}");
+    }
+    for (path, _) in ingest::routes::ROUTES {
+        assert!(help.contains(path), "{path} missing from ingest --help:\n{help}");
+    }
+    let bad = run("--bogus");
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -77,6 +77,12 @@ sockets_reachable() {
 
 # stack_render : renders every config from the templates and postback.env.
 # Monitoring (collectd, InfluxDB) is rendered when postback.env says
+# env_default VAR : VAR's value in the env template, for a postback.env
+# written before VAR existed. Defaults are written once, there.
+env_default() {
+  sed -n "s/^$1=//p" "$STACK_REPO/supervisor.templates/postback.env.template" | tr -d "\"'"
+}
+
 # POSTBACK_MONITORING=1 or the caller sets POSTBACK_MONITORING_FLAG=1.
 stack_render() {
   : "${POSTBACK_NGINX_USER:=www-data}" "${POSTBACK_USER:=$(id -un)}" "${POSTBACK_REDIS_USER:=$(id -un)}"
@@ -91,17 +97,17 @@ stack_render() {
     set +a
     [ -n "${POSTBACK_HTTP_PORT_OVERRIDE:-}" ] && POSTBACK_HTTP_LISTEN=127.0.0.1:$POSTBACK_HTTP_PORT_OVERRIDE
     export POSTBACK_HTTP_LISTEN
-    NGINX_MAX_BODY=$(( ${INGEST_MAX_BODY_BYTES:-1048576} ))
+    NGINX_MAX_BODY=$(( ${INGEST_MAX_BODY_BYTES:-$(env_default INGEST_MAX_BODY_BYTES)} ))
     # supervisord must wait longer than deliver's own grace period.
-    SUPERVISOR_STOPWAITSECS=$(( ${DELIVER_SHUTDOWN_GRACE_MS:-10000} / 1000 + 10 ))
+    SUPERVISOR_STOPWAITSECS=$(( ${DELIVER_SHUTDOWN_GRACE_MS:-$(env_default DELIVER_SHUTDOWN_GRACE_MS)} / 1000 + 10 ))
     NGINX_ADMIN_RULES=""
     local addr
-    for addr in ${POSTBACK_ADMIN_ALLOW:-}; do
+    for addr in ${POSTBACK_ADMIN_ALLOW-$(env_default POSTBACK_ADMIN_ALLOW)}; do
       NGINX_ADMIN_RULES+="        allow $addr;"$'\n'
     done
     export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES
     # postback.env files written before this setting existed do not have it.
-    export REDIS_AOF_REWRITE_MIN_SIZE=${REDIS_AOF_REWRITE_MIN_SIZE:-1gb}
+    export REDIS_AOF_REWRITE_MIN_SIZE=${REDIS_AOF_REWRITE_MIN_SIZE:-$(env_default REDIS_AOF_REWRITE_MIN_SIZE)}
     # Redis also listens on a Unix socket, for ingest and deliver. Mode 777
     # opens it as the loopback port is open: to local users, who must still
     # give the password.
@@ -116,21 +122,21 @@ stack_render() {
     INGEST_SOCKET_DIR=$POSTBACK_RUN_DIR/ingest
     NGINX_INGEST_SERVERS=""
     if sockets_reachable "$INGEST_SOCKET_DIR" "$POSTBACK_NGINX_USER"; then
-      for ((n = 0; n < ${INGEST_PROCS:-1}; n++)); do
+      for ((n = 0; n < ${INGEST_PROCS:-$(env_default INGEST_PROCS)}; n++)); do
         NGINX_INGEST_SERVERS+="    server unix:$INGEST_SOCKET_DIR/ingest_$(printf %02d "$n").sock;"$'\n'
       done
     else
       echo "note: nginx workers ($POSTBACK_NGINX_USER) cannot reach $INGEST_SOCKET_DIR; proxying to ingest over TCP ($INGEST_BIND)" >&2
-      NGINX_INGEST_SERVERS="    server ${INGEST_BIND:-127.0.0.1:3000};"$'\n'
+      NGINX_INGEST_SERVERS="    server ${INGEST_BIND:?postback.env has no INGEST_BIND (see supervisor.templates/postback.env.template)};"$'\n'
     fi
     export INGEST_SOCKET_DIR NGINX_INGEST_SERVERS
-    local monitoring=${POSTBACK_MONITORING:-0}
+    local monitoring=${POSTBACK_MONITORING:-$(env_default POSTBACK_MONITORING)}
     [ "${POSTBACK_MONITORING_FLAG:-0}" = 1 ] && monitoring=1
     # One curl_json block per deliver process, on its admin port.
     COLLECTD_DELIVER_URLS=""
-    local admin_bind=${DELIVER_ADMIN_BIND:-127.0.0.1:3001} n
+    local admin_bind=${DELIVER_ADMIN_BIND:?postback.env has no DELIVER_ADMIN_BIND (see supervisor.templates/postback.env.template)} n
     local admin_port=${admin_bind##*:}
-    for ((n = 0; n < ${DELIVER_PROCS:-2}; n++)); do
+    for ((n = 0; n < ${DELIVER_PROCS:-$(env_default DELIVER_PROCS)}; n++)); do
       COLLECTD_DELIVER_URLS+="  <URL \"http://127.0.0.1:$((admin_port + n))/stats\">"$'\n'
       COLLECTD_DELIVER_URLS+="    Instance \"deliver_$(printf %02d "$n")\""$'\n'
       local key type

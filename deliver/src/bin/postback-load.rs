@@ -18,43 +18,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Sends postback requests to ingest on loopback, at a fixed rate or as
+/// fast as its connections allow.
+#[derive(clap::Parser)]
+#[command(name = "postback-load", version)]
 struct Options {
+    /// ingest's URL (loopback only), e.g. http://127.0.0.1:8080/ingest.
+    #[arg(long)]
     url: String,
+    /// The postback URL template, with {t} (send time, µs) and {n}.
+    #[arg(long)]
     target: String,
+    /// Requests a second (with --seconds).
+    #[arg(long, default_value_t = 0, requires = "seconds", conflicts_with = "jobs")]
     rate: u64,
+    /// How long to send at --rate.
+    #[arg(long, default_value_t = 0)]
     seconds: u64,
+    /// Jobs to queue as fast as possible (instead of --rate).
+    #[arg(long, default_value_t = 0)]
     jobs: u64,
+    /// Jobs per request with --jobs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     items: u64,
-    connections: usize,
+    /// Connections to ingest.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    connections: u16,
 }
 
 fn options() -> Result<Options, String> {
-    let mut o = Options {
-        url: String::new(),
-        target: String::new(),
-        rate: 0,
-        seconds: 0,
-        jobs: 0,
-        items: 1,
-        connections: 32,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = args.next().ok_or(format!("{arg} needs a value"))?;
-        let number = || value.parse::<u64>().map_err(|_| format!("{arg} takes a number"));
-        match arg.as_str() {
-            "--url" => o.url = value.clone(),
-            "--target" => o.target = value.clone(),
-            "--rate" => o.rate = number()?,
-            "--seconds" => o.seconds = number()?,
-            "--jobs" => o.jobs = number()?,
-            "--items" => o.items = number()?.max(1),
-            "--connections" => o.connections = number()?.max(1) as usize,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if o.url.is_empty() || o.target.is_empty() || (o.rate == 0) == (o.jobs == 0) {
-        return Err("need --url, --target, and either --rate with --seconds or --jobs".into());
+    let o = <Options as clap::Parser>::parse();
+    if (o.rate == 0) == (o.jobs == 0) {
+        return Err("need either --rate with --seconds or --jobs".into());
     }
     if !o.url.starts_with("http://127.") && !o.url.starts_with("http://localhost") {
         return Err("--url must be on the loopback interface".into());
@@ -118,10 +113,10 @@ async fn main() {
         }
     };
     let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(o.connections)
+        .pool_max_idle_per_host(o.connections.into())
         .build_http();
     let counts = Arc::new(Counts::default());
-    let slots = Arc::new(tokio::sync::Semaphore::new(o.connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(o.connections.into()));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(nanos) = 1_000_000_000u64.checked_div(o.rate) {
         // Fixed rate: a request every 1/R s whatever the answers; if every

@@ -27,32 +27,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A small, fast keep-alive HTTP endpoint on loopback for tests and the
+/// benchmark: answers every request with one status and counts them.
+#[derive(clap::Parser)]
+#[command(name = "postback-sink", version)]
 struct Options {
+    /// Address to listen on (port 0: any free port; it prints the one).
+    #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// The status of every answer.
+    #[arg(long, default_value_t = 200)]
     status: u16,
-    delay: Duration,
+    /// Wait this long before each answer.
+    #[arg(long = "delay-ms", default_value_t = 0)]
+    delay_ms: u64,
+    /// Record each request (arrival µs, method, path and query) to this file.
+    #[arg(long)]
     record: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
-    let mut o = Options {
-        listen: "127.0.0.1:0".into(),
-        status: 200,
-        delay: Duration::ZERO,
-        record: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--listen" => o.listen = value()?,
-            "--status" => o.status = value()?.parse().map_err(|_| "--status takes a number")?,
-            "--delay-ms" => o.delay = Duration::from_millis(value()?.parse().map_err(|_| "--delay-ms takes a number")?),
-            "--record" => o.record = Some(value()?),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(o)
+    Ok(<Options as clap::Parser>::parse())
 }
 
 struct State {
@@ -93,7 +88,7 @@ async fn main() {
         lowest_wanted: AtomicU64::new(u64::MAX),
         reached: tokio::sync::Notify::new(),
         status: options.status,
-        delay: options.delay,
+        delay: Duration::from_millis(options.delay_ms),
         record,
     });
     let listener = tokio::net::TcpListener::bind(&options.listen)
