@@ -23,6 +23,16 @@ BENCH_TARGETS=(
   "dead_ratio|healthy jobs next to a dead endpoint / alone|>=|0.5"
 )
 
+# name|label of the figures reported beside the targets, with none of their
+# own: CPU time per unit of work, read from /proc in the same run. wrk's
+# figure is the reference, a lean HTTP/1.1 client doing the sink's requests.
+BENCH_FIGURES=(
+  "deliver_cpu_us_per_delivery|deliver CPU per delivery in the drain, us"
+  "wrk_cpu_us_per_request|wrk CPU per request to the sink, us"
+  "ingest1_cpu_us_per_request|ingest CPU per 1-item request, us"
+  "nginx1_cpu_us_per_request|nginx CPU per 1-item request, us"
+)
+
 # target_of NAME : the target as "OP THRESHOLD", e.g. ">= 0.35".
 target_of() {
   local entry name label op threshold
@@ -89,6 +99,13 @@ bench_medians() {
       summary=$(median <<<"$values")
     fi
     printf '%-46s %-40s %9s %8s  %s\n' "$label" "$(paste -sd/ <<<"$values")" "$summary" "$op $threshold" "$(meets "$name" "$summary")"
+    printf ',"%s":%s' "$name" "$summary" >>"$out"
+  done
+  for entry in "${BENCH_FIGURES[@]}"; do
+    IFS='|' read -r name label <<<"$entry"
+    values=$(for ((i = 1; i <= runs; i++)); do printf '%s\n' "$(run_figure "$dir/$i.json" "$name")"; done)
+    summary=$(median <<<"$values")
+    printf '%-46s %-40s %9s\n' "$label" "$(paste -sd/ <<<"$values")" "$summary"
     printf ',"%s":%s' "$name" "$summary" >>"$out"
   done
   printf '}\n' >>"$out"
