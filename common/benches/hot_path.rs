@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-job hot path: filling a URL template and
-//! encoding/decoding a job. `cargo bench -p common`; results in README.
+//! encoding/decoding a job. `cargo bench -p common`; results in docs/PERFORMANCE.md.
 
 use common::job::{Job, JobEncoder, Method};
 use common::template;
