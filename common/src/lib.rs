@@ -22,9 +22,6 @@ pub mod queue;
 pub mod stats;
 pub mod template;
 
-#[cfg(feature = "testkit")]
-pub mod testkit;
-
 /// Milliseconds since the Unix epoch, the unit of every timestamp in a job.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -3,11 +3,11 @@
 
 use common::job::{Job, Method};
 use common::queue::QueueKeys;
-use common::testkit::{get, http, post, wait_until, RedisServer};
 use deadpool_redis::redis::{self, aio::MultiplexedConnection};
 use ingest::config::Config;
 use ingest::startup::Application;
 use std::time::{Duration, Instant};
+use testkit::{get, http, post, wait_until, RedisServer};
 
 const SAMPLE: &str = r#"{"endpoint":{"method":"GET","url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"},"data":[{"mascot":"Gopher","location":"https://blog.golang.org/gopher/gopher.png"}]}"#;
 
@@ -234,7 +234,7 @@ async fn a_queue_over_its_limit_gets_503_queue_full() {
 
 /// `total_connections_received` from Redis' INFO.
 async fn connections_received(conn: &mut MultiplexedConnection) -> u64 {
-    common::testkit::redis_info(conn, "stats", "total_connections_received")
+    testkit::redis_info(conn, "stats", "total_connections_received")
         .await
         .and_then(|v| v.parse().ok())
         .unwrap()
@@ -293,7 +293,7 @@ fn post_over_socket(socket: &std::path::Path, path: &str, body: &str) -> (u16, S
 
 #[tokio::test]
 async fn ingest_also_serves_on_its_unix_socket_and_replaces_a_stale_one() {
-    let dir = common::testkit::TempDir::new("ingest-socket");
+    let dir = testkit::TempDir::new("ingest-socket");
     let socket = dir.path().join("ingest_00.sock");
     // A socket file left behind by a process that died.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
@@ -341,7 +341,7 @@ async fn ingest_also_serves_on_its_unix_socket_and_replaces_a_stale_one() {
 
 #[tokio::test]
 async fn a_socket_path_that_is_busy_or_not_a_socket_is_refused_at_start() {
-    let dir = common::testkit::TempDir::new("ingest-socket-busy");
+    let dir = testkit::TempDir::new("ingest-socket-busy");
     let redis = RedisServer::start();
     let url = redis.url();
     let build = |socket: &std::path::Path| {
@@ -374,8 +374,8 @@ async fn a_socket_path_that_is_busy_or_not_a_socket_is_refused_at_start() {
 async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
     use std::io::{BufRead, BufReader};
     let redis = RedisServer::start();
-    let port = common::testkit::free_port();
-    let dir = common::testkit::TempDir::new("ingest-binary");
+    let port = testkit::free_port();
+    let dir = testkit::TempDir::new("ingest-binary");
     let socket = dir.path().join("ingest_00.sock");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
         .env("REDIS_URL", redis.url())

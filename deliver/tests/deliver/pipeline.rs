@@ -1,16 +1,14 @@
 //! The whole path of a postback: ingest → Redis → deliver → a real HTTP
 //! endpoint, and the delivery log it leaves.
 
-mod support;
-
+use crate::support::{depths, fast_env, field, ids_at, job, set, spawn_ingest, Deliver};
 use common::job::Method;
 use common::queue::QueueKeys;
-use common::testkit::{post, wait_until, RedisServer, Reply, Sink};
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{depths, fast_env, field, ids_at, job, set, spawn_ingest, Deliver};
+use testkit::{post, wait_until, RedisServer, Reply, Sink};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -119,7 +117,7 @@ async fn redirects_are_not_followed_and_bodies_are_cut_in_the_json_log() {
     let deliver = Deliver::start(&env);
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
-    support::enqueue(
+    crate::support::enqueue(
         &mut conn,
         &keys,
         &[
@@ -166,8 +164,8 @@ async fn unreachable_endpoints_are_logged_with_their_error_kind() {
     let deliver = Deliver::start(&env);
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
-    let closed = format!("http://127.0.0.1:{}/x", common::testkit::free_port());
-    support::enqueue(
+    let closed = format!("http://127.0.0.1:{}/x", testkit::free_port());
+    crate::support::enqueue(
         &mut conn,
         &keys,
         &[
@@ -193,14 +191,14 @@ async fn deliver_rides_out_a_redis_restart_without_being_restarted() {
     let deliver = Deliver::start(&fast_env(&redis));
     let keys = QueueKeys::new("default");
     let first = job(Method::Get, &sink.url("/x?id={id}"), json!({"id": "before"}));
-    support::enqueue(&mut redis.connection().await, &keys, &[first]).await;
+    crate::support::enqueue(&mut redis.connection().await, &keys, &[first]).await;
     sink.wait_for(1, LIMIT).await;
 
     redis.kill();
     std::thread::sleep(Duration::from_millis(500));
     redis.restart();
     let second = job(Method::Get, &sink.url("/x?id={id}"), json!({"id": "after"}));
-    support::enqueue(&mut redis.connection().await, &keys, &[second]).await;
+    crate::support::enqueue(&mut redis.connection().await, &keys, &[second]).await;
     sink.wait_for(2, LIMIT).await;
     assert_eq!(ids_at(&sink), ["before", "after"]);
 
@@ -227,9 +225,9 @@ fn a_bad_setting_stops_deliver_at_start_naming_the_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_endpoints_are_delivered_when_their_ca_is_trusted_and_refused_otherwise() {
     let redis = RedisServer::start();
-    let ca = common::testkit::TestCa::new();
+    let ca = testkit::TestCa::new();
     let sink = Sink::tls(&ca).await;
-    let dir = common::testkit::TempDir::new("ca");
+    let dir = testkit::TempDir::new("ca");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.ca_pem()).unwrap();
     let keys = QueueKeys::new("default");
@@ -239,7 +237,7 @@ async fn https_endpoints_are_delivered_when_their_ca_is_trusted_and_refused_othe
     let mut env = fast_env(&redis);
     set(&mut env, "DELIVER_RETRY_SCHEDULE", "");
     let mut untrusting = Deliver::start(&env);
-    support::enqueue(
+    crate::support::enqueue(
         &mut conn,
         &keys,
         &[job(Method::Get, &sink.url("/secure?id={id}"), json!({"id": "u"}))],
@@ -254,7 +252,7 @@ async fn https_endpoints_are_delivered_when_their_ca_is_trusted_and_refused_othe
     // With DELIVER_EXTRA_CA_FILE: delivered over https.
     set(&mut env, "DELIVER_EXTRA_CA_FILE", ca_file.to_str().unwrap());
     let trusting = Deliver::start(&env);
-    support::enqueue(
+    crate::support::enqueue(
         &mut conn,
         &keys,
         &[job(Method::Get, &sink.url("/secure?id={id}"), json!({"id": "t"}))],
@@ -279,9 +277,9 @@ async fn while_redis_is_down_deliver_sleeps() {
         deliver.messages().iter().any(|m| m.contains("redis unavailable"))
     })
     .await;
-    let before = support::cpu_time(&deliver);
+    let before = crate::support::cpu_time(&deliver);
     std::thread::sleep(Duration::from_secs(3));
-    let used = support::cpu_time(&deliver) - before;
+    let used = crate::support::cpu_time(&deliver) - before;
     // A busy loop would burn close to 3 s; back-off keeps it to a few ms.
     assert!(
         used < Duration::from_millis(300),

@@ -2,20 +2,18 @@
 //! statistics in Redis, the dashboard in a real headless Chromium, and the
 //! request id that traces a postback through the logs.
 
-mod support;
-
-use common::testkit::{get, http, wait_until, RedisServer, Reply, Sink};
+use crate::support::{fast_env, field, metric, spawn_ingest, Deliver};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{fast_env, field, metric, spawn_ingest, Deliver};
+use testkit::{get, http, wait_until, RedisServer, Reply, Sink};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A sink answering by the `kind` query parameter: `ok` 200; `flaky` 500
 /// once per id then 200; `gone` 404.
-fn by_kind() -> common::testkit::Responder {
+fn by_kind() -> testkit::Responder {
     let seen = Mutex::new(HashMap::<String, u32>::new());
     Arc::new(move |r, _| match r.query_param("kind") {
         Some("flaky") => {
@@ -38,7 +36,7 @@ async fn post_kind(ingest: &str, sink: &Sink, kind: &str, n: usize) {
         .map(|i| json!({"id": format!("{kind}{i}"), "kind": kind}))
         .collect();
     let body = json!({"endpoint": {"method": "GET", "url": sink.url("/cb?kind={kind}&id={id}")}, "data": data});
-    let response = common::testkit::post(&format!("{ingest}/ingest"), body.to_string()).await;
+    let response = testkit::post(&format!("{ingest}/ingest"), body.to_string()).await;
     assert_eq!(response.status, 202, "{}", response.body);
 }
 
@@ -50,7 +48,7 @@ async fn metrics_and_stats_match_a_load_of_successes_retries_and_dead_letters() 
     let mut env = fast_env(&redis);
     // The counts are exact: no worker may be presumed dead (and its jobs
     // tried again) because a loaded machine stalled it for half a second.
-    support::set(&mut env, "DELIVER_HEARTBEAT_TTL_MS", "5000");
+    crate::support::set(&mut env, "DELIVER_HEARTBEAT_TTL_MS", "5000");
     let a = Deliver::start(&env);
     let b = Deliver::start(&env);
     let (ok, flaky, gone) = (300, 40, 25);
@@ -168,7 +166,7 @@ async fn metrics_and_stats_match_a_load_of_successes_retries_and_dead_letters() 
 /// with the flags that keep it off the network and a fresh profile.
 async fn chromium(url: String, extra: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        let profile = common::testkit::TempDir::new("chromium");
+        let profile = testkit::TempDir::new("chromium");
         std::process::Command::new("chromium")
             .args([
                 "--headless",

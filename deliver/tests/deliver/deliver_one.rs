@@ -5,7 +5,6 @@
 
 use common::job::{Job, Method};
 use common::queue::Settlement;
-use common::testkit::{free_port, wait_blocking, Reply, Sink, TempDir, TestCa};
 use deliver::config::Config;
 use deliver::deliverer::Deliverer;
 use deliver::delivery_log::DeliveryLog;
@@ -13,6 +12,7 @@ use deliver::metrics::Metrics;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::{free_port, wait_blocking, Reply, Sink, TempDir, TestCa};
 
 /// A deliverer with a short timeout, no jitter and two retries, logging to
 /// a file in `dir`.
@@ -74,7 +74,7 @@ fn kind(settlement: &Settlement) -> String {
     }
 }
 
-fn by_path() -> common::testkit::Responder {
+fn by_path() -> testkit::Responder {
     Arc::new(|req, _| match req.path_and_query.split('?').next().unwrap_or("") {
         "/ok" => Reply::status(204),
         "/redirect" => Reply::status(302).header("location", "http://127.0.0.1:1/elsewhere"),

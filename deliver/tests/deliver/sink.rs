@@ -1,10 +1,10 @@
 //! The benchmark's `postback-sink`, run as its real binary: counting, and
 //! `/_sink/wait`, which the benchmark waits on instead of polling.
 
-use common::testkit::get;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use testkit::get;
 
 /// A running sink; killed on drop.
 struct SinkProcess {

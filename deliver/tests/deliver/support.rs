@@ -2,17 +2,15 @@
 //! child process (its log lines captured), an in-process ingest, and jobs
 //! written straight onto the queue.
 
-#![allow(dead_code)] // each test file uses a different part of this module
-
 use common::job::{Job, Method};
 use common::queue::QueueKeys;
-use common::testkit::RedisServer;
 use deadpool_redis::redis::{self, aio::MultiplexedConnection};
 use prometheus_parse::{Scrape, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::RedisServer;
 
 /// Settings that make a test run in seconds: a millisecond retry schedule,
 /// short heartbeats, no jitter.
@@ -102,11 +100,7 @@ impl Deliver {
     /// this process's /metrics now.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let admin = self.admin_url().expect("admin address logged");
-        metric(
-            &common::testkit::get(&format!("{admin}/metrics")).await.body,
-            name,
-            labels,
-        )
+        metric(&testkit::get(&format!("{admin}/metrics")).await.body, name, labels)
     }
 
     /// The process id.
@@ -213,7 +207,7 @@ pub async fn in_flight(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> us
 }
 
 /// The `id` query parameter of each request the sink received.
-pub fn ids_at(sink: &common::testkit::Sink) -> Vec<String> {
+pub fn ids_at(sink: &testkit::Sink) -> Vec<String> {
     sink.received()
         .iter()
         .filter_map(|r| r.query_param("id").map(str::to_string))

@@ -1,17 +1,15 @@
 //! Nothing accepted is ever lost: crashes, signals, Redis restarts, retries
 //! and dead letters, with real processes, real signals and a real Redis.
 
-mod support;
-
+use crate::support::{data_id, depths, enqueue, enqueue_raw, fast_env, field, ids_at, in_flight, job, set, Deliver};
 use common::job::{DeadLetter, DeadReason, Method};
 use common::queue::QueueKeys;
-use common::testkit::{wait_until, RedisServer, Reply, ReplyCutter, Sink};
 use deadpool_redis::redis;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{data_id, depths, enqueue, enqueue_raw, fast_env, field, ids_at, in_flight, job, set, Deliver};
+use testkit::{wait_until, RedisServer, Reply, ReplyCutter, Sink};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -120,7 +118,7 @@ async fn sigterm_finishes_in_flight_work_exits_zero_and_redelivers_nothing_finis
 
 /// A sink that answers each id with the next status of `script` (the last
 /// one repeating), and records when each request arrived.
-fn scripted(script: &'static [Reply]) -> common::testkit::Responder {
+fn scripted(script: &'static [Reply]) -> testkit::Responder {
     let seen: Mutex<HashMap<String, usize>> = Mutex::new(HashMap::new());
     Arc::new(move |r, _| {
         let id = r.query_param("id").unwrap_or("").to_string();
@@ -281,7 +279,7 @@ async fn a_retry_pending_at_shutdown_is_carried_out_after_restart() {
 async fn a_redis_killed_mid_load_loses_no_accepted_postback() {
     let mut redis = RedisServer::start_durable();
     let sink = Sink::ok().await;
-    let ingest = support::spawn_ingest(&redis, &[("INGEST_REDIS_TIMEOUT_MS", "500")]);
+    let ingest = crate::support::spawn_ingest(&redis, &[("INGEST_REDIS_TIMEOUT_MS", "500")]);
     let _deliver = Deliver::start(&fast_env(&redis));
 
     let mut accepted = HashSet::new();
@@ -293,7 +291,7 @@ async fn a_redis_killed_mid_load_loses_no_accepted_postback() {
         let n = accepted.len() + refused;
         let body =
             json!({"endpoint": {"method": "GET", "url": sink.url("/k?id={id}")}, "data": [{"id": format!("k{n}")}]});
-        let response = common::testkit::post(&format!("{ingest}/ingest"), body.to_string()).await;
+        let response = testkit::post(&format!("{ingest}/ingest"), body.to_string()).await;
         match response.status {
             202 => {
                 accepted.insert(format!("k{n}"));
@@ -416,7 +414,7 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
     let redis = RedisServer::start();
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
-    let (responder, healthy) = common::testkit::switched(Reply::status(410), Reply::status(200));
+    let (responder, healthy) = testkit::switched(Reply::status(410), Reply::status(200));
     let sink = Sink::start(responder).await;
     let env = fast_env(&redis);
     let _deliver = Deliver::start(&env);
@@ -481,7 +479,7 @@ async fn a_full_redis_is_drained_without_losing_a_job() {
     let redis = RedisServer::start();
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
-    let used: u64 = common::testkit::redis_info(&mut conn, "memory", "used_memory")
+    let used: u64 = testkit::redis_info(&mut conn, "memory", "used_memory")
         .await
         .and_then(|v| v.parse().ok())
         .unwrap();
@@ -679,7 +677,7 @@ async fn a_dead_endpoint_holds_only_its_share_and_the_others_are_delivered() {
 /// How many times Redis ran `ZRANDMEMBER` (the workers' look at the parked hosts).
 async fn zrandmember_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     // The line reads `cmdstat_zrandmember:calls=N,usec=...`.
-    common::testkit::redis_info(conn, "commandstats", "cmdstat_zrandmember")
+    testkit::redis_info(conn, "commandstats", "cmdstat_zrandmember")
         .await
         .and_then(|v| v.strip_prefix("calls=")?.split(',').next()?.parse().ok())
         .unwrap_or(0)
@@ -788,7 +786,7 @@ async fn parked_jobs_survive_a_crash_and_a_new_worker_delivers_them() {
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
     // Hangs until it is told to answer.
-    let (responder, answering) = common::testkit::switched(Reply::hang(), Reply::status(200));
+    let (responder, answering) = testkit::switched(Reply::hang(), Reply::status(200));
     let sink = Sink::start(responder).await;
     let mut env = fast_env(&redis);
     set(&mut env, "DELIVER_PER_HOST_CONCURRENCY", "1");

@@ -1,0 +1,11 @@
+//! deliver's integration tests, in one test binary: real Redis servers,
+//! real HTTP sinks, the real `deliver` binary and an in-process ingest,
+//! each started on free loopback ports by the test that needs it.
+
+mod cli;
+mod deliver_one;
+mod observability;
+mod pipeline;
+mod reliability;
+mod sink;
+mod support;
