@@ -257,6 +257,8 @@ struct Parked {
 impl Parked {
     /// How often hosts with parked jobs are looked at.
     const EVERY: Duration = Duration::from_millis(100);
+    /// The shortest blocking take while parked jobs are due soon.
+    const SHORTEST_WAIT: Duration = Duration::from_millis(10);
 
     fn new() -> Self {
         Parked {
@@ -291,7 +293,7 @@ impl Parked {
         // Never 0: BLMOVE would wait forever.
         self.next
             .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(10), BLOCK_WAIT)
+            .clamp(Self::SHORTEST_WAIT, BLOCK_WAIT)
     }
 }
 

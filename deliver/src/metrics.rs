@@ -295,6 +295,10 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// How often a process adds its counts to the statistics in Redis: the
+/// statistics' resolution is a second.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
 /// Writes the pending statistics to Redis once a second, with the queue
 /// depths, until `stop` is cancelled (then flushes one last time).
 pub async fn flush_stats(
@@ -302,7 +306,7 @@ pub async fn flush_stats(
     queue: common::queue::Queue,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
