@@ -71,8 +71,27 @@ pub const POSTBACK_QUEUE: Setting = Setting::new("POSTBACK_QUEUE", "default", "q
 /// `RUST_LOG`, read by env_logger.
 pub const RUST_LOG: Setting = Setting::new("RUST_LOG", "info", "log filter for operational messages (stderr)");
 
+/// `POSTBACK_ALLOW_DESTINATIONS` (see [`crate::destination`]).
+pub const ALLOW_DESTINATIONS: Setting = Setting::new(
+    "POSTBACK_ALLOW_DESTINATIONS",
+    "",
+    "non-public destinations postbacks may go to: IPs or CIDRs, each with an optional :port",
+);
+/// `POSTBACK_DENY_DESTINATIONS` (see [`crate::destination`]).
+pub const DENY_DESTINATIONS: Setting = Setting::new(
+    "POSTBACK_DENY_DESTINATIONS",
+    "",
+    "destinations postbacks never go to (wins over the allowlist)",
+);
+
 /// The settings both services read.
-pub const SHARED_SETTINGS: &[Setting] = &[REDIS_URL, POSTBACK_QUEUE, RUST_LOG];
+pub const SHARED_SETTINGS: &[Setting] = &[
+    REDIS_URL,
+    POSTBACK_QUEUE,
+    ALLOW_DESTINATIONS,
+    DENY_DESTINATIONS,
+    RUST_LOG,
+];
 
 /// A service's `--help`: `usage`, then every setting (the shared ones
 /// first, then `own`) with its default and meaning, then `notes`.
@@ -325,6 +344,18 @@ pub fn redis_url(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
         .into_connection_info()
         .map_err(|e| ConfigError::new(REDIS_URL.var, &url, format!("not a Redis URL ({e})")))?;
     Ok(url)
+}
+
+/// Reads the destination guard's two lists.
+pub fn destinations(src: &(impl Source + ?Sized)) -> Result<crate::destination::DestinationPolicy, ConfigError> {
+    let (allow, deny) = (string(src, &ALLOW_DESTINATIONS), string(src, &DENY_DESTINATIONS));
+    crate::destination::DestinationPolicy::parse(&allow, &deny).map_err(|problem| {
+        let (var, value) = match crate::destination::DestinationPolicy::parse(&allow, "") {
+            Err(_) => (ALLOW_DESTINATIONS.var, &allow),
+            Ok(_) => (DENY_DESTINATIONS.var, &deny),
+        };
+        ConfigError::new(var, value, problem)
+    })
 }
 
 /// Prints a configuration error as one line on stderr and exits with code 2.

@@ -236,6 +236,8 @@ pub enum DeadReason {
     RetriesExhausted,
     /// The queued string is not a valid job.
     Malformed,
+    /// The destination guard refused the endpoint's addresses.
+    BlockedDestination,
 }
 
 impl DeadReason {
@@ -244,6 +246,7 @@ impl DeadReason {
         match self {
             DeadReason::FinalStatus => "final_status",
             DeadReason::RetriesExhausted => "retries_exhausted",
+            DeadReason::BlockedDestination => "blocked_destination",
             DeadReason::Malformed => "malformed",
         }
     }

@@ -7,6 +7,9 @@
 //!   failed job becomes;
 //! - [`template`]: how a URL template is checked (by ingest) and filled (by
 //!   deliver);
+//! - [`destination`]: which addresses postbacks may be sent to (the guard
+//!   against SSRF), applied by deliver at connect time and by ingest to
+//!   literal addresses;
 //! - [`queue`]: the queue handle, the one way the services reach Redis, and
 //!   under it every key and command of the protocol, with the Lua scripts
 //!   that make its operations atomic;
@@ -16,6 +19,7 @@
 //! - [`stats`]: cluster-wide delivery statistics kept in Redis.
 
 pub mod config;
+pub mod destination;
 pub mod job;
 pub mod line_log;
 pub mod queue;

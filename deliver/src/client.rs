@@ -3,10 +3,12 @@
 //! private endpoints), and the classification of every failure into a short
 //! kind (`timeout`, `dns`, `connect`, `tls`, ...) for logs and retries.
 
+use crate::guard::{ConnectFailure, GuardedConnector};
 use bytes::Bytes;
+use common::destination::DestinationPolicy;
 use common::job::Method;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::error::Error as _;
 use std::path::Path;
@@ -16,8 +18,16 @@ use std::time::{Duration, Instant};
 /// Past this many bytes the rest of a response body is not read; the
 /// connection is dropped instead of drained.
 const DRAIN_LIMIT: usize = 256 * 1024;
+/// How long an idle connection to an endpoint is kept for the next request
+/// (and the TCP keep-alive probe interval on it): long enough to span the
+/// gaps of a steady stream of postbacks, short enough not to hold many
+/// sockets to endpoints that were sent one.
+const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+/// Room first given to a kept response body; it grows up to
+/// `DELIVER_LOG_BODY_MAX`.
+const BODY_FIRST_ROOM: usize = 4096;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
 
 /// A pooled HTTP client that makes postback requests.
 #[derive(Clone)]
@@ -54,6 +64,9 @@ pub enum FailureKind {
     /// The filled-in URL is not a valid URL (e.g. a value made the host
     /// invalid). Retrying cannot help.
     InvalidUrl,
+    /// The destination guard refused every address of the host; no
+    /// connection was made. Retrying cannot help.
+    Blocked,
 }
 
 impl FailureKind {
@@ -66,6 +79,7 @@ impl FailureKind {
             FailureKind::Tls => "tls",
             FailureKind::Io => "io",
             FailureKind::InvalidUrl => "invalid_url",
+            FailureKind::Blocked => "blocked",
         }
     }
 }
@@ -106,12 +120,14 @@ pub enum ClientError {
 
 impl HttpClient {
     /// Builds the client. `pool_per_host` bounds idle connections kept per
-    /// host; `extra_ca` adds trusted CAs to the webpki roots.
+    /// host; `extra_ca` adds trusted CAs to the webpki roots; connections
+    /// go only where `destinations` allows.
     pub fn new(
         timeout: Duration,
         body_max: usize,
         pool_per_host: usize,
         extra_ca: Option<&Path>,
+        destinations: DestinationPolicy,
     ) -> Result<HttpClient, ClientError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -123,11 +139,7 @@ impl HttpClient {
             .with_root_certificates(roots)
             .with_no_client_auth();
 
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(timeout));
-        tcp.set_keepalive(Some(Duration::from_secs(60)));
+        let tcp = GuardedConnector::new(destinations, timeout, IDLE_CONNECTION);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -135,7 +147,7 @@ impl HttpClient {
             .enable_http2()
             .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(IDLE_CONNECTION)
             .pool_max_idle_per_host(pool_per_host)
             .build(connector);
         Ok(HttpClient {
@@ -190,7 +202,7 @@ impl HttpClient {
             .get(http::header::RETRY_AFTER)
             .and_then(parse_retry_after);
         let mut body = response.into_body();
-        let mut kept = Vec::with_capacity(self.body_max.min(4096));
+        let mut kept = Vec::with_capacity(self.body_max.min(BODY_FIRST_ROOM));
         let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Failure {
@@ -243,7 +255,15 @@ fn classify(error: hyper_util::client::legacy::Error) -> Failure {
     let mut source = error.source();
     while let Some(cause) = source {
         let text = cause.to_string();
-        if is_tls(cause) {
+        if let Some(failure) = cause.downcast_ref::<ConnectFailure>() {
+            kind = match failure {
+                ConnectFailure::Blocked { .. } => FailureKind::Blocked,
+                ConnectFailure::Dns { .. } => FailureKind::Dns,
+                ConnectFailure::Timeout(_) => FailureKind::Timeout,
+                ConnectFailure::NoHost => FailureKind::InvalidUrl,
+                ConnectFailure::Connect { .. } => FailureKind::Connect,
+            };
+        } else if is_tls(cause) {
             kind = FailureKind::Tls;
         } else if text.contains("dns error") || text.contains("failed to lookup address") {
             kind = FailureKind::Dns;

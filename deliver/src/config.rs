@@ -63,6 +63,9 @@ pub struct Config {
     pub admin_bind: std::net::SocketAddr,
     /// `DELIVER_CPU_POLICY`: `batch` (Linux `SCHED_BATCH`) or `inherit`.
     pub cpu_policy: CpuPolicy,
+    /// `POSTBACK_ALLOW_DESTINATIONS`, `POSTBACK_DENY_DESTINATIONS`: where
+    /// postbacks may go.
+    pub destinations: common::destination::DestinationPolicy,
 }
 
 macro_rules! settings {
@@ -184,6 +187,7 @@ impl Config {
             cpu_policy,
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
+            destinations: config::destinations(src)?,
             concurrency: config::count(src, &CONCURRENCY, 1)?,
             threads: config::count_or(src, &THREADS, config::threads_per_process(src, &PROCS)?, 1)?,
             per_host_concurrency: config::count(src, &PER_HOST_CONCURRENCY, 1)?,

@@ -44,6 +44,7 @@ impl Deliverer {
             config.log_body_max,
             config.concurrency,
             config.extra_ca_file.as_deref(),
+            config.destinations.clone(),
         )?;
         Ok(Deliverer {
             client,

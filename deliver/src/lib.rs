@@ -3,7 +3,8 @@
 //! One job's way: a [`consumer`] takes it from its shard of the queue
 //! (through `common::queue`, the only door to Redis) and hands it to the
 //! [`deliverer`], which fills its URL, makes the request with the
-//! [`client`] (within the limits of [`hosts`]), logs the attempt
+//! [`client`] (within the limits of [`hosts`], and only to destinations
+//! the [`guard`] allows), logs the attempt
 //! ([`delivery_log`]), counts it ([`metrics`]) and decides what follows
 //! ([`retry`]); the consumer settles that outcome in the queue.
 //! [`startup`] wires a worker process together; [`admin`] serves its
@@ -19,6 +20,7 @@ pub mod cpu_policy;
 pub mod dead;
 pub mod deliverer;
 pub mod delivery_log;
+pub mod guard;
 pub mod hosts;
 pub mod metrics;
 pub mod retry;

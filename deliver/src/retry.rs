@@ -4,7 +4,8 @@
 //! schedule with jitter (so that jobs that failed together do not all come
 //! back at the same instant). A `Retry-After` on 429 or 503 is honoured up
 //! to a cap, and never shortens the schedule. Final: 3xx (redirects are not
-//! followed), every other 4xx, and a URL that cannot be built.
+//! followed), every other 4xx, a URL that cannot be built, and a
+//! destination the guard refuses (`common::destination`).
 
 use crate::client::{Attempt, FailureKind};
 use common::job::DeadReason;
@@ -22,6 +23,8 @@ pub enum Verdict {
     Final,
     /// Give up: every attempt of the schedule was used.
     Exhausted,
+    /// Give up: the destination guard refused the host's addresses.
+    Blocked,
 }
 
 /// What a verdict means to each part that records it, decided here once.
@@ -31,7 +34,7 @@ impl Verdict {
         match self {
             Verdict::Delivered => Outcome::Delivered,
             Verdict::Retry(_) => Outcome::Retry,
-            Verdict::Final | Verdict::Exhausted => Outcome::Dead,
+            Verdict::Final | Verdict::Exhausted | Verdict::Blocked => Outcome::Dead,
         }
     }
 
@@ -40,6 +43,7 @@ impl Verdict {
         match self {
             Verdict::Final => Some(DeadReason::FinalStatus),
             Verdict::Exhausted => Some(DeadReason::RetriesExhausted),
+            Verdict::Blocked => Some(DeadReason::BlockedDestination),
             Verdict::Delivered | Verdict::Retry(_) => None,
         }
     }
@@ -73,6 +77,7 @@ impl RetryPolicy {
             Ok(answer) if answer.status == 408 || answer.status >= 500 => None,
             Ok(_) => return Verdict::Final,
             Err(failure) if failure.kind == FailureKind::InvalidUrl => return Verdict::Final,
+            Err(failure) if failure.kind == FailureKind::Blocked => return Verdict::Blocked,
             Err(_) => None,
         };
         let Some(base) = self.schedule.get(attempt.saturating_sub(1) as usize) else {
@@ -138,6 +143,8 @@ mod tests {
         assert_eq!(p.decide(1, &answered(404, None)), Verdict::Final);
         assert_eq!(p.decide(1, &answered(400, None)), Verdict::Final);
         assert_eq!(p.decide(1, &failed(FailureKind::InvalidUrl)), Verdict::Final);
+        assert_eq!(p.decide(1, &failed(FailureKind::Blocked)), Verdict::Blocked);
+        assert_eq!(Verdict::Blocked.dead_reason(), Some(DeadReason::BlockedDestination));
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `INGEST_ACCESS_LOG`: where the one line per request goes.
     pub access_log: AccessLog,
+    /// `POSTBACK_ALLOW_DESTINATIONS`, `POSTBACK_DENY_DESTINATIONS`: which
+    /// literal addresses an endpoint may name (deliver checks every
+    /// address again at connect time).
+    pub destinations: common::destination::DestinationPolicy,
 }
 
 /// `INGEST_BIND`.
@@ -130,6 +134,7 @@ impl Config {
         Ok(Config {
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
+            destinations: config::destinations(src)?,
             bind,
             reuse_port: config::flag(src, &REUSEPORT)?,
             socket: match config::string(src, &SOCKET).as_str() {

@@ -6,10 +6,12 @@
 //! unparsed, so a large request costs one parse and no re-serialisation.
 
 use crate::error::ApiError;
+use common::destination::DestinationPolicy;
 use common::job::{Job, JobEncoder, Method};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 #[derive(Deserialize)]
 struct Body<'a> {
@@ -37,7 +39,12 @@ pub struct Accepted {
 }
 
 /// Validates `body` and builds its jobs. `max_items` bounds `data`.
-pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<Accepted, ApiError> {
+pub fn parse(
+    body: &[u8],
+    max_items: usize,
+    request_id: Option<&str>,
+    destinations: &DestinationPolicy,
+) -> Result<Accepted, ApiError> {
     let not_an_object = || {
         ApiError::invalid(
             "not_an_object",
@@ -99,6 +106,17 @@ pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<
                 .replace("`url`", "`endpoint.url`"),
         )
     })?;
+    if let Some(addr) = literal_destination(url) {
+        if destinations.check(addr).is_err() {
+            return Err(ApiError::invalid(
+                "blocked_destination",
+                format!(
+                    "`endpoint.url` points at {addr}, which is not a public address (or is denied); \
+                     postbacks are not sent there unless POSTBACK_ALLOW_DESTINATIONS opens it"
+                ),
+            ));
+        }
+    }
 
     let data = parsed
         .data
@@ -135,6 +153,26 @@ pub fn parse(body: &[u8], max_items: usize, request_id: Option<&str>) -> Result<
     Ok(Accepted { ids, jobs })
 }
 
+/// The address of a URL whose host is an IP address written out (in any
+/// form a resolver reads as one: `127.1`, `2130706433`, `[::ffff:7f00:1]`)
+/// with no placeholder in it. Hosts that are names, or that a placeholder
+/// fills in, are checked by deliver when it connects.
+fn literal_destination(url: &str) -> Option<SocketAddr> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('{') {
+        return None;
+    }
+    let authority: actix_web::http::uri::Authority = authority.parse().ok()?;
+    let host = authority.host();
+    let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => IpAddr::V6(v6.parse::<Ipv6Addr>().ok()?),
+        None => IpAddr::V4(common::destination::parse_ipv4_loose(host)?),
+    };
+    let default_port = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
+    Some(SocketAddr::new(ip, authority.port_u16().unwrap_or(default_port)))
+}
+
 fn json_kind(raw: &str) -> &'static str {
     match raw.as_bytes().first() {
         Some(b'[') => "an array",
@@ -152,12 +190,14 @@ mod tests {
     const SAMPLE: &str = r#"{"endpoint":{"method":"get","url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"},"data":[{"mascot":"Gopher","location":"https://blog.golang.org/gopher/gopher.png"}]}"#;
 
     fn code(body: &str) -> &'static str {
-        parse(body.as_bytes(), 10, None).unwrap_err().code()
+        parse(body.as_bytes(), 10, None, &DestinationPolicy::default())
+            .unwrap_err()
+            .code()
     }
 
     #[test]
     fn the_sample_becomes_one_job_with_the_method_upper_cased() {
-        let accepted = parse(SAMPLE.as_bytes(), 10, Some("req-1")).unwrap();
+        let accepted = parse(SAMPLE.as_bytes(), 10, Some("req-1"), &DestinationPolicy::default()).unwrap();
         assert_eq!(accepted.ids.len(), 1);
         let job = Job::decode(accepted.jobs[0].as_bytes()).unwrap();
         assert_eq!(job.id, accepted.ids[0]);
@@ -219,8 +259,43 @@ mod tests {
             br#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},[1]]}"#,
             10,
             None,
+            &DestinationPolicy::default(),
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "`data[2]` must be a JSON object, found an array");
+    }
+
+    #[test]
+    fn a_literal_address_that_is_not_public_is_refused_at_once() {
+        let body = |url: &str| format!(r#"{{"endpoint":{{"method":"GET","url":"{url}"}},"data":[{{"k":"v"}}]}}"#);
+        for url in [
+            "http://127.0.0.1:6379/",
+            "http://127.1/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0.0.0.0/",
+            "http://[::1]:3000/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.1/x?a={k}",
+            "https://user:pw@192.168.1.1/",
+        ] {
+            assert_eq!(code(&body(url)), "blocked_destination", "{url}");
+        }
+        // Names, and hosts a placeholder fills, are deliver's to check.
+        let open = DestinationPolicy::default();
+        for url in [
+            "http://localhost/",
+            "http://{host}/",
+            "http://10.0.0.{n}/",
+            "http://example.com/",
+        ] {
+            assert!(parse(body(url).as_bytes(), 10, None, &open).is_ok(), "{url}");
+        }
+        let allowed = DestinationPolicy::parse("127.0.0.1:9000", "").unwrap();
+        assert!(parse(body("http://127.0.0.1:9000/").as_bytes(), 10, None, &allowed).is_ok());
+        let err = parse(body("http://127.0.0.1:9001/").as_bytes(), 10, None, &allowed).unwrap_err();
+        assert_eq!(err.code(), "blocked_destination");
+        assert!(err.to_string().contains("127.0.0.1:9001"), "{err}");
     }
 }

@@ -106,7 +106,7 @@ pub async fn ingest(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone());
-    let accepted = request::parse(&body, state.max_items, request_id.as_deref())?;
+    let accepted = request::parse(&body, state.max_items, request_id.as_deref(), &state.destinations)?;
     state.backlog.check()?;
 
     let asked_at = std::time::Instant::now();

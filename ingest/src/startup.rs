@@ -14,6 +14,13 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Connections the kernel queues for ingest before it accepts them: room
+/// for nginx's keep-alive pool and a burst of direct clients at once.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Mode of ingest's Unix socket: any local user may connect, like the
+/// loopback port (nginx's workers run as another user).
+const SOCKET_MODE: u32 = 0o666;
+
 /// What the handlers of one worker thread share.
 pub struct AppState {
     /// This worker's handle on the queue (a connection of its own, so each
@@ -27,6 +34,8 @@ pub struct AppState {
     pub max_items: usize,
     /// What ingest counts.
     pub metrics: Arc<Metrics>,
+    /// See [`Config::destinations`].
+    pub destinations: Arc<common::destination::DestinationPolicy>,
 }
 
 /// A bound, ready-to-run ingest server.
@@ -70,6 +79,7 @@ impl Application {
             }
         };
         let (max_body_bytes, max_items) = (config.max_body_bytes, config.max_items);
+        let destinations = Arc::new(config.destinations.clone());
         let app = move || {
             let state = actix_web::web::Data::new(AppState {
                 queue: queue.handle(),
@@ -77,6 +87,7 @@ impl Application {
                 max_body_bytes,
                 max_items,
                 metrics: metrics.clone(),
+                destinations: destinations.clone(),
             });
             let app = App::new()
                 .app_data(state)
@@ -140,7 +151,7 @@ fn bind_socket(path: &std::path::Path) -> std::io::Result<std::os::unix::net::Un
             format!("cannot listen on INGEST_SOCKET {}: {e}", path.display()),
         )
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
     Ok(listener)
 }
 
@@ -155,6 +166,6 @@ fn bind(address: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
         socket.set_reuse_port(true)?;
     }
     socket.bind(&address.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }

@@ -319,7 +319,7 @@ async fn ingest_also_serves_on_its_unix_socket_and_replaces_a_stale_one() {
         .map(|i| format!(r#"{{"mascot":"Gopher {i:04}","location":"https://blog.golang.org/gopher/gopher-{i:04}.png","padding":"{}"}}"#, "x".repeat(20)))
         .collect();
     let large = format!(
-        r#"{{"endpoint":{{"method":"GET","url":"http://127.0.0.1:9/data?title={{mascot}}"}},"data":[{}]}}"#,
+        r#"{{"endpoint":{{"method":"GET","url":"http://example.com:9/data?title={{mascot}}"}},"data":[{}]}}"#,
         items.join(",")
     );
     assert!(large.len() > 200_000, "{} bytes", large.len());
@@ -482,4 +482,25 @@ fn the_binary_answers_help_and_version_and_lists_every_setting_and_route() {
     }
     let bad = run("--bogus");
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn an_endpoint_at_a_private_literal_address_gets_400_blocked_destination() {
+    let app = spawn_app(&[]).await;
+    for url in [
+        "http://127.0.0.1:6379/",
+        "http://2130706433/",
+        "http://[::ffff:169.254.169.254]/",
+    ] {
+        let body = format!(r#"{{"endpoint":{{"method":"GET","url":"{url}"}},"data":[{{}}]}}"#);
+        let response = post(&app.url("/ingest"), body).await;
+        assert_eq!(response.status, 400, "{url}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "blocked_destination", "{url}");
+    }
+    assert!(app.queued().await.is_empty(), "nothing was queued");
+    // Opened by the allowlist, for that port only.
+    let open = spawn_app(&[("POSTBACK_ALLOW_DESTINATIONS", "127.0.0.1:9000")]).await;
+    let to = |port: u16| format!(r#"{{"endpoint":{{"method":"GET","url":"http://127.0.0.1:{port}/"}},"data":[{{}}]}}"#);
+    assert_eq!(post(&open.url("/ingest"), to(9000)).await.status, 202);
+    assert_eq!(post(&open.url("/ingest"), to(9001)).await.status, 400);
 }

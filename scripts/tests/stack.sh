@@ -68,7 +68,10 @@ REDIS_AOF_REWRITE_MIN_SIZE=128mb
 ENV
 base=http://127.0.0.1:$http_port
 
-"$bin/postback-sink" --listen 127.0.0.1:0 --delay-ms 20 --record "$tmp/sink.log" >"$tmp/sink.out" 2>&1 &
+# The sink, and exactly its ip:port opened to the destination guard.
+sink_port=$(free_port)
+echo "POSTBACK_ALLOW_DESTINATIONS=127.0.0.1:$sink_port" >>"$POSTBACK_CONF_DIR/postback.env"
+"$bin/postback-sink" --listen "127.0.0.1:$sink_port" --delay-ms 20 --record "$tmp/sink.log" >"$tmp/sink.out" 2>&1 &
 sink_pid=$!
 wait_for 10 "the sink" grep -q "listening on" "$tmp/sink.out" || exit 1
 sink=http://$(sed -n 's/^listening on //p' "$tmp/sink.out")

@@ -15,9 +15,10 @@ use std::time::Duration;
 use testkit::{free_port, wait_blocking, Reply, Sink, TempDir, TestCa};
 
 /// A deliverer with a short timeout, no jitter and two retries, logging to
-/// a file in `dir`.
+/// a file in `dir`, with loopback sinks allowed.
 fn deliverer(dir: &TempDir, extra: &[(&str, &str)]) -> (Deliverer, PathBuf) {
     let mut env = vec![
+        crate::support::LOOPBACK_SINKS,
         ("DELIVER_TIMEOUT_MS", "500"),
         ("DELIVER_RETRY_SCHEDULE", "5s,30s"),
         ("DELIVER_RETRY_JITTER_PCT", "0"),

@@ -4,6 +4,7 @@
 
 mod cli;
 mod deliver_one;
+mod guard;
 mod observability;
 mod pipeline;
 mod reliability;
