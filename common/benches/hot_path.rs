@@ -66,6 +66,7 @@ fn job_benches(c: &mut Criterion) {
         SAMPLE_URL,
         1_764_308_665_000,
         Some("60457ea7a17a1a279b005ffc71b29711"),
+        Some("0123456789ab"),
     );
     c.bench_function("job: encode (ingest)", |b| {
         b.iter(|| black_box(&encoder).encode(&id, &raw_data))

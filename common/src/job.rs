@@ -98,6 +98,11 @@ pub struct Job {
     /// The `X-Request-Id` of the ingest request, for tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The id of the producer key the job was queued with (none when
+    /// ingest runs with `INGEST_AUTH=off`): whose postback it is, and
+    /// whose secret signs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -114,6 +119,7 @@ impl PartialEq for Job {
             && self.attempt == other.attempt
             && self.enqueued_at == other.enqueued_at
             && self.request_id == other.request_id
+            && self.producer == other.producer
     }
 }
 
@@ -187,19 +193,24 @@ impl Job {
 pub struct JobEncoder {
     /// `","method":…,"url":…,"data":` (after the id).
     middle: String,
-    /// `,"attempt":1,"enqueued_at":…,"request_id":…}` (after the data).
+    /// `,"attempt":1,"enqueued_at":…,"request_id":…,"producer":…}` (after
+    /// the data).
     tail: String,
 }
 
 impl JobEncoder {
     /// An encoder for jobs of `method` to `url`, accepted at `enqueued_at`
-    /// by the request `request_id`.
-    pub fn new(method: Method, url: &str, enqueued_at: u64, request_id: Option<&str>) -> Self {
+    /// by the request `request_id` of `producer`.
+    pub fn new(method: Method, url: &str, enqueued_at: u64, request_id: Option<&str>, producer: Option<&str>) -> Self {
         let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let middle = format!(r#","method":"{}","url":{},"data":"#, method.as_str(), json(url));
         let mut tail = format!(r#","attempt":1,"enqueued_at":{enqueued_at}"#);
         if let Some(id) = request_id {
             tail.push_str(r#","request_id":"#);
+            tail.push_str(&json(id));
+        }
+        if let Some(id) = producer {
+            tail.push_str(r#","producer":"#);
             tail.push_str(&json(id));
         }
         tail.push('}');
@@ -313,6 +324,7 @@ mod tests {
             attempt: 2,
             enqueued_at: 1,
             request_id: Some("r".into()),
+            producer: Some("0123456789ab".into()),
         };
         assert_eq!(Job::decode(job.encode().as_bytes()).unwrap(), job);
     }
@@ -320,13 +332,14 @@ mod tests {
     #[test]
     fn the_encoder_gives_exactly_what_a_job_encodes_to() {
         let data = serde_json::value::RawValue::from_string(r#"{"a":"b \"q\"","n":1}"#.into()).unwrap();
-        for request_id in [None, Some("req \"1\"")] {
-            let encoder = JobEncoder::new(Method::Patch, "http://h/{a}?x=\"y\"", 7, request_id);
+        for (request_id, producer) in [(None, None), (Some("req \"1\""), Some("0123456789ab"))] {
+            let encoder = JobEncoder::new(Method::Patch, "http://h/{a}?x=\"y\"", 7, request_id, producer);
             for id in ["0190c6e2-0000-7000-8000-000000000000", "odd \"id\""] {
                 let encoded = encoder.encode(id, &data);
                 let job = Job::decode(encoded.as_bytes()).unwrap();
                 assert_eq!(job.id, id);
                 assert_eq!(job.request_id.as_deref(), request_id);
+                assert_eq!(job.producer.as_deref(), producer);
                 assert_eq!(job.encode(), encoded);
             }
         }

@@ -13,6 +13,8 @@
 //! - [`queue`]: the queue handle, the one way the services reach Redis, and
 //!   under it every key and command of the protocol, with the Lua scripts
 //!   that make its operations atomic;
+//! - [`producer`]: producer keys and signing secrets: format, making,
+//!   checking;
 //! - [`line_log`]: buffered one-line-per-event logs (delivery log, access log);
 //! - [`config`]: reading typed settings from the environment, so that a bad
 //!   value stops a program at start with one clear line;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod destination;
 pub mod job;
 pub mod line_log;
+pub mod producer;
 pub mod queue;
 pub mod stats;
 pub mod template;

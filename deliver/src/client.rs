@@ -160,11 +160,23 @@ impl HttpClient {
     /// Sends one request and reads the answer, all within the timeout.
     /// Redirects are not followed: a 3xx is an answer like any other.
     pub async fn send(&self, method: Method, url: &str, body: Option<Bytes>) -> Attempt {
+        self.send_to(method, parse_url(url), body, &[]).await
+    }
+
+    /// [`send`](Self::send) to a URL already parsed (`Err`: it did not
+    /// parse), with extra request headers.
+    pub async fn send_to(
+        &self,
+        method: Method,
+        uri: Result<http::Uri, Failure>,
+        body: Option<Bytes>,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+    ) -> Attempt {
         let started = Instant::now();
         // Boxed: hyper's request future was a quarter of a delivery's
         // 2.6 KB of state, which tokio copies when it spawns and completes
         // the task; boxed, the task holds only a pointer to it.
-        let exchange = Box::pin(self.exchange(method, url, body));
+        let exchange = Box::pin(self.exchange(method, uri, body, headers));
         let result = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Failure {
@@ -178,15 +190,20 @@ impl HttpClient {
         }
     }
 
-    async fn exchange(&self, method: Method, url: &str, body: Option<Bytes>) -> Result<Answer, Failure> {
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| Failure {
-            kind: FailureKind::InvalidUrl,
-            message: e.to_string(),
-        })?;
-        let mut request = http::Request::builder().method(method.as_str()).uri(uri).header(
+    async fn exchange(
+        &self,
+        method: Method,
+        uri: Result<http::Uri, Failure>,
+        body: Option<Bytes>,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+    ) -> Result<Answer, Failure> {
+        let mut request = http::Request::builder().method(method.as_str()).uri(uri?).header(
             http::header::USER_AGENT,
             concat!("postback-deliver/", env!("CARGO_PKG_VERSION")),
         );
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
         if body.is_some() {
             request = request.header(http::header::CONTENT_TYPE, "application/json");
         }
@@ -277,6 +294,15 @@ fn classify(error: hyper_util::client::legacy::Error) -> Failure {
         source = cause.source();
     }
     Failure { kind, message }
+}
+
+/// A postback URL as a request URI; a URL that does not parse is an
+/// `invalid_url` failure (a value made the host invalid, say).
+pub fn parse_url(url: &str) -> Result<http::Uri, Failure> {
+    url.parse().map_err(|e: http::uri::InvalidUri| Failure {
+        kind: FailureKind::InvalidUrl,
+        message: e.to_string(),
+    })
 }
 
 /// Whether `error` is a rustls error, possibly wrapped in `io::Error`s

@@ -66,6 +66,10 @@ pub struct Config {
     /// `POSTBACK_ALLOW_DESTINATIONS`, `POSTBACK_DENY_DESTINATIONS`: where
     /// postbacks may go.
     pub destinations: common::destination::DestinationPolicy,
+    /// `DELIVER_SIGNING_SECRET`: signs jobs that have no producer.
+    pub signing_secret: Option<String>,
+    /// `DELIVER_SECRET_OVERLAP`: a rotated-out secret signs this long.
+    pub secret_overlap: Duration,
 }
 
 macro_rules! settings {
@@ -118,6 +122,10 @@ settings! {
     ADMIN_BIND = "DELIVER_ADMIN_BIND", "127.0.0.1:3001", "admin listener: /metrics, /health, /stats";
     /// `DELIVER_INSTANCE`.
     INSTANCE = "DELIVER_INSTANCE", "0", "added to the admin port, so numbered processes each get one";
+    /// `DELIVER_SIGNING_SECRET`.
+    SIGNING_SECRET = "DELIVER_SIGNING_SECRET", "", "whsec_ secret that signs jobs without a producer key (INGEST_AUTH=off); unset: those go unsigned";
+    /// `DELIVER_SECRET_OVERLAP`.
+    SECRET_OVERLAP = "DELIVER_SECRET_OVERLAP", "24h", "how long a rotated-out signing secret still signs beside the new one";
     /// `DELIVER_CPU_POLICY`.
     CPU_POLICY = "DELIVER_CPU_POLICY", "batch", "batch: run as SCHED_BATCH (yield to the request path); inherit: as started";
 }
@@ -182,7 +190,22 @@ impl Config {
             })?;
             admin_bind.set_port(port);
         }
+        let signing_secret = Some(config::string(src, &SIGNING_SECRET)).filter(|s| !s.is_empty());
+        if let Some(secret) = &signing_secret {
+            if common::producer::signing_key(secret).is_none_or(|k| k.len() < 16) {
+                return Err(ConfigError::new(
+                    SIGNING_SECRET.var,
+                    "(not shown)",
+                    "expected whsec_ and the base64 of at least 16 bytes, as ingest keys create prints",
+                ));
+            }
+        }
+        let overlap = config::string(src, &SECRET_OVERLAP);
+        let secret_overlap =
+            config::parse_duration(&overlap).map_err(|p| ConfigError::new(SECRET_OVERLAP.var, &overlap, p))?;
         Ok(Config {
+            signing_secret,
+            secret_overlap,
             admin_bind,
             cpu_policy,
             redis_url: config::redis_url(src)?,

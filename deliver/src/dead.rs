@@ -96,9 +96,10 @@ pub async fn run(command: &DeadCommand, queue: &Queue, out: &mut impl Write) -> 
 /// One line of `deliver dead list`.
 pub fn list_line(letter: &DeadLetter) -> String {
     format!(
-        "time={} id={} method={} url={:?} attempts={} last_status={:?} reason={}",
+        "time={} id={} producer={} method={} url={:?} attempts={} last_status={:?} reason={}",
         rfc3339_millis(letter.dead_at),
         letter.id,
+        letter.job.as_ref().and_then(|j| j.producer.as_deref()).unwrap_or("-"),
         letter.method.map(|m| m.as_str()).unwrap_or("-"),
         letter.url.as_deref().unwrap_or("-"),
         letter.attempts,

@@ -7,12 +7,13 @@
 //! consumers of every shard share one, so the limits hold across shards.
 //! Tests call [`Deliverer::deliver_one`] directly against a real sink.
 
-use crate::client::HttpClient;
+use crate::client::{parse_url, HttpClient};
 use crate::config::Config;
 use crate::delivery_log::{DeliveryLog, Record};
 use crate::hosts::{Gate, Hosts};
 use crate::metrics::{AttemptRecord, Metrics};
 use crate::retry::{RetryPolicy, Verdict};
+use crate::signing::Signer;
 use bytes::Bytes;
 use common::job::{DeadLetter, DeadReason, Job};
 use common::queue::Settlement;
@@ -32,13 +33,19 @@ pub struct Deliverer {
     running: Semaphore,
     log: DeliveryLog,
     metrics: Arc<Metrics>,
+    signer: Arc<Signer>,
     unmatched_default: String,
 }
 
 impl Deliverer {
     /// A deliverer with `config`'s client, policy and limits, writing to
-    /// `log` and counting into `metrics`.
-    pub fn new(config: &Config, log: DeliveryLog, metrics: Arc<Metrics>) -> Result<Self, crate::client::ClientError> {
+    /// `log`, counting into `metrics`, signing with `signer`.
+    pub fn new(
+        config: &Config,
+        log: DeliveryLog,
+        metrics: Arc<Metrics>,
+        signer: Arc<Signer>,
+    ) -> Result<Self, crate::client::ClientError> {
         let client = HttpClient::new(
             config.timeout,
             config.log_body_max,
@@ -57,6 +64,7 @@ impl Deliverer {
             running: Semaphore::new(config.concurrency),
             log,
             metrics,
+            signer,
             unmatched_default: config.unmatched_default.clone(),
         })
     }
@@ -100,7 +108,20 @@ impl Deliverer {
             .method
             .has_body()
             .then(|| Bytes::copy_from_slice(job.data.get().as_bytes()));
-        let outcome = self.client.send(job.method, &url, body).await;
+        let uri = parse_url(&url);
+        // Signed: the body as sent, or for a request without one, its
+        // target (path and query) as sent.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let payload = match (&body, &uri) {
+            (Some(body), _) => Some(&body[..]),
+            (None, Ok(uri)) => Some(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes()),
+            (None, Err(_)) => None,
+        };
+        let signed = payload.and_then(|p| self.signer.headers(job, p, now.as_secs(), now.as_millis() as u64));
+        let headers = signed.as_ref().map_or(&[][..], |h| &h[..]);
+        let outcome = self.client.send_to(job.method, uri, body, headers).await;
         let verdict = self.policy.decide(job.attempt, &outcome);
 
         let (status, response_body) = match &outcome.result {
@@ -120,6 +141,7 @@ impl Deliverer {
             outcome: verdict.outcome().as_str(),
             retry_in_ms: verdict.retry_in().map(|d| d.as_millis() as u64),
             request_id: job.request_id.as_deref(),
+            producer: job.producer.as_deref(),
         });
         self.metrics.attempt(&AttemptRecord {
             outcome: verdict.outcome(),
@@ -188,6 +210,7 @@ impl Deliverer {
             outcome: "dead",
             retry_in_ms: None,
             request_id: None,
+            producer: None,
         });
         Settlement::Dead {
             letter: Box::new(DeadLetter {

@@ -35,6 +35,8 @@ pub struct Record<'a> {
     pub retry_in_ms: Option<u64>,
     /// The ingest request's id, for tracing.
     pub request_id: Option<&'a str>,
+    /// The producer key's id, if the job has one.
+    pub producer: Option<&'a str>,
 }
 
 /// A cheap handle for writing delivery log lines.
@@ -87,6 +89,10 @@ pub fn format_record(format: LogFormat, r: &Record<'_>) -> String {
                 line.push_str(" request_id=");
                 logfmt_value(&mut line, id);
             }
+            if let Some(id) = r.producer {
+                line.push_str(" producer=");
+                logfmt_value(&mut line, id);
+            }
             line.push_str(" response_body=");
             quoted(&mut line, r.response_body);
         }
@@ -102,6 +108,7 @@ pub fn format_record(format: LogFormat, r: &Record<'_>) -> String {
                 "outcome": r.outcome,
                 "retry_in_ms": r.retry_in_ms,
                 "request_id": r.request_id,
+                "producer": r.producer,
                 "response_body": r.response_body,
             });
             line.push_str(&value.to_string());
@@ -209,6 +216,7 @@ mod tests {
             outcome: "retry",
             retry_in_ms: Some(5000),
             request_id: Some("req-1"),
+            producer: Some("0123456789ab"),
         }
     }
 
@@ -217,7 +225,7 @@ mod tests {
         let line = format_record(LogFormat::Logfmt, &record("oops \"x\"\nnext"));
         assert_eq!(
             line,
-            "delivery_time=2025-11-28T05:44:25.123Z id=abc attempt=2 method=GET url=\"http://h/?a=1&b=%20\" status=500 response_ms=12 outcome=retry retry_in_ms=5000 request_id=req-1 response_body=\"oops \\\"x\\\"\\nnext\"\n"
+            "delivery_time=2025-11-28T05:44:25.123Z id=abc attempt=2 method=GET url=\"http://h/?a=1&b=%20\" status=500 response_ms=12 outcome=retry retry_in_ms=5000 request_id=req-1 producer=0123456789ab response_body=\"oops \\\"x\\\"\\nnext\"\n"
         );
     }
 

@@ -7,6 +7,7 @@
 //! the [`guard`] allows), logs the attempt
 //! ([`delivery_log`]), counts it ([`metrics`]) and decides what follows
 //! ([`retry`]); the consumer settles that outcome in the queue.
+//! [`signing`] signs every request (Standard Webhooks);
 //! [`startup`] wires a worker process together; [`admin`] serves its
 //! metrics; [`dead`] is the operator's command line for dead letters;
 //! [`config`] reads the settings; [`cpu_policy`] asks the kernel to
@@ -24,4 +25,5 @@ pub mod guard;
 pub mod hosts;
 pub mod metrics;
 pub mod retry;
+pub mod signing;
 pub mod startup;

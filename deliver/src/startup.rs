@@ -7,6 +7,7 @@ use crate::consumer::{self, Stopped};
 use crate::deliverer::Deliverer;
 use crate::delivery_log::DeliveryLog;
 use crate::metrics::Metrics;
+use crate::signing::Signer;
 use common::queue::{Queue, QueueConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(4);
 /// settler and housekeeping, one for each fetcher's blocking take, one for
 /// the statistics.
 const REDIS_POOL_SIZE: usize = 8;
+/// How often start-up looks whether the signing secrets have been read.
+const SECRETS_POLL: Duration = Duration::from_millis(20);
 /// How long the last statistics flush may take at shutdown.
 const STATS_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -57,7 +60,8 @@ pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
 /// Runs a worker until `shutdown` is cancelled, then stops gracefully.
 pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken) -> Result<Stopped, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let deliverer = Arc::new(Deliverer::new(config, log, metrics.clone())?);
+    let signer = Arc::new(Signer::new(config.signing_secret.as_deref(), config.secret_overlap));
+    let deliverer = Arc::new(Deliverer::new(config, log, metrics.clone(), signer.clone())?);
     let queue = queue(config)?;
     let id = new_worker_id();
     log::info!(
@@ -91,6 +95,15 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
         stop_stats.clone(),
     ));
 
+    // Sign nothing before the producers' secrets are known.
+    let secrets = tokio::spawn(crate::signing::refresh(signer.clone(), queue.handle()));
+    while !signer.is_loaded() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(SECRETS_POLL) => {}
+        }
+    }
+
     // Not spawned: the consumers' fetchers run on the caller's thread
     // (main's), taking and handing out the next batch while the runtime's
     // threads deliver.
@@ -109,6 +122,7 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
 
     stop_stats.cancel();
     let _ = tokio::time::timeout(STATS_FLUSH_DEADLINE, stats).await;
+    secrets.abort();
     admin.abort();
     log::info!(
         "stopped: {} deliveries cut short by the grace period, {} unsettled jobs returned to the queue",

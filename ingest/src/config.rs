@@ -48,6 +48,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `INGEST_ACCESS_LOG`: where the one line per request goes.
     pub access_log: AccessLog,
+    /// `INGEST_AUTH`: whether requests need a producer key.
+    pub auth: crate::auth::AuthMode,
     /// `POSTBACK_ALLOW_DESTINATIONS`, `POSTBACK_DENY_DESTINATIONS`: which
     /// literal addresses an endpoint may name (deliver checks every
     /// address again at connect time).
@@ -105,12 +107,20 @@ pub const ACCESS_LOG: Setting = Setting::new(
     "one line per request: stdout, off, or a file (rotated at 200 MiB)",
 );
 
+/// `INGEST_AUTH`.
+pub const AUTH: Setting = Setting::new(
+    "INGEST_AUTH",
+    "keys",
+    "keys: every ingest request needs a producer key; off: anyone who reaches ingest may queue (trusted network only)",
+);
+
 /// The smallest body limit that still fits a request of one item.
 const MAX_BODY_BYTES_MIN: usize = 64;
 
 /// Every setting of ingest besides [`config::SHARED_SETTINGS`], in
 /// `--help` order.
 pub const SETTINGS: &[Setting] = &[
+    AUTH,
     BIND,
     REUSEPORT,
     SOCKET,
@@ -135,6 +145,11 @@ impl Config {
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
             destinations: config::destinations(src)?,
+            auth: match config::string(src, &AUTH).as_str() {
+                "keys" => crate::auth::AuthMode::Keys,
+                "off" => crate::auth::AuthMode::Off,
+                other => return Err(ConfigError::new(AUTH.var, other, "expected keys or off")),
+            },
             bind,
             reuse_port: config::flag(src, &REUSEPORT)?,
             socket: match config::string(src, &SOCKET).as_str() {

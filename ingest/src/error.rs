@@ -53,6 +53,24 @@ pub enum ApiError {
         /// The limit.
         limit: u64,
     },
+    /// No producer key in the request (`INGEST_AUTH=keys`).
+    #[error("this route needs a producer key: send `Authorization: Bearer <key>` or `X-Api-Key: <key>` (keys are made with `ingest keys create NAME`)")]
+    MissingKey,
+    /// A key that is not one of the store's, or that was revoked.
+    #[error("the producer key is not valid (unknown or revoked); ask the operator for a valid key")]
+    InvalidKey,
+    /// This process has not read the key store yet (just started, or Redis
+    /// has been away since it started).
+    #[error("the producer keys could not be read from Redis yet; nothing was queued, retry later")]
+    KeysNotLoaded,
+    /// The key is over its requests-per-second limit.
+    #[error(
+        "the producer key is over its limit of {limit} requests a second; nothing was queued, retry after a second"
+    )]
+    RateLimited {
+        /// The key's limit.
+        limit: u32,
+    },
     /// A method other than POST on an ingest route.
     #[error("{method} is not allowed here; send POST with the JSON request as body")]
     MethodNotAllowed {
@@ -85,6 +103,10 @@ impl ApiError {
             ApiError::QueueUnavailable(_) => "queue_unavailable",
             ApiError::RedisFull(_) => "redis_full",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::MissingKey => "missing_key",
+            ApiError::InvalidKey => "invalid_key",
+            ApiError::KeysNotLoaded => "queue_unavailable",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotFound { .. } => "not_found",
         }
@@ -105,9 +127,12 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueUnavailable(_) | ApiError::RedisFull(_) | ApiError::QueueFull { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::QueueUnavailable(_)
+            | ApiError::RedisFull(_)
+            | ApiError::QueueFull { .. }
+            | ApiError::KeysNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
         }
@@ -116,8 +141,17 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::QueueUnavailable(_) | ApiError::RedisFull(_) | ApiError::QueueFull { .. } => {
+            ApiError::QueueUnavailable(_)
+            | ApiError::RedisFull(_)
+            | ApiError::QueueFull { .. }
+            | ApiError::KeysNotLoaded => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+            }
+            ApiError::RateLimited { .. } => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::MissingKey | ApiError::InvalidKey => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"postback\""));
             }
             ApiError::MethodNotAllowed { .. } => {
                 response.insert_header((header::ALLOW, "POST"));

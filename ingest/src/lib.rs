@@ -11,9 +11,11 @@
 //! outbound request itself: that is `deliver`'s job, on the other side of
 //! the queue.
 
+pub mod auth;
 pub mod backlog;
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod metrics;
 pub mod middleware;
 pub mod request;

@@ -6,6 +6,7 @@
 //! (it goes into every job) and report how many jobs they queued by putting
 //! an [`Accepted`] into the response's.
 
+use crate::auth::Producer;
 use crate::metrics::Metrics;
 use crate::routes::route_of;
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
@@ -119,14 +120,17 @@ where
             }
             if let (Some(log), Some((method, path))) = (access_log, logged) {
                 let accepted = response.response().extensions().get::<Accepted>().map_or(0, |a| a.0);
-                log.write(&access_line(
-                    &request_id.0,
-                    method.as_str(),
-                    &path,
+                let producer = response.request().extensions().get::<Producer>().map(|p| p.id.clone());
+                let line = AccessLine {
+                    request_id: &request_id.0,
+                    method: method.as_str(),
+                    path: &path,
                     status,
                     accepted,
+                    producer: producer.as_deref(),
                     took,
-                ));
+                };
+                log.write(&line.to_string());
             }
             Ok(response)
         })
@@ -134,15 +138,31 @@ where
 }
 
 /// One access log line (logfmt).
-fn access_line(request_id: &str, method: &str, path: &str, status: u16, accepted: usize, took: Duration) -> String {
-    use std::fmt::Write as _;
-    let mut line = String::with_capacity(160 + path.len());
-    line.push_str("time=");
-    common::line_log::push_rfc3339_millis(&mut line, common::now_ms());
-    let _ = writeln!(
-        line,
-        " request_id={request_id} method={method} path={path} status={status} accepted={accepted} duration_us={}",
-        took.as_micros()
-    );
-    line
+struct AccessLine<'a> {
+    request_id: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    accepted: usize,
+    /// The producer key's id (`-` without one).
+    producer: Option<&'a str>,
+    took: Duration,
+}
+
+impl std::fmt::Display for AccessLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut time = String::with_capacity(24);
+        common::line_log::push_rfc3339_millis(&mut time, common::now_ms());
+        writeln!(
+            f,
+            "time={time} request_id={} method={} path={} status={} accepted={} producer={} duration_us={}",
+            self.request_id,
+            self.method,
+            self.path,
+            self.status,
+            self.accepted,
+            self.producer.unwrap_or("-"),
+            self.took.as_micros()
+        )
+    }
 }

@@ -43,6 +43,7 @@ pub fn parse(
     body: &[u8],
     max_items: usize,
     request_id: Option<&str>,
+    producer: Option<&str>,
     destinations: &DestinationPolicy,
 ) -> Result<Accepted, ApiError> {
     let not_an_object = || {
@@ -142,7 +143,7 @@ pub fn parse(
         ));
     }
 
-    let encoder = JobEncoder::new(method, url, common::now_ms(), request_id);
+    let encoder = JobEncoder::new(method, url, common::now_ms(), request_id, producer);
     let mut ids = Vec::with_capacity(items.len());
     let mut jobs = Vec::with_capacity(items.len());
     for item in items {
@@ -190,20 +191,28 @@ mod tests {
     const SAMPLE: &str = r#"{"endpoint":{"method":"get","url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"},"data":[{"mascot":"Gopher","location":"https://blog.golang.org/gopher/gopher.png"}]}"#;
 
     fn code(body: &str) -> &'static str {
-        parse(body.as_bytes(), 10, None, &DestinationPolicy::default())
+        parse(body.as_bytes(), 10, None, None, &DestinationPolicy::default())
             .unwrap_err()
             .code()
     }
 
     #[test]
     fn the_sample_becomes_one_job_with_the_method_upper_cased() {
-        let accepted = parse(SAMPLE.as_bytes(), 10, Some("req-1"), &DestinationPolicy::default()).unwrap();
+        let accepted = parse(
+            SAMPLE.as_bytes(),
+            10,
+            Some("req-1"),
+            Some("0123456789ab"),
+            &DestinationPolicy::default(),
+        )
+        .unwrap();
         assert_eq!(accepted.ids.len(), 1);
         let job = Job::decode(accepted.jobs[0].as_bytes()).unwrap();
         assert_eq!(job.id, accepted.ids[0]);
         assert_eq!(job.method, Method::Get);
         assert_eq!(job.attempt, 1);
         assert_eq!(job.request_id.as_deref(), Some("req-1"));
+        assert_eq!(job.producer.as_deref(), Some("0123456789ab"));
         let data: serde_json::Value = serde_json::from_str(job.data.get()).unwrap();
         assert_eq!(data["mascot"], "Gopher");
     }
@@ -259,6 +268,7 @@ mod tests {
             br#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},[1]]}"#,
             10,
             None,
+            None,
             &DestinationPolicy::default(),
         )
         .unwrap_err();
@@ -290,11 +300,11 @@ mod tests {
             "http://10.0.0.{n}/",
             "http://example.com/",
         ] {
-            assert!(parse(body(url).as_bytes(), 10, None, &open).is_ok(), "{url}");
+            assert!(parse(body(url).as_bytes(), 10, None, None, &open).is_ok(), "{url}");
         }
         let allowed = DestinationPolicy::parse("127.0.0.1:9000", "").unwrap();
-        assert!(parse(body("http://127.0.0.1:9000/").as_bytes(), 10, None, &allowed).is_ok());
-        let err = parse(body("http://127.0.0.1:9001/").as_bytes(), 10, None, &allowed).unwrap_err();
+        assert!(parse(body("http://127.0.0.1:9000/").as_bytes(), 10, None, None, &allowed).is_ok());
+        let err = parse(body("http://127.0.0.1:9001/").as_bytes(), 10, None, None, &allowed).unwrap_err();
         assert_eq!(err.code(), "blocked_destination");
         assert!(err.to_string().contains("127.0.0.1:9001"), "{err}");
     }

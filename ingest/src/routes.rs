@@ -104,9 +104,26 @@ pub async fn ingest(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Who is asking comes first: nothing of an unknown producer is read.
+    let producer = state.producers.authorize(req.headers())?;
+    if let Some(producer) = &producer {
+        req.extensions_mut().insert(producer.clone());
+        if let Some(limit) = producer.rate {
+            let second = common::now_ms() / 1000;
+            if state.queue.count_producer_request(&producer.id, second).await? > u64::from(limit) {
+                return Err(ApiError::RateLimited { limit });
+            }
+        }
+    }
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone());
-    let accepted = request::parse(&body, state.max_items, request_id.as_deref(), &state.destinations)?;
+    let accepted = request::parse(
+        &body,
+        state.max_items,
+        request_id.as_deref(),
+        producer.as_ref().map(|p| p.id.as_str()),
+        &state.destinations,
+    )?;
     state.backlog.check()?;
 
     let asked_at = std::time::Instant::now();
@@ -187,18 +204,22 @@ pub async fn dashboard() -> HttpResponse {
 }
 
 /// `GET /health`: 200 when Redis answers a PING in time, 503 otherwise.
+/// With `INGEST_AUTH=keys` it is 503 also until the producer keys have
+/// been read once: until then no request could be accepted.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let ping = state.queue.ping().await;
+    let keys = state.producers.state();
     match ping {
-        Ok(_) => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up"})),
-        Err(e) => unhealthy(e.to_string()),
+        Ok(_) if keys != "loading" => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up", "keys": keys})),
+        Ok(_) => unhealthy("up", keys, "the producer keys have not been read yet".into()),
+        Err(e) => unhealthy("down", keys, e.to_string()),
     }
 }
 
-fn unhealthy(error: String) -> HttpResponse {
+fn unhealthy(redis: &str, keys: &str, error: String) -> HttpResponse {
     HttpResponse::ServiceUnavailable()
         .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
-        .json(json!({"status": "unavailable", "redis": "down", "error": error}))
+        .json(json!({"status": "unavailable", "redis": redis, "keys": keys, "error": error}))
 }
 
 /// Any method but POST on an ingest route.

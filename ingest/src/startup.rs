@@ -1,6 +1,7 @@
 //! Building and running the HTTP server. Tests call [`Application::build`]
 //! with their own configuration, exactly as `main` does.
 
+use crate::auth::{self, Producers};
 use crate::backlog::{self, Backlog};
 use crate::config::{AccessLog, Config};
 use crate::metrics::Metrics;
@@ -36,6 +37,19 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// See [`Config::destinations`].
     pub destinations: Arc<common::destination::DestinationPolicy>,
+    /// The producer keys, as this process last read them.
+    pub producers: Arc<Producers>,
+}
+
+/// The queue handle ingest uses (also for `ingest keys`).
+pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
+    Queue::new(&QueueConfig {
+        url: config.redis_url.clone(),
+        name: config.queue.clone(),
+        timeout: config.redis_timeout,
+        longest_block: Duration::ZERO,
+        pool_size: config.redis_pool,
+    })
 }
 
 /// A bound, ready-to-run ingest server.
@@ -43,6 +57,7 @@ pub struct Application {
     port: u16,
     server: Server,
     refresher: tokio::task::JoinHandle<()>,
+    keys_refresher: tokio::task::JoinHandle<()>,
     access_log_writer: Option<std::thread::JoinHandle<()>>,
     socket: Option<std::path::PathBuf>,
 }
@@ -54,17 +69,12 @@ impl Application {
         let listener = bind(&config.bind, config.reuse_port)?;
         let port = listener.local_addr()?.port();
         let socket = config.socket.as_deref().map(bind_socket).transpose()?;
-        let queue = Queue::new(&QueueConfig {
-            url: config.redis_url.clone(),
-            name: config.queue.clone(),
-            timeout: config.redis_timeout,
-            longest_block: Duration::ZERO,
-            pool_size: config.redis_pool,
-        })
-        .map_err(std::io::Error::other)?;
+        let queue = queue(config).map_err(std::io::Error::other)?;
         let backlog = Arc::new(Backlog::new(config.max_queue));
         let metrics = Arc::new(Metrics::new());
         let refresher = tokio::spawn(backlog::refresh(backlog.clone(), queue.handle(), metrics.clone()));
+        let producers = Arc::new(Producers::new(config.auth));
+        let keys_refresher = tokio::spawn(auth::refresh(producers.clone(), queue.handle()));
         let (access_log, access_log_writer) = match &config.access_log {
             AccessLog::Off => (None, None),
             AccessLog::Stdout => {
@@ -88,6 +98,7 @@ impl Application {
                 max_items,
                 metrics: metrics.clone(),
                 destinations: destinations.clone(),
+                producers: producers.clone(),
             });
             let app = App::new()
                 .app_data(state)
@@ -99,6 +110,7 @@ impl Application {
             port,
             server,
             refresher,
+            keys_refresher,
             access_log_writer,
             socket: config.socket.clone(),
         })
@@ -114,6 +126,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.refresher.abort();
+        self.keys_refresher.abort();
         if let Some(path) = &self.socket {
             let _ = std::fs::remove_file(path);
         }

@@ -37,25 +37,37 @@ impl TestApp {
     }
 }
 
+/// An in-process ingest on a Redis of its own. Producer keys are off
+/// (`INGEST_AUTH=off`) unless `extra` says otherwise: the tests that are
+/// not about keys send none. `extra` wins over these defaults.
 async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let mut env = vec![
-        ("INGEST_BIND", "127.0.0.1:0"),
-        ("REDIS_URL", url.as_str()),
-        ("INGEST_WORKERS", "2"),
-        ("INGEST_ACCESS_LOG", "off"),
-    ];
-    env.extend_from_slice(extra);
-    let config = Config::from_source(env.as_slice()).expect("test config");
-    let app = Application::build(&config).expect("ingest builds");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    spawn_app_on(RedisServer::start(), extra).await
+}
+
+async fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
+    let (base, config) = spawn_ingest_at(&redis.url(), extra);
     TestApp {
         base,
         keys: QueueKeys::new(&config.queue),
         redis,
     }
+}
+
+/// An in-process ingest on the Redis at `redis_url`: its base URL.
+fn spawn_ingest_at(redis_url: &str, extra: &[(&str, &str)]) -> (String, Config) {
+    let mut env = extra.to_vec();
+    env.extend_from_slice(&[
+        ("INGEST_BIND", "127.0.0.1:0"),
+        ("REDIS_URL", redis_url),
+        ("INGEST_WORKERS", "2"),
+        ("INGEST_ACCESS_LOG", "off"),
+        ("INGEST_AUTH", "off"),
+    ]);
+    let config = Config::from_source(env.as_slice()).expect("test config");
+    let app = Application::build(&config).expect("ingest builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    (base, config)
 }
 
 #[tokio::test]
@@ -377,6 +389,7 @@ async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
     let port = testkit::free_port();
     let dir = testkit::TempDir::new("ingest-binary");
     let socket = dir.path().join("ingest_00.sock");
+    let key = create_key(&redis.url(), "shop", &[]);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
         .env("REDIS_URL", redis.url())
         .env("INGEST_BIND", format!("127.0.0.1:{port}"))
@@ -395,12 +408,17 @@ async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
         }
     });
     let base = format!("http://127.0.0.1:{port}");
-    wait_until(Duration::from_secs(20), "ingest to listen", || {
+    wait_until(Duration::from_secs(20), "ingest to be healthy (keys read)", || {
         let url = format!("{base}/health");
-        async move { std::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches("/health")).is_ok() }
+        async move {
+            std::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches("/health")).is_ok()
+                && get(&url).await.status == 200
+        }
     })
     .await;
-    let response = http("POST", &format!("{base}/ingest"), &[("x-request-id", "abc-42")], SAMPLE).await;
+    let bearer = format!("Bearer {}", key.key);
+    let headers = [("x-request-id", "abc-42"), ("authorization", bearer.as_str())];
+    let response = http("POST", &format!("{base}/ingest"), &headers, SAMPLE).await;
     assert_eq!(response.status, 202);
     assert_eq!(response.header("x-request-id"), Some("abc-42"));
     wait_until(Duration::from_secs(10), "the access line", || {
@@ -424,12 +442,17 @@ async fn the_binary_logs_one_access_line_per_request_with_its_request_id() {
     ] {
         assert!(line.contains(part), "{part} missing from {line}");
     }
+    assert!(
+        line.contains(&format!("producer={}", key.id)),
+        "the key's id is logged: {line}"
+    );
+    assert!(!line.contains(&key.key), "the key itself is never logged: {line}");
     // The socket serves the same app (the access log names it too).
     let path = socket.clone();
     let (status, _) = tokio::task::spawn_blocking(move || post_over_socket(&path, "/i", SAMPLE))
         .await
         .unwrap();
-    assert_eq!(status, 202);
+    assert_eq!(status, 401, "no key, over the socket too");
     wait_until(Duration::from_secs(10), "the access line of the socket request", || {
         let lines = lines.clone();
         async move { lines.lock().unwrap().iter().any(|l| l.contains("path=/i ")) }
@@ -503,4 +526,168 @@ async fn an_endpoint_at_a_private_literal_address_gets_400_blocked_destination()
     let to = |port: u16| format!(r#"{{"endpoint":{{"method":"GET","url":"http://127.0.0.1:{port}/"}},"data":[{{}}]}}"#);
     assert_eq!(post(&open.url("/ingest"), to(9000)).await.status, 202);
     assert_eq!(post(&open.url("/ingest"), to(9001)).await.status, 400);
+}
+
+/// A key made with the real `ingest keys create` command.
+struct MadeKey {
+    id: String,
+    key: String,
+    signing_secret: String,
+}
+
+fn ingest_command(redis_url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .env("REDIS_URL", redis_url)
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .output()
+        .expect("the ingest binary runs")
+}
+
+fn create_key(redis_url: &str, name: &str, extra: &[&str]) -> MadeKey {
+    let mut args = vec!["keys", "create", name, "--json"];
+    args.extend_from_slice(extra);
+    let out = ingest_command(redis_url, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).expect("keys create --json prints JSON");
+    assert_eq!(made["name"], name);
+    MadeKey {
+        id: made["id"].as_str().unwrap().to_string(),
+        key: made["key"].as_str().unwrap().to_string(),
+        signing_secret: made["signing_secret"].as_str().unwrap().to_string(),
+    }
+}
+
+async fn post_with(url: &str, key: &str, body: &str) -> testkit::HttpResponse {
+    http(
+        "POST",
+        url,
+        &[("authorization", &format!("Bearer {key}"))],
+        body.to_string(),
+    )
+    .await
+}
+
+/// An app with producer keys on, healthy (its keys read).
+async fn spawn_keyed_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
+    let mut env = vec![("INGEST_AUTH", "keys")];
+    env.extend_from_slice(extra);
+    let app = spawn_app_on(redis, &env).await;
+    wait_healthy(&app.base).await;
+    app
+}
+
+async fn wait_healthy(base: &str) {
+    let health = format!("{base}/health");
+    wait_until(Duration::from_secs(10), "ingest to be healthy (keys read)", || {
+        let health = health.clone();
+        async move { get(&health).await.status == 200 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_keys_a_request_needs_a_valid_key_and_health_stays_open() {
+    let redis = RedisServer::start();
+    let made = create_key(&redis.url(), "shop", &[]);
+    assert!(made.key.starts_with(&format!("pk_{}_", made.id)), "{}", made.key);
+    assert!(made.signing_secret.starts_with("whsec_"));
+    let app = spawn_keyed_app_on(redis, &[]).await;
+    let missing = post(&app.url("/ingest"), SAMPLE).await;
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    assert_eq!(missing.json()["error"]["code"], "missing_key");
+    assert!(missing.header("www-authenticate").unwrap().starts_with("Bearer"));
+    let wrong = post_with(
+        &app.url("/ingest"),
+        &format!("pk_{}_{}", made.id, "x".repeat(43)),
+        SAMPLE,
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.json()["error"]["code"], "invalid_key");
+    assert!(app.queued().await.is_empty(), "nothing queued without a valid key");
+    assert_eq!(get(&app.url("/health")).await.status, 200);
+
+    let by_header = http("POST", &app.url("/ingest"), &[("x-api-key", &made.key)], SAMPLE).await;
+    assert_eq!(by_header.status, 202, "{}", by_header.body);
+    assert_eq!(post_with(&app.url("/ingest"), &made.key, SAMPLE).await.status, 202);
+    let queued = app.queued().await;
+    assert_eq!(queued.len(), 2);
+    let job = Job::decode(queued[0].as_bytes()).unwrap();
+    assert_eq!(
+        job.producer.as_deref(),
+        Some(made.id.as_str()),
+        "the job names its producer"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_every_ingest_process_within_5_seconds() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let made = create_key(&url, "partner", &[]);
+    let first = spawn_keyed_app_on(redis, &[]).await;
+    // A second ingest process on the same Redis.
+    let (second, _) = spawn_ingest_at(&url, &[("INGEST_AUTH", "keys")]);
+    wait_healthy(&second).await;
+    let ingests = [first.url("/ingest"), format!("{second}/ingest")];
+    for ingest in &ingests {
+        assert_eq!(post_with(ingest, &made.key, SAMPLE).await.status, 202);
+    }
+    let out = ingest_command(&url, &["keys", "revoke", &made.id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let revoked_at = Instant::now();
+    for ingest in &ingests {
+        let ingest = ingest.clone();
+        let key = made.key.clone();
+        wait_until(Duration::from_secs(5), "the revoked key to be refused", || {
+            let (ingest, key) = (ingest.clone(), key.clone());
+            async move { post_with(&ingest, &key, SAMPLE).await.status == 401 }
+        })
+        .await;
+    }
+    println!("revoked key refused by both processes after {:?}", revoked_at.elapsed());
+    // The list names it revoked, and never shows a key or a secret.
+    let list = ingest_command(&url, &["keys", "list", "--json"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(listed[0]["id"], made.id.as_str());
+    assert!(listed[0]["revoked_ms"].as_u64().is_some(), "{text}");
+    assert!(
+        !text.contains(&made.key[16..]) && !text.contains(&made.signing_secret),
+        "{text}"
+    );
+    assert!(!text.contains("secret_hash"), "{text}");
+    let unknown = ingest_command(&url, &["keys", "revoke", "000000000000"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no key with id"));
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_and_queues_nothing_for_those() {
+    let redis = RedisServer::start();
+    let made = create_key(&redis.url(), "bursty", &["--rate", "3"]);
+    let app = spawn_keyed_app_on(redis, &[]).await;
+    let mut accepted = 0;
+    let mut limited = 0;
+    // Within one second (the counter's window), at most 3 get through.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(600) && limited == 0 {
+        let response = post_with(&app.url("/ingest"), &made.key, SAMPLE).await;
+        match response.status {
+            202 => accepted += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(response.json()["error"]["code"], "rate_limited");
+                assert!(response.header("retry-after").is_some());
+            }
+            other => panic!("unexpected {other}: {}", response.body),
+        }
+    }
+    assert!(limited > 0, "{accepted} accepted and none limited");
+    assert!(
+        accepted <= 6,
+        "{accepted} accepted: at most 3 a second (two seconds touched at most)"
+    );
+    assert_eq!(app.queued().await.len(), accepted, "a 429 queued nothing");
 }

@@ -31,6 +31,21 @@ ensure_packages() {
 }
 
 # ensure_rust: cargo must exist (the machine image provides rustup's).
+# ensure_test_python : a Python for the tests' independent checkers (the
+# standardwebhooks package, to verify signatures with code that is not
+# ours), in a virtualenv under target/, made once from PyPI. Exports
+# POSTBACK_TEST_PYTHON.
+ensure_test_python() {
+  local venv=${repo:?ensure_test_python needs repo}/target/test-python
+  if ! "$venv/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
+    say "installing the tests' Python checkers (standardwebhooks) into $venv"
+    python3 -m venv "$venv" || die "python3 -m venv failed (apt-get install python3-venv?)"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check standardwebhooks ||
+      die "could not install standardwebhooks from PyPI"
+  fi
+  export POSTBACK_TEST_PYTHON=$venv/bin/python
+}
+
 ensure_rust() {
   command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs), then run this again"
 }

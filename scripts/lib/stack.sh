@@ -77,6 +77,33 @@ sockets_reachable() {
 
 # stack_render : renders every config from the templates and postback.env.
 # Monitoring (collectd, InfluxDB) is rendered when postback.env says
+# stack_producer_key : prints the stack's own producer key, made once with
+# `ingest keys create local` and kept in $POSTBACK_CONF_DIR/producer-key
+# (mode 0600); made again if the store no longer has it, active. Needs the
+# stack up, and returns once ingest accepts the key.
+stack_producer_key() {
+  local file=$POSTBACK_CONF_DIR/producer-key key id
+  local ingest=("$POSTBACK_LIB_DIR/with-env" "$POSTBACK_CONF_DIR/postback.env" "$POSTBACK_BIN_DIR/ingest")
+  if [ -f "$file" ]; then
+    key=$(cat "$file") id=${key#pk_}
+    id=${id%%_*}
+    if "${ingest[@]}" keys list --json | grep -q "\"id\":\"$id\",\"name\":\"[^\"]*\",\"created_ms\":[0-9]*,\"rate\":[0-9a-z]*,\"revoked_ms\":null"; then
+      echo "$key"
+      return 0
+    fi
+  fi
+  key=$("${ingest[@]}" keys create local --json | sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
+  [ -n "$key" ] || { echo "error: could not make a producer key (is Redis up?)" >&2; return 1; }
+  (umask 077 && echo "$key" >"$file")
+  # Every ingest process reloads the store within a second or so; until
+  # then the new key is unknown (401). A request it accepts and ingest
+  # refuses as empty (400) tells that it has.
+  wait_for 10 "ingest to know the new producer key" bash -c \
+    "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer $key' -d '{}' '$(stack_http_base)/ingest')\" = 400 ]" >&2 ||
+    return 1
+  echo "$key"
+}
+
 # env_default VAR : VAR's value in the env template, for a postback.env
 # written before VAR existed. Defaults are written once, there.
 env_default() {

@@ -81,6 +81,12 @@ if ! stack_render || ! stack_start >/dev/null; then
   exit 1
 fi
 
+# The stack's producer key, made as scripts/run makes it: every POST to
+# ingest carries it.
+stack_wait_healthy 60 >/dev/null || { echo "FAILED - the stack did not become healthy"; exit 1; }
+key=$(stack_producer_key) || { echo "FAILED - no producer key"; exit 1; }
+auth=(-H "Authorization: Bearer $key")
+
 # ids_at_sink : distinct `id` values the sink received.
 ids_at_sink() { sed -n 's/.*[?&]id=\([^& ]*\).*/\1/p' "$tmp/sink.log" | sort -u | wc -l; }
 
@@ -89,7 +95,7 @@ post_jobs() {
   local from=$1 count=$2 i body
   for ((i = from; i < from + count; i += 100)); do
     body=$(seq "$i" $((i + 99)) | sed 's/.*/{"id":"&"}/' | paste -sd, -)
-    curl -fsS -o /dev/null -X POST "$base/ingest" \
+    curl -fsS -o /dev/null -X POST "$base/ingest" "${auth[@]}" \
       -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/job?id={id}\"},\"data\":[$body]}" || return 1
   done
 }
@@ -106,8 +112,13 @@ test_all_running_and_sample_delivered() {
     grep -q "^$program .* RUNNING " <<<"$status" || fail "$program is not RUNNING: $status" || return 1
   done
   local response headers
-  response=$(curl -sS -D "$tmp/sample.headers" -X POST "$base/ingest" -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/data?title={mascot}&image={location}&foo={bar}\"},\"data\":[{\"mascot\":\"Gopher\",\"location\":\"https://blog.golang.org/gopher/gopher.png\"}]}")
+  response=$(curl -sS -D "$tmp/sample.headers" -X POST "$base/ingest" "${auth[@]}" -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/data?title={mascot}&image={location}&foo={bar}\"},\"data\":[{\"mascot\":\"Gopher\",\"location\":\"https://blog.golang.org/gopher/gopher.png\"}]}")
   grep -q '"accepted":1' <<<"$response" || fail "ingest answered: $response" || return 1
+  # Without the key: 401 with its JSON, through nginx.
+  local code
+  code=$(curl -sS -o "$tmp/401.json" -D "$tmp/401.headers" -w '%{http_code}' -X POST "$base/ingest" -d '{}')
+  [ "$code" = 401 ] && grep -q '"code":"missing_key"' "$tmp/401.json" && grep -qi '^www-authenticate: Bearer' "$tmp/401.headers" ||
+    fail "a keyless request got $code: $(cat "$tmp/401.json")" || return 1
   # One X-Request-Id, whether nginx made it or ingest echoed it.
   headers=$(grep -ci '^x-request-id:' "$tmp/sample.headers")
   [ "$headers" -eq 1 ] || fail "$headers X-Request-Id headers: $(cat "$tmp/sample.headers")" || return 1
@@ -209,12 +220,12 @@ test_every_answer_carries_one_request_id_that_nginx_logs() {
   sample="{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/rid?n={n}\"},\"data\":[{\"n\":\"1\"}]}"
   # ingest makes the id when the caller sent none, not nginx: a UUID v7,
   # whose first 12 hex digits are the time in ms (nginx's are random)...
-  id=$(request_id_of POST /ingest?made -d "$sample") || return 1
+  id=$(request_id_of POST /ingest?made "${auth[@]}" -d "$sample") || return 1
   [[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "made id: $id" || return 1
   local skew=$(($(date +%s%3N) - 16#${id:0:12}))
   [ "${skew#-}" -lt 60000 ] || fail "$id is not a UUID v7 of now (off by $skew ms): nginx made it?" || return 1
   # ...and keeps the caller's,
-  id=$(request_id_of POST /ingest?given -H 'X-Request-Id: trace-42' -d "$sample") || return 1
+  id=$(request_id_of POST /ingest?given "${auth[@]}" -H 'X-Request-Id: trace-42' -d "$sample") || return 1
   [ "$id" = trace-42 ] || fail "the caller's id came back as $id" || return 1
   # which reaches the delivery log.
   wait_for 20 "request_id=trace-42 in a delivery log" bash -c "grep -q 'request_id=trace-42' '$POSTBACK_LOG_DIR'/deliver_*.delivery.log" ||

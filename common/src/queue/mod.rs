@@ -12,11 +12,13 @@
 //!
 //! - [`protocol`]: the keys and commands over one connection (what the
 //!   handle calls; tests use it to set up and inspect a queue);
+//! - [`producers`]: the producer key store, likewise;
 //! - [`QueueError`]: why an operation failed, by kind;
 //! - `connection`: the pool and the shared multiplexed connection.
 
 mod connection;
 mod error;
+pub mod producers;
 pub mod protocol;
 
 pub use error::QueueError;
@@ -264,6 +266,60 @@ impl Queue {
         let keys = &self.shared.shards[0];
         self.run("statistics", Duration::ZERO, |mut conn| async move {
             crate::stats::read(&mut conn, keys, until, seconds, step, failures).await
+        })
+        .await
+    }
+
+    /// Stores a new producer key.
+    pub async fn create_producer(
+        &self,
+        key: &crate::producer::NewKey,
+        name: &str,
+        rate: Option<u32>,
+    ) -> Result<(), QueueError> {
+        self.run("producer keys", Duration::ZERO, |mut conn| async move {
+            producers::create(&mut conn, key, name, rate, crate::now_ms()).await
+        })
+        .await
+    }
+
+    /// The producer key store's version: it moves on at every change.
+    pub async fn producers_version(&self) -> Result<u64, QueueError> {
+        self.run("producer keys", Duration::ZERO, |mut conn| async move {
+            producers::version(&mut conn).await
+        })
+        .await
+    }
+
+    /// Every producer key, and the store version it was read at.
+    pub async fn producers(&self) -> Result<(u64, Vec<crate::producer::ProducerRecord>), QueueError> {
+        self.run("producer keys", Duration::ZERO, |mut conn| async move {
+            producers::load(&mut conn).await
+        })
+        .await
+    }
+
+    /// Revokes a producer key: 1, 2 if it was revoked already, 0 if unknown.
+    pub async fn revoke_producer(&self, id: &str) -> Result<u8, QueueError> {
+        self.run("producer keys", Duration::ZERO, |mut conn| async move {
+            producers::revoke(&mut conn, id, crate::now_ms()).await
+        })
+        .await
+    }
+
+    /// Gives a producer key a new signing secret; false if unknown.
+    pub async fn rotate_producer_secret(&self, id: &str, secret: &str) -> Result<bool, QueueError> {
+        self.run("producer keys", Duration::ZERO, |mut conn| async move {
+            producers::rotate_secret(&mut conn, id, secret, crate::now_ms()).await
+        })
+        .await
+    }
+
+    /// Counts one request of producer `id` in Unix second `second`, over
+    /// every ingest process; returns the count so far.
+    pub async fn count_producer_request(&self, id: &str, second: u64) -> Result<u64, QueueError> {
+        self.run("rate limit", Duration::ZERO, |mut conn| async move {
+            producers::count_request(&mut conn, id, second).await
         })
         .await
     }

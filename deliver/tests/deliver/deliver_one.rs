@@ -3,6 +3,7 @@
 //! the delivery log line it writes. No Redis: a delivery does not touch the
 //! queue.
 
+use crate::support::unsigned;
 use common::job::{Job, Method};
 use common::queue::Settlement;
 use deliver::config::Config;
@@ -28,7 +29,7 @@ fn deliverer(dir: &TempDir, extra: &[(&str, &str)]) -> (Deliverer, PathBuf) {
     let config = Config::from_source(env.as_slice()).expect("test settings are valid");
     let path = dir.path().join("delivery.log");
     let (log, _writer) = DeliveryLog::file(config.log_format, &path).expect("the log file opens");
-    let deliverer = Deliverer::new(&config, log, Arc::new(Metrics::new())).expect("the client builds");
+    let deliverer = Deliverer::new(&config, log, Arc::new(Metrics::new()), unsigned()).expect("the client builds");
     (deliverer, path)
 }
 
@@ -41,6 +42,7 @@ fn job(url: &str, attempt: u32) -> Job {
         attempt,
         enqueued_at: common::now_ms(),
         request_id: Some("req-1".into()),
+        producer: None,
     }
 }
 

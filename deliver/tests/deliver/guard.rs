@@ -6,6 +6,7 @@
 //! policy's unit tests and ingest's: a test never sends traffic off
 //! 127.0.0.0/8, even when what it tests is broken.)
 
+use crate::support::unsigned;
 use common::job::{Job, Method};
 use common::queue::Settlement;
 use deliver::config::Config;
@@ -25,7 +26,10 @@ fn deliverer(dir: &TempDir, allow: &str) -> (Deliverer, std::path::PathBuf) {
     let config = Config::from_source(&env).expect("test settings are valid");
     let path = dir.path().join("delivery.log");
     let (log, _writer) = DeliveryLog::file(config.log_format, &path).unwrap();
-    (Deliverer::new(&config, log, Arc::new(Metrics::new())).unwrap(), path)
+    (
+        Deliverer::new(&config, log, Arc::new(Metrics::new()), unsigned()).unwrap(),
+        path,
+    )
 }
 
 fn job(url: &str, data: serde_json::Value) -> Job {
@@ -37,6 +41,7 @@ fn job(url: &str, data: serde_json::Value) -> Job {
         attempt: 1,
         enqueued_at: common::now_ms(),
         request_id: None,
+        producer: None,
     }
 }
 

@@ -8,5 +8,6 @@ mod guard;
 mod observability;
 mod pipeline;
 mod reliability;
+mod signing;
 mod sink;
 mod support;

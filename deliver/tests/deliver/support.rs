@@ -38,6 +38,12 @@ pub fn fast_env(redis: &RedisServer) -> Vec<(String, String)> {
     .collect()
 }
 
+/// A signer with no secrets: deliveries go unsigned (tests not about
+/// signatures).
+pub fn unsigned() -> std::sync::Arc<deliver::signing::Signer> {
+    std::sync::Arc::new(deliver::signing::Signer::new(None, Duration::from_secs(1)))
+}
+
 /// Replaces or adds `key` in an environment list.
 pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.retain(|(k, _)| k != key);
@@ -163,6 +169,7 @@ pub fn job(method: Method, url: &str, data: serde_json::Value) -> Job {
         attempt: 1,
         enqueued_at: common::now_ms(),
         request_id: None,
+        producer: None,
     }
 }
 
@@ -229,6 +236,8 @@ pub fn spawn_ingest(redis: &RedisServer, extra: &[(&str, &str)]) -> String {
         ("INGEST_WORKERS", "1"),
         ("INGEST_ACCESS_LOG", "off"),
         LOOPBACK_SINKS,
+        // deliver's tests send no producer keys.
+        ("INGEST_AUTH", "off"),
     ];
     env.extend_from_slice(extra);
     let config = ingest::config::Config::from_source(env.as_slice()).expect("test ingest config");

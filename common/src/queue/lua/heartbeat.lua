@@ -1,7 +1,7 @@
 #!lua flags=allow-oom
 -- allow-oom: a worker must start and stay alive when Redis is full, or the
 -- queue could not be drained and its in-flight jobs would be reclaimed (see
--- the note on scripts at the top of queue.rs). It adds a few bytes at most.
+-- the note on scripts at the top of queue/protocol.rs). It adds a few bytes at most.
 -- Marks a worker alive for a while and registers it as the possible owner
 -- of an in-flight list.
 -- KEYS[1] heartbeat key  (postback:{q}:heartbeat:<worker>)
