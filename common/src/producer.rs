@@ -124,7 +124,12 @@ pub fn split_key(presented: &str) -> Option<(&str, &str)> {
 
 /// SHA-256 of a key's secret part, hex.
 pub fn hash_secret(secret: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+    sha256_hex(secret.as_bytes())
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// Whether `secret` hashes to `stored_hash`, compared in constant time.

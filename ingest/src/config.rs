@@ -48,6 +48,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `INGEST_ACCESS_LOG`: where the one line per request goes.
     pub access_log: AccessLog,
+    /// `INGEST_IDEMPOTENCY_TTL_S`: how long an Idempotency-Key is kept.
+    pub idempotency_ttl: Duration,
     /// `INGEST_AUTH`: whether requests need a producer key.
     pub auth: crate::auth::AuthMode,
     /// `POSTBACK_ALLOW_DESTINATIONS`, `POSTBACK_DENY_DESTINATIONS`: which
@@ -114,6 +116,13 @@ pub const AUTH: Setting = Setting::new(
     "keys: every ingest request needs a producer key; off: anyone who reaches ingest may queue (trusted network only)",
 );
 
+/// `INGEST_IDEMPOTENCY_TTL_S`.
+pub const IDEMPOTENCY_TTL_S: Setting = Setting::new(
+    "INGEST_IDEMPOTENCY_TTL_S",
+    "86400",
+    "how long an Idempotency-Key's answer is kept for replays, seconds",
+);
+
 /// The smallest body limit that still fits a request of one item.
 const MAX_BODY_BYTES_MIN: usize = 64;
 
@@ -133,6 +142,7 @@ pub const SETTINGS: &[Setting] = &[
     REDIS_POOL,
     SHUTDOWN_GRACE_MS,
     ACCESS_LOG,
+    IDEMPOTENCY_TTL_S,
 ];
 
 impl Config {
@@ -145,6 +155,7 @@ impl Config {
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
             destinations: config::destinations(src)?,
+            idempotency_ttl: Duration::from_secs(config::count(src, &IDEMPOTENCY_TTL_S, 1)? as u64),
             auth: match config::string(src, &AUTH).as_str() {
                 "keys" => crate::auth::AuthMode::Keys,
                 "off" => crate::auth::AuthMode::Off,

@@ -71,6 +71,9 @@ pub enum ApiError {
         /// The key's limit.
         limit: u32,
     },
+    /// The Idempotency-Key was used before with another body.
+    #[error("this Idempotency-Key was used before for a different request body; nothing was queued. Use a new key for a new request")]
+    IdempotencyKeyReused,
     /// A method other than POST on an ingest route.
     #[error("{method} is not allowed here; send POST with the JSON request as body")]
     MethodNotAllowed {
@@ -107,6 +110,7 @@ impl ApiError {
             ApiError::InvalidKey => "invalid_key",
             ApiError::KeysNotLoaded => "queue_unavailable",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotFound { .. } => "not_found",
         }
@@ -133,6 +137,7 @@ impl ResponseError for ApiError {
             | ApiError::KeysNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
         }

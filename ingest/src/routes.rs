@@ -11,6 +11,7 @@ use actix_web::dev::{ServiceFactory, ServiceRequest};
 use actix_web::http::header;
 use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes_buf::read_body;
+use common::queue::IdempotentPush;
 use serde_json::json;
 
 /// What a route serves.
@@ -125,28 +126,89 @@ pub async fn ingest(
         &state.destinations,
     )?;
     state.backlog.check()?;
+    let idempotency_key = idempotency_key(&req)?;
 
-    let asked_at = std::time::Instant::now();
-    let depth = state.queue.push(&accepted.jobs).await?;
-    state.backlog.observe(depth, asked_at);
-    state.metrics.accepted(accepted.ids.len());
     // Ids are UUIDs (no characters to escape): the answer is written as it is.
-    let mut body = String::with_capacity(32 + accepted.ids.len() * 39);
-    body.push_str("{\"accepted\":");
-    body.push_str(&accepted.ids.len().to_string());
-    body.push_str(",\"ids\":[");
+    let mut answer = String::with_capacity(32 + accepted.ids.len() * 39);
+    answer.push_str("{\"accepted\":");
+    answer.push_str(&accepted.ids.len().to_string());
+    answer.push_str(",\"ids\":[");
     for (i, id) in accepted.ids.iter().enumerate() {
         if i > 0 {
-            body.push(',');
+            answer.push(',');
         }
-        body.push('"');
-        body.push_str(id);
-        body.push('"');
+        answer.push('"');
+        answer.push_str(id);
+        answer.push('"');
     }
-    body.push_str("]}");
+    answer.push_str("]}");
+
+    let asked_at = std::time::Instant::now();
+    let depth = match idempotency_key {
+        None => state.queue.push(&accepted.jobs).await?,
+        Some(key) => {
+            // The record: what the body was, and what it was answered.
+            let body_hash = common::producer::sha256_hex(&body);
+            let record = format!("{body_hash}\n{answer}");
+            let scope = producer.as_ref().map_or("-", |p| p.id.as_str());
+            let key_hash = common::producer::sha256_hex(key.as_bytes());
+            match state
+                .queue
+                .push_idempotent(scope, &key_hash, &record, state.idempotency_ttl, &accepted.jobs)
+                .await?
+            {
+                IdempotentPush::Pushed(depth) => depth,
+                IdempotentPush::Existed(kept) => return replay(&kept, &body_hash),
+            }
+        }
+    };
+    state.backlog.observe(depth, asked_at);
+    state.metrics.accepted(accepted.ids.len());
+    let body = answer;
     let mut response = HttpResponse::Accepted().content_type("application/json").body(body);
     response.extensions_mut().insert(Accepted(accepted.ids.len()));
     Ok(response)
+}
+
+/// The longest `Idempotency-Key` accepted.
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// The request's `Idempotency-Key`, if it has one: 1 to 255 printable
+/// ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= IDEMPOTENCY_KEY_MAX
+                && key.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+        {
+            Ok(Some(key))
+        }
+        _ => Err(ApiError::invalid(
+            "invalid_idempotency_key",
+            format!("`Idempotency-Key` must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"),
+        )),
+    }
+}
+
+/// The answer to a repeat of an idempotent request: the first answer again
+/// if the body is the same, 422 if the key was used for another body.
+fn replay(kept: &str, body_hash: &str) -> Result<HttpResponse, ApiError> {
+    match kept.split_once('\n') {
+        Some((hash, answer)) if hash == body_hash => {
+            let mut response = HttpResponse::Accepted()
+                .content_type("application/json")
+                .insert_header(("idempotent-replayed", "true"))
+                .body(answer.to_string());
+            // Nothing new was queued.
+            response.extensions_mut().insert(Accepted(0));
+            Ok(response)
+        }
+        _ => Err(ApiError::IdempotencyKeyReused),
+    }
 }
 
 /// `GET /metrics`: Prometheus text exposition.

@@ -39,6 +39,8 @@ pub struct AppState {
     pub destinations: Arc<common::destination::DestinationPolicy>,
     /// The producer keys, as this process last read them.
     pub producers: Arc<Producers>,
+    /// See [`Config::idempotency_ttl`].
+    pub idempotency_ttl: Duration,
 }
 
 /// The queue handle ingest uses (also for `ingest keys`).
@@ -88,7 +90,8 @@ impl Application {
                 (Some(log), Some(writer))
             }
         };
-        let (max_body_bytes, max_items) = (config.max_body_bytes, config.max_items);
+        let (max_body_bytes, max_items, idempotency_ttl) =
+            (config.max_body_bytes, config.max_items, config.idempotency_ttl);
         let destinations = Arc::new(config.destinations.clone());
         let app = move || {
             let state = actix_web::web::Data::new(AppState {
@@ -99,6 +102,7 @@ impl Application {
                 metrics: metrics.clone(),
                 destinations: destinations.clone(),
                 producers: producers.clone(),
+                idempotency_ttl,
             });
             let app = App::new()
                 .app_data(state)

@@ -691,3 +691,68 @@ async fn a_key_over_its_rate_gets_429_and_queues_nothing_for_those() {
     );
     assert_eq!(app.queued().await.len(), accepted, "a 429 queued nothing");
 }
+
+#[tokio::test]
+async fn an_idempotent_retry_gets_the_same_answer_and_queues_nothing_more() {
+    let redis = RedisServer::start();
+    let (a, b) = (create_key(&redis.url(), "a", &[]), create_key(&redis.url(), "b", &[]));
+    let app = spawn_keyed_app_on(redis, &[]).await;
+    let send = |key: &str, idempotency: &str, body: &str| {
+        let (url, auth) = (app.url("/ingest"), format!("Bearer {key}"));
+        let (idempotency, body) = (idempotency.to_string(), body.to_string());
+        async move {
+            http(
+                "POST",
+                &url,
+                &[("authorization", &auth), ("idempotency-key", &idempotency)],
+                body,
+            )
+            .await
+        }
+    };
+    let first = send(&a.key, "order-17", SAMPLE).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    // The producer timed out and tries again: the same answer, once queued.
+    let again = send(&a.key, "order-17", SAMPLE).await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body, "the same ids");
+    assert_eq!(app.queued().await.len(), 1);
+    // The same key with another body is a mistake, said so.
+    let other = SAMPLE.replace("Gopher", "Ferris");
+    let reused = send(&a.key, "order-17", &other).await;
+    assert_eq!(reused.status, 422, "{}", reused.body);
+    assert_eq!(reused.json()["error"]["code"], "idempotency_key_reused");
+    // Keys are scoped to the producer: b's order-17 is its own.
+    let theirs = send(&b.key, "order-17", &other).await;
+    assert_eq!(theirs.status, 202);
+    assert_ne!(theirs.body, first.body);
+    assert_eq!(app.queued().await.len(), 2);
+    // A key that is not 1 to 255 printable characters is refused.
+    let long = "k".repeat(256);
+    for bad in ["", long.as_str(), "tab\there"] {
+        let response = send(&a.key, bad, SAMPLE).await;
+        assert_eq!(response.status, 400, "{bad:?}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "invalid_idempotency_key");
+    }
+    assert_eq!(app.queued().await.len(), 2);
+}
+
+#[tokio::test]
+async fn idempotency_keys_expire_after_their_ttl() {
+    let app = spawn_app(&[("INGEST_IDEMPOTENCY_TTL_S", "1")]).await;
+    let url = app.url("/ingest");
+    let send = || http("POST", &url, &[("idempotency-key", "k1")], SAMPLE);
+    assert_eq!(send().await.status, 202);
+    assert_eq!(send().await.header("idempotent-replayed"), Some("true"));
+    wait_until(Duration::from_secs(5), "the key to expire", || {
+        let url = url.clone();
+        async move {
+            let r = http("POST", &url, &[("idempotency-key", "k1")], SAMPLE).await;
+            r.status == 202 && r.header("idempotent-replayed").is_none()
+        }
+    })
+    .await;
+    assert_eq!(app.queued().await.len(), 2);
+}

@@ -22,7 +22,7 @@ pub mod producers;
 pub mod protocol;
 
 pub use error::QueueError;
-pub use protocol::{Depths, QueueKeys, Settled, Settlement, MAX_BATCH};
+pub use protocol::{Depths, IdempotentPush, QueueKeys, Settled, Settlement, MAX_BATCH};
 
 use crate::job::DeadLetter;
 use crate::stats::{Failure, Second, Window};
@@ -159,6 +159,30 @@ impl Queue {
         let keys = &shards[self.shared.next_shard.fetch_add(1, Ordering::Relaxed) % shards.len()];
         self.run("push", Duration::ZERO, |mut conn| async move {
             protocol::push(&mut conn, keys, jobs).await
+        })
+        .await
+    }
+
+    /// Queues `jobs` under an Idempotency-Key (`key_hash`: its SHA-256,
+    /// hex) of `producer`, unless the key was used within `ttl`: then
+    /// nothing is queued and the record kept then comes back. One shard
+    /// per key, so that a repeat meets the first request's record.
+    pub async fn push_idempotent(
+        &self,
+        producer: &str,
+        key_hash: &str,
+        record: &str,
+        ttl: Duration,
+        jobs: &[String],
+    ) -> Result<IdempotentPush, QueueError> {
+        let shards = &self.shared.shards;
+        let shard = key_hash
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        let keys = &shards[shard % shards.len()];
+        let record_key = keys.idempotency(producer, key_hash);
+        self.run("push", Duration::ZERO, |mut conn| async move {
+            protocol::push_idempotent(&mut conn, keys, &record_key, record, ttl, jobs).await
         })
         .await
     }

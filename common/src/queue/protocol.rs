@@ -29,6 +29,7 @@ static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua
 static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
 static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/unpark.lua")));
 static DEPTHS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/depths.lua")));
+static PUSH_IDEMPOTENT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/push_idempotent.lua")));
 
 /// The most jobs moved by one script call; far below Lua's `unpack` limit.
 pub const MAX_BATCH: usize = 1000;
@@ -73,6 +74,11 @@ impl QueueKeys {
         format!("{}:parked:{host}", self.prefix)
     }
 
+    /// The record of an Idempotency-Key (its SHA-256, hex) of `producer`.
+    pub fn idempotency(&self, producer: &str, key_hash: &str) -> String {
+        format!("{}:idem:{producer}:{key_hash}", self.prefix)
+    }
+
     /// The heartbeat key of `worker`.
     pub fn heartbeat(&self, worker: &str) -> String {
         format!("{}:heartbeat:{worker}", self.prefix)
@@ -93,6 +99,41 @@ impl QueueKeys {
 /// or not at all. Returns the ready list's new length.
 pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, jobs: &[String]) -> RedisResult<u64> {
     redis::cmd("LPUSH").arg(&keys.ready).arg(jobs).query_async(conn).await
+}
+
+/// What a push under an Idempotency-Key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotentPush {
+    /// The jobs were queued; the ready list's new length.
+    Pushed(u64),
+    /// The key was used before: nothing was queued; the record it kept
+    /// (what [`push_idempotent`] was given as `record` then).
+    Existed(String),
+}
+
+/// Queues `jobs` unless `record_key` exists, keeping `record` under it for
+/// `ttl`, in one atomic step (see `lua/push_idempotent.lua`).
+pub async fn push_idempotent<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    record_key: &str,
+    record: &str,
+    ttl: Duration,
+    jobs: &[String],
+) -> RedisResult<IdempotentPush> {
+    let (pushed, value): (u8, redis::Value) = PUSH_IDEMPOTENT
+        .key(&keys.ready)
+        .key(record_key)
+        .arg(ttl.as_secs().max(1))
+        .arg(record)
+        .arg(jobs)
+        .invoke_async(conn)
+        .await?;
+    if pushed == 1 {
+        Ok(IdempotentPush::Pushed(redis::from_redis_value(value)?))
+    } else {
+        Ok(IdempotentPush::Existed(redis::from_redis_value(value)?))
+    }
 }
 
 /// Redis answers a `PING`.
