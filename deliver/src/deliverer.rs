@@ -108,7 +108,8 @@ impl Deliverer {
             .method
             .has_body()
             .then(|| Bytes::copy_from_slice(job.data.get().as_bytes()));
-        let uri = parse_url(&url);
+        let target = crate::credentials::extract(url);
+        let uri = parse_url(&target.url);
         // Signed: the body as sent, or for a request without one, its
         // target (path and query) as sent.
         let now = std::time::SystemTime::now()
@@ -120,8 +121,12 @@ impl Deliverer {
             (None, Err(_)) => None,
         };
         let signed = payload.and_then(|p| self.signer.headers(job, p, now.as_secs(), now.as_millis() as u64));
-        let headers = signed.as_ref().map_or(&[][..], |h| &h[..]);
-        let outcome = self.client.send_to(job.method, uri, body, headers).await;
+        let mut headers = Vec::with_capacity(4);
+        headers.extend(signed.into_iter().flatten());
+        headers.extend(target.authorization.clone().map(|v| (http::header::AUTHORIZATION, v)));
+        let outcome = self.client.send_to(job.method, uri, body, &headers).await;
+        // From here on the URL is the one to show: no password in it.
+        let url = target.shown();
         let verdict = self.policy.decide(job.attempt, &outcome);
 
         let (status, response_body) = match &outcome.result {
@@ -134,7 +139,7 @@ impl Deliverer {
             id: &job.id,
             attempt: job.attempt,
             method: job.method.as_str(),
-            url: &url,
+            url,
             status: &status,
             response_ms: outcome.elapsed.as_millis() as u64,
             response_body,
@@ -153,7 +158,7 @@ impl Deliverer {
             failure: (verdict != Verdict::Delivered).then_some((
                 job.id.as_str(),
                 job.method.as_str(),
-                url.as_str(),
+                url,
                 status.as_str(),
                 response_body,
             )),
@@ -178,7 +183,7 @@ impl Deliverer {
                 attempts: job.attempt,
                 last_status: status,
                 method: Some(job.method),
-                url: Some(url),
+                url: Some(url.to_string()),
                 detail,
                 dead_at: now,
                 job: Some(job.clone()),

@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod consumer;
 pub mod cpu_policy;
+pub mod credentials;
 pub mod dead;
 pub mod deliverer;
 pub mod delivery_log;

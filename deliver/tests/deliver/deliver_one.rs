@@ -153,3 +153,27 @@ async fn an_untrusted_certificate_is_a_tls_failure_and_a_trusted_one_delivers() 
     assert_eq!(kind(&trusting.deliver_one(&job(&sink.url("/x"), 1)).await), "ack");
     assert_eq!(sink.count(), 1, "only the trusted attempt got through");
 }
+
+#[tokio::test]
+async fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
+    let sink = Sink::start(by_path()).await;
+    let dir = TempDir::new("deliver-one-userinfo");
+    let (deliverer, log) = deliverer(&dir, &[]);
+    let with_credentials = |path: &str| sink.url(path).replacen("http://", "http://shop:s3cret@", 1);
+    let ok = job(&with_credentials("/ok"), 1);
+    assert_eq!(kind(&deliverer.deliver_one(&ok).await), "ack");
+    let received = sink.received().pop().unwrap();
+    // "shop:s3cret"
+    assert_eq!(received.header("authorization"), Some("Basic c2hvcDpzM2NyZXQ="));
+    let line = log_line(&log, &ok.id);
+    assert!(line.contains("shop:***@"), "{line}");
+    assert!(!line.contains("s3cret"), "the password is not logged: {line}");
+
+    let missing = job(&with_credentials("/missing"), 1);
+    let Settlement::Dead { letter } = deliverer.deliver_one(&missing).await else {
+        panic!("a 404 is final");
+    };
+    let url = letter.url.as_deref().unwrap();
+    assert!(url.contains("shop:***@") && !url.contains("s3cret"), "{url}");
+    assert!(!log_line(&log, &missing.id).contains("s3cret"));
+}
