@@ -110,8 +110,32 @@ env_default() {
   sed -n "s/^$1=//p" "$STACK_REPO/supervisor.templates/postback.env.template" | tr -d "\"'"
 }
 
+# stack_take_settings_from_env : writes every INGEST_*, DELIVER_* and
+# POSTBACK_* variable of the caller's environment that is a setting (one
+# that ingest --help, deliver --help or the env template names) into
+# postback.env, replacing the line it had: `DELIVER_CONCURRENCY=64
+# scripts/run` lasts. Says what it took, never the values.
+stack_take_settings_from_env() {
+  local env_file=$POSTBACK_CONF_DIR/postback.env known var taken=()
+  [ -f "$env_file" ] || return 0
+  known=$(
+    for bin in ingest deliver; do
+      [ -x "$POSTBACK_BIN_DIR/$bin" ] && "$POSTBACK_BIN_DIR/$bin" --help | awk '$2 == "default" { print $1 }'
+    done
+    sed -n 's/^\([A-Z_]*\)=.*/\1/p' "$STACK_REPO/supervisor.templates/postback.env.template"
+  )
+  while read -r var; do
+    grep -qx "$var" <<<"$known" || continue
+    sed -i "/^$var=/d" "$env_file"
+    printf '%s=%q\n' "$var" "${!var}" >>"$env_file"
+    taken+=("$var")
+  done < <(compgen -e | grep -E '^(INGEST|DELIVER|POSTBACK)_')
+  [ ${#taken[@]} -eq 0 ] || echo "postback.env: took ${taken[*]} from the environment" >&2
+}
+
 # POSTBACK_MONITORING=1 or the caller sets POSTBACK_MONITORING_FLAG=1.
 stack_render() {
+  stack_take_settings_from_env
   : "${POSTBACK_NGINX_USER:=www-data}" "${POSTBACK_USER:=$(id -un)}" "${POSTBACK_REDIS_USER:=$(id -un)}"
   : "${POSTBACK_INFLUX_USER:=$POSTBACK_USER}"
   # scripts/bench adds a location answering 202 without an upstream.
@@ -135,12 +159,12 @@ stack_render() {
     export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES
     # postback.env files written before this setting existed do not have it.
     export REDIS_AOF_REWRITE_MIN_SIZE=${REDIS_AOF_REWRITE_MIN_SIZE:-$(env_default REDIS_AOF_REWRITE_MIN_SIZE)}
-    # Redis also listens on a Unix socket, for ingest and deliver. Mode 777
-    # opens it as the loopback port is open: to local users, who must still
-    # give the password.
+    # Redis also listens on a Unix socket, for ingest and deliver: Redis'
+    # user and its group (scripts/provision puts the services' user in it),
+    # no one else.
     REDIS_SOCKET_CONF="# (no Unix socket: $(redis_socket) is too long for one)"
     if redis_socket_fits; then
-      REDIS_SOCKET_CONF="unixsocket $(redis_socket)"$'\n'"unixsocketperm 777"
+      REDIS_SOCKET_CONF="unixsocket $(redis_socket)"$'\n'"unixsocketperm 770"
     fi
     export REDIS_SOCKET_CONF
     # nginx reaches each ingest process on its own Unix socket, or on the
@@ -214,9 +238,15 @@ stack_running() {
 # stack_start : starts supervisord (which starts everything).
 stack_start() {
   mkdir -p "$POSTBACK_RUN_DIR/ingest" "$POSTBACK_RUN_DIR/redis" "$POSTBACK_LOG_DIR" "$POSTBACK_DATA_DIR/redis"
-  nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e "$POSTBACK_LOG_DIR/nginx-error.log" ||
-    die "nginx -t failed on $POSTBACK_CONF_DIR/nginx.conf"
-  supervisord -c "$POSTBACK_CONF_DIR/supervisord.conf"
+  # Every file made from here on (nginx's logs, which `nginx -t` already
+  # opens; supervisord's own log) is no one else's to read, as the
+  # programs' files are (umask=027 in the supervisord config).
+  (
+    umask 027
+    nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e "$POSTBACK_LOG_DIR/nginx-error.log" ||
+      die "nginx -t failed on $POSTBACK_CONF_DIR/nginx.conf"
+    supervisord -c "$POSTBACK_CONF_DIR/supervisord.conf"
+  )
 }
 
 # stack_setting NAME : NAME's value in postback.env, as written there (the

@@ -114,6 +114,12 @@ test_all_running_and_sample_delivered() {
   local response headers
   response=$(curl -sS -D "$tmp/sample.headers" -X POST "$base/ingest" "${auth[@]}" -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/data?title={mascot}&image={location}&foo={bar}\"},\"data\":[{\"mascot\":\"Gopher\",\"location\":\"https://blog.golang.org/gopher/gopher.png\"}]}")
   grep -q '"accepted":1' <<<"$response" || fail "ingest answered: $response" || return 1
+  # The queue's files are no one else's: Redis' socket, its append-only
+  # file, every log.
+  local open_files
+  open_files=$(find "$POSTBACK_DATA_DIR" "$POSTBACK_LOG_DIR" "$POSTBACK_RUN_DIR/redis" \( -type f -o -type s \) -perm /o=rwx -printf '%m %p\n')
+  [ -z "$open_files" ] || fail "open to other users: $open_files" || return 1
+  [ -n "$(find "$POSTBACK_DATA_DIR" -type f -name '*.aof*')" ] || fail "no append-only file found to check" || return 1
   # Without the key: 401 with its JSON, through nginx.
   local code
   code=$(curl -sS -o "$tmp/401.json" -D "$tmp/401.headers" -w '%{http_code}' -X POST "$base/ingest" -d '{}')
@@ -354,6 +360,23 @@ test_bench_medians_are_of_per_run_ratios() {
   grep -q '"ingest1_ratio":0.36,.*"drain_ratio":0.449' "$dir/median.json" || fail "median JSON: $(cat "$dir/median.json")"
 }
 
+test_settings_from_the_environment_are_taken_into_postback_env() {
+  local dir=$tmp/env-take
+  mkdir -p "$dir" && cp "$POSTBACK_CONF_DIR/postback.env" "$dir/" || return 1
+  (
+    # shellcheck disable=SC2030 # set for this subshell only, on purpose
+    export POSTBACK_CONF_DIR=$dir DELIVER_CONCURRENCY=7 POSTBACK_DENY_DESTINATIONS="8.8.8.8, 1.1.1.1" INGEST_NOT_A_SETTING=1
+    stack_take_settings_from_env 2>/dev/null
+  ) || return 1
+  [ "$(grep -c '^DELIVER_CONCURRENCY=' "$dir/postback.env")" = 1 ] && grep -qx 'DELIVER_CONCURRENCY=7' "$dir/postback.env" ||
+    fail "DELIVER_CONCURRENCY not taken: $(grep DELIVER_CONCURRENCY "$dir/postback.env")" || return 1
+  # A value with spaces survives the shell that reads the file.
+  # shellcheck disable=SC1091,SC2031 # the file is made above; read in a subshell on purpose
+  [ "$(set -a; . "$dir/postback.env"; echo "$POSTBACK_DENY_DESTINATIONS")" = "8.8.8.8, 1.1.1.1" ] ||
+    fail "POSTBACK_DENY_DESTINATIONS garbled" || return 1
+  ! grep -q INGEST_NOT_A_SETTING "$dir/postback.env" || fail "a variable that is no setting was taken" || return 1
+}
+
 test_shellcheck_is_clean() {
   (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/tests/*.sh .ci/run)
 }
@@ -367,6 +390,7 @@ check "every answer carries one X-Request-Id, the one nginx logs and deliveries 
 check "every read-only command of docs/RUNBOOK.md works on the running stack" test_runbook_read_only_commands_work
 check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
 check "bench --runs: each target is checked on the median of its per-run values" test_bench_medians_are_of_per_run_ratios
+check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach postback.env" test_settings_from_the_environment_are_taken_into_postback_env
 check "shellcheck is clean" test_shellcheck_is_clean
 
 if [ "$failed" -gt 0 ]; then
