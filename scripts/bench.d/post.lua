@@ -1,8 +1,12 @@
--- wrk script: POST the body in env BENCH_BODY; count every answer that is
--- not 202 as an error and report it in done().
+-- wrk script: POST the body in env BENCH_BODY (with the key in BENCH_KEY);
+-- count every answer that is not 202 as an error and report it in done().
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"
+-- The producer key, as every production request carries one.
+if os.getenv("BENCH_KEY") then
+  wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+end
 
 local threads = {}
 

@@ -44,6 +44,10 @@ struct Options {
     /// Connections to ingest.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     connections: u16,
+    /// A file holding the producer key to send (a file, not an argument:
+    /// arguments show in `ps`).
+    #[arg(long)]
+    key_file: Option<std::path::PathBuf>,
 }
 
 fn options() -> Result<Options, String> {
@@ -74,9 +78,13 @@ struct Counts {
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn post(client: &HttpClient, url: &str, body: String, counts: &Counts, items: u64) {
+async fn post(client: &HttpClient, url: &str, auth: Option<&str>, body: String, counts: &Counts, items: u64) {
     counts.sent.fetch_add(1, Ordering::Relaxed);
-    let request = hyper::Request::post(url).body(Full::new(Bytes::from(body)));
+    let mut request = hyper::Request::post(url);
+    if let Some(auth) = auth {
+        request = request.header(hyper::header::AUTHORIZATION, auth);
+    }
+    let request = request.body(Full::new(Bytes::from(body)));
     let ok = match request {
         Ok(request) => match client.request(request).await {
             Ok(response) => {
@@ -112,6 +120,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let auth: Option<Arc<str>> = match &o.key_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(key) => Some(format!("Bearer {}", key.trim()).into()),
+            Err(e) => {
+                eprintln!("postback-load: cannot read --key-file {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        },
+    };
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(o.connections.into())
         .build_http();
@@ -134,10 +152,10 @@ async fn main() {
                     slots.clone().acquire_owned().await.expect("semaphore closed")
                 }
             };
-            let (client, counts, url) = (client.clone(), counts.clone(), o.url.clone());
+            let (client, counts, url, auth) = (client.clone(), counts.clone(), o.url.clone(), auth.clone());
             let body = body(&o.target, std::iter::once((now_us(), n)));
             tasks.spawn(async move {
-                post(&client, &url, body, &counts, 1).await;
+                post(&client, &url, auth.as_deref(), body, &counts, 1).await;
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}
@@ -148,10 +166,10 @@ async fn main() {
         while n < o.jobs {
             let k = o.items.min(o.jobs - n);
             let permit = slots.clone().acquire_owned().await.expect("semaphore closed");
-            let (client, counts, url) = (client.clone(), counts.clone(), o.url.clone());
+            let (client, counts, url, auth) = (client.clone(), counts.clone(), o.url.clone(), auth.clone());
             let body = body(&o.target, (n..n + k).map(|i| (0, i)));
             tasks.spawn(async move {
-                post(&client, &url, body, &counts, k).await;
+                post(&client, &url, auth.as_deref(), body, &counts, k).await;
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}
