@@ -256,27 +256,29 @@ pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 /// each decimal, octal (leading `0`) or hex (`0x`), the last filling the
 /// remaining bytes (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`).
 pub fn parse_ipv4_loose(host: &str) -> Option<Ipv4Addr> {
-    let parts: Vec<&str> = host.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
-    }
-    let mut numbers = Vec::with_capacity(4);
-    for part in &parts {
+    // Without allocating: ingest asks this of every request's host.
+    let mut numbers = [0u32; 4];
+    let mut count = 0;
+    for part in host.split('.') {
+        if count == 4 {
+            return None;
+        }
         let (digits, radix) = if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
             (hex, 16)
         } else if part.len() > 1 && part.starts_with('0') {
             (&part[1..], 8)
         } else {
-            (*part, 10)
+            (part, 10)
         };
         // from_str_radix would take a sign; a resolver would not.
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        numbers.push(u32::from_str_radix(digits, radix).ok()?);
+        numbers[count] = u32::from_str_radix(digits, radix).ok()?;
+        count += 1;
     }
-    let (last, leading) = numbers.split_last()?;
-    if leading.iter().any(|n| *n > 255) || u64::from(*last) >= 1u64 << (8 * (5 - numbers.len())) {
+    let (last, leading) = numbers[..count].split_last()?;
+    if leading.iter().any(|n| *n > 255) || u64::from(*last) >= 1u64 << (8 * (5 - count)) {
         return None;
     }
     let mut value = *last;

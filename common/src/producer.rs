@@ -134,9 +134,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Whether `secret` hashes to `stored_hash`, compared in constant time.
 pub fn secret_matches(secret: &str, stored_hash: &str) -> bool {
+    decode_hash(stored_hash).is_some_and(|stored| secret_matches_digest(secret, &stored))
+}
+
+/// A stored hash (hex) as its 32 bytes, to check many requests against.
+pub fn decode_hash(stored_hash: &str) -> Option<[u8; 32]> {
+    if stored_hash.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(stored_hash.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Whether `secret` hashes to the decoded `stored` hash, in constant time
+/// and without allocating (ingest checks every request this way).
+pub fn secret_matches_digest(secret: &str, stored: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq as _;
-    let presented = hash_secret(secret);
-    presented.len() == stored_hash.len() && bool::from(presented.as_bytes().ct_eq(stored_hash.as_bytes()))
+    let presented = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    bool::from(presented.as_ref().ct_eq(stored))
 }
 
 /// The key bytes of a `whsec_` signing secret (Standard Webhooks: the

@@ -15,7 +15,7 @@
 
 use crate::error::ApiError;
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
-use common::producer::{secret_matches, split_key, ProducerRecord};
+use common::producer::{decode_hash, secret_matches_digest, split_key, ProducerRecord};
 use common::queue::Queue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,17 +37,28 @@ pub enum AuthMode {
 /// The producer a request was accepted for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Producer {
-    /// The key's public id.
-    pub id: String,
+    /// The key's public id (shared: it is copied into the request's
+    /// extensions and the access line).
+    pub id: std::sync::Arc<str>,
     /// Its requests-per-second limit, if any.
     pub rate: Option<u32>,
+}
+
+/// One key as a request is checked against it.
+#[derive(Debug)]
+struct Entry {
+    producer: Producer,
+    secret_hash: Option<[u8; 32]>,
+    revoked: bool,
 }
 
 /// This process's copy of the key store.
 #[derive(Debug)]
 pub struct Producers {
     mode: AuthMode,
-    by_id: RwLock<HashMap<String, ProducerRecord>>,
+    /// Each key: who it is, its stored hash decoded, and whether it is
+    /// revoked.
+    by_id: RwLock<HashMap<String, Entry>>,
     version: AtomicU64,
     loaded: AtomicBool,
 }
@@ -76,12 +87,11 @@ impl Producers {
         let (id, secret) = split_key(presented).ok_or(ApiError::InvalidKey)?;
         let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
         match by_id.get(id) {
-            Some(record) if record.revoked_ms.is_none() && secret_matches(secret, &record.secret_hash) => {
-                Ok(Some(Producer {
-                    id: record.id.clone(),
-                    rate: record.rate,
-                }))
-            }
+            Some(Entry {
+                producer,
+                secret_hash: Some(hash),
+                revoked: false,
+            }) if secret_matches_digest(secret, hash) => Ok(Some(producer.clone())),
             _ => Err(ApiError::InvalidKey),
         }
     }
@@ -96,7 +106,20 @@ impl Producers {
     }
 
     fn replace(&self, version: u64, records: Vec<ProducerRecord>) {
-        let map = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let map = records
+            .into_iter()
+            .map(|r| {
+                let entry = Entry {
+                    producer: Producer {
+                        id: r.id.as_str().into(),
+                        rate: r.rate,
+                    },
+                    secret_hash: decode_hash(&r.secret_hash),
+                    revoked: r.revoked_ms.is_some(),
+                };
+                (r.id, entry)
+            })
+            .collect();
         *self.by_id.write().unwrap_or_else(|e| e.into_inner()) = map;
         self.version.store(version, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
@@ -175,7 +198,7 @@ mod tests {
         let made = common::producer::new_key().unwrap();
         let producers = loaded_with(record(&made, false));
         let expected = Some(Producer {
-            id: made.id.clone(),
+            id: made.id.as_str().into(),
             rate: Some(5),
         });
         let bearer = headers("authorization", &format!("Bearer {}", made.key));

@@ -130,7 +130,7 @@ where
                     producer: producer.as_deref(),
                     took,
                 };
-                log.write(&line.to_string());
+                log.write(&line.render());
             }
             Ok(response)
         })
@@ -149,13 +149,16 @@ struct AccessLine<'a> {
     took: Duration,
 }
 
-impl std::fmt::Display for AccessLine<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut time = String::with_capacity(24);
-        common::line_log::push_rfc3339_millis(&mut time, common::now_ms());
-        writeln!(
-            f,
-            "time={time} request_id={} method={} path={} status={} accepted={} producer={} duration_us={}",
+impl AccessLine<'_> {
+    /// The line, in one allocation of about its size.
+    fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(192 + self.path.len());
+        line.push_str("time=");
+        common::line_log::push_rfc3339_millis(&mut line, common::now_ms());
+        let _ = writeln!(
+            line,
+            " request_id={} method={} path={} status={} accepted={} producer={} duration_us={}",
             self.request_id,
             self.method,
             self.path,
@@ -163,6 +166,7 @@ impl std::fmt::Display for AccessLine<'_> {
             self.accepted,
             self.producer.unwrap_or("-"),
             self.took.as_micros()
-        )
+        );
+        line
     }
 }

@@ -122,7 +122,7 @@ pub async fn ingest(
         &body,
         state.max_items,
         request_id.as_deref(),
-        producer.as_ref().map(|p| p.id.as_str()),
+        producer.as_ref().map(|p| &*p.id),
         &state.destinations,
     )?;
     state.backlog.check()?;
@@ -150,7 +150,7 @@ pub async fn ingest(
             // The record: what the body was, and what it was answered.
             let body_hash = common::producer::sha256_hex(&body);
             let record = format!("{body_hash}\n{answer}");
-            let scope = producer.as_ref().map_or("-", |p| p.id.as_str());
+            let scope = producer.as_ref().map_or("-", |p| &*p.id);
             let key_hash = common::producer::sha256_hex(key.as_bytes());
             match state
                 .queue

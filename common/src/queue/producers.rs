@@ -1,14 +1,7 @@
 //! The producer key store in Redis, over one connection (see
-//! [`crate::producer`] for the keys themselves).
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `postback:{producers}:key:<id>` | hash | `name`, `secret_hash`, `created_ms`, `rate`, `revoked_ms`, `signing_secret`, `previous_secret`, `rotated_ms` |
-//! | `postback:{producers}:ids` | set | every key id |
-//! | `postback:{producers}:version` | counter | moves on at every change, so processes reload only then |
-//! | `postback:{producers}:rate:<id>:<second>` | counter, expires | requests of that key in that second, over all ingest processes |
-//!
-//! The store is one slot (one hash tag), shared by every queue and shard.
+//! [`crate::producer`] for the keys themselves; the key table is in
+//! `docs/ARCHITECTURE.md`). The store is one slot (one hash tag), shared by
+//! every queue and shard.
 
 use crate::producer::{NewKey, ProducerRecord};
 use deadpool_redis::redis::{self, aio::ConnectionLike, RedisResult, Script};
