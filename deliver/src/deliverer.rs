@@ -121,10 +121,22 @@ impl Deliverer {
             (None, Err(_)) => None,
         };
         let signed = payload.and_then(|p| self.signer.headers(job, p, now.as_secs(), now.as_millis() as u64));
-        let mut headers = Vec::with_capacity(4);
-        headers.extend(signed.into_iter().flatten());
-        headers.extend(target.authorization.clone().map(|v| (http::header::AUTHORIZATION, v)));
-        let outcome = self.client.send_to(job.method, uri, body, &headers).await;
+        // No allocation in the usual case: signed, no credentials.
+        let with_credentials: Vec<_>;
+        let headers = match (&signed, &target.authorization) {
+            (Some(signed), None) => &signed[..],
+            (None, None) => &[][..],
+            (signed, Some(basic)) => {
+                with_credentials = signed
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .chain([(http::header::AUTHORIZATION, basic.clone())])
+                    .collect();
+                &with_credentials[..]
+            }
+        };
+        let outcome = self.client.send_to(job.method, uri, body, headers).await;
         // From here on the URL is the one to show: no password in it.
         let url = target.shown();
         let verdict = self.policy.decide(job.attempt, &outcome);
