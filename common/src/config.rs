@@ -133,6 +133,18 @@ pub fn documented_settings(markdown: &str, service: &str) -> Vec<(String, String
         .collect()
 }
 
+/// Panics, listing every difference, unless `settings` (the table of
+/// `service`) match the docs' table: what each binary's
+/// `settings_match_docs` test calls.
+pub fn assert_settings_match_docs(markdown: &str, service: &str, settings: &[Setting]) {
+    let differences = settings_differences(markdown, service, settings);
+    assert!(
+        differences.is_empty(),
+        "docs/CONFIGURATION.md and {service}'s settings disagree:\n{}",
+        differences.join("\n")
+    );
+}
+
 /// Checks a service's table against the docs: every setting documented
 /// with its default, and nothing documented for it that it does not read.
 /// Returns the differences, one line each.
@@ -461,12 +473,10 @@ mod tests {
 mod docs {
     #[test]
     fn settings_match_docs() {
-        let docs = include_str!("../../docs/CONFIGURATION.md");
-        let differences = super::settings_differences(docs, "both", super::SHARED_SETTINGS);
-        assert!(
-            differences.is_empty(),
-            "docs/CONFIGURATION.md and the code disagree:\n{}",
-            differences.join("\n")
+        super::assert_settings_match_docs(
+            include_str!("../../docs/CONFIGURATION.md"),
+            "both",
+            super::SHARED_SETTINGS,
         );
     }
 }

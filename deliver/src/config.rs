@@ -268,13 +268,7 @@ mod tests {
 
     #[test]
     fn settings_match_docs() {
-        let docs = include_str!("../../docs/CONFIGURATION.md");
-        let differences = config::settings_differences(docs, "deliver", SETTINGS);
-        assert!(
-            differences.is_empty(),
-            "docs/CONFIGURATION.md and deliver's settings disagree:\n{}",
-            differences.join("\n")
-        );
+        config::assert_settings_match_docs(include_str!("../../docs/CONFIGURATION.md"), "deliver", SETTINGS);
     }
 
     #[test]

@@ -211,12 +211,6 @@ mod tests {
 
     #[test]
     fn settings_match_docs() {
-        let docs = include_str!("../../docs/CONFIGURATION.md");
-        let differences = config::settings_differences(docs, "ingest", SETTINGS);
-        assert!(
-            differences.is_empty(),
-            "docs/CONFIGURATION.md and ingest's settings disagree:\n{}",
-            differences.join("\n")
-        );
+        config::assert_settings_match_docs(include_str!("../../docs/CONFIGURATION.md"), "ingest", SETTINGS);
     }
 }
