@@ -60,11 +60,11 @@ pub struct Settings {
     /// `DELIVER_BATCH`: most jobs taken or settled per round trip.
     pub batch: usize,
     /// `DELIVER_HEARTBEAT_MS`.
-    pub heartbeat_every: std::time::Duration,
+    pub heartbeat_every: Duration,
     /// `DELIVER_POLL_MS`: how often due retries are promoted.
-    pub poll_every: std::time::Duration,
+    pub poll_every: Duration,
     /// `DELIVER_SHUTDOWN_GRACE_MS`.
-    pub shutdown_grace: std::time::Duration,
+    pub shutdown_grace: Duration,
 }
 
 impl Settings {
