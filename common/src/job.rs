@@ -147,7 +147,7 @@ impl Job {
     /// fails its attempt as `invalid_url` (final, so a dead letter).
     pub fn decode(raw: &[u8]) -> Result<Job, MalformedJob> {
         let job: Job = serde_json::from_slice(raw)?;
-        let scheme = job.url.split_once("://").map(|(scheme, _)| scheme).unwrap_or("");
+        let scheme = crate::url_parts::split_scheme(&job.url).map_or("", |(scheme, _)| scheme);
         if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
             return Err(MalformedJob::Template(crate::template::TemplateError::Scheme));
         }

@@ -18,7 +18,8 @@
 //! - [`line_log`]: buffered one-line-per-event logs (delivery log, access log);
 //! - [`config`]: reading typed settings from the environment, so that a bad
 //!   value stops a program at start with one clear line;
-//! - [`stats`]: cluster-wide delivery statistics kept in Redis.
+//! - [`stats`]: cluster-wide delivery statistics kept in Redis;
+//! - [`url_parts`]: a URL's scheme and authority, by byte scans.
 
 pub mod config;
 pub mod destination;
@@ -28,6 +29,7 @@ pub mod producer;
 pub mod queue;
 pub mod stats;
 pub mod template;
+pub mod url_parts;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp in a job.
 pub fn now_ms() -> u64 {

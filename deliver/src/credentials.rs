@@ -61,11 +61,9 @@ pub fn extract(url: String) -> Target {
 
 /// Where the userinfo is: from after `scheme://` to its `@`.
 fn userinfo_span(url: &str) -> Option<(usize, usize)> {
-    let scheme_end = url.find("://")? + 3;
-    let authority_end = url[scheme_end..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| scheme_end + i);
-    let at = url[scheme_end..authority_end].rfind('@')? + scheme_end;
+    let (scheme, rest) = common::url_parts::split_scheme(url)?;
+    let scheme_end = scheme.len() + 3;
+    let at = common::url_parts::authority(rest).rfind('@')? + scheme_end;
     Some((scheme_end, at))
 }
 

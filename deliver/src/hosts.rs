@@ -172,9 +172,9 @@ impl Hosts {
 /// The `host:port` part of a URL (lower-cased by nobody: hosts are compared
 /// as the producer wrote them).
 pub fn host_of(url: &str) -> &str {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority)
+    let rest = common::url_parts::split_scheme(url).map_or(url, |(_, rest)| rest);
+    let authority = common::url_parts::authority(rest);
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
 }
 
 #[cfg(test)]

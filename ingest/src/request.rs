@@ -159,8 +159,8 @@ pub fn parse(
 /// with no placeholder in it. Hosts that are names, or that a placeholder
 /// fills in, are checked by deliver when it connects.
 fn literal_destination(url: &str) -> Option<SocketAddr> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (scheme, rest) = common::url_parts::split_scheme(url)?;
+    let authority = common::url_parts::authority(rest);
     if authority.contains('{') {
         return None;
     }
