@@ -45,6 +45,17 @@ impl Method {
         }
     }
 
+    /// The same method as the `http` crate names it.
+    pub fn as_http(self) -> http::Method {
+        match self {
+            Method::Get => http::Method::GET,
+            Method::Post => http::Method::POST,
+            Method::Put => http::Method::PUT,
+            Method::Patch => http::Method::PATCH,
+            Method::Delete => http::Method::DELETE,
+        }
+    }
+
     /// Whether the data object is sent as a JSON body.
     pub fn has_body(self) -> bool {
         matches!(self, Method::Post | Method::Put | Method::Patch)

@@ -152,6 +152,14 @@ pub fn secret_matches_digest(secret: &str, stored: &[u8; 32]) -> bool {
     bool::from(presented.as_ref().ct_eq(stored))
 }
 
+/// Whether two presented keys are the same, in constant time for keys of
+/// one length (ingest compares a request's key with the last one it
+/// accepted).
+pub fn same_key(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
 /// The key bytes of a `whsec_` signing secret (Standard Webhooks: the
 /// base64 after the prefix).
 pub fn signing_key(secret: &str) -> Option<Vec<u8>> {

@@ -197,20 +197,24 @@ impl HttpClient {
         body: Option<Bytes>,
         headers: &[(http::HeaderName, http::HeaderValue)],
     ) -> Result<Answer, Failure> {
-        let mut request = http::Request::builder().method(method.as_str()).uri(uri?).header(
-            http::header::USER_AGENT,
-            concat!("postback-deliver/", env!("CARGO_PKG_VERSION")),
-        );
+        const USER_AGENT: http::HeaderValue =
+            http::HeaderValue::from_static(concat!("postback-deliver/", env!("CARGO_PKG_VERSION")));
+        const JSON: http::HeaderValue = http::HeaderValue::from_static("application/json");
+        // Built in place rather than through http's request builder, whose
+        // conversions copy every value and grow the header map one by one.
+        let has_body = body.is_some();
+        let mut request = http::Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = method.as_http();
+        *request.uri_mut() = uri?;
+        let map = request.headers_mut();
+        map.reserve(headers.len() + 2);
+        map.insert(http::header::USER_AGENT, USER_AGENT);
         for (name, value) in headers {
-            request = request.header(name, value);
+            map.append(name.clone(), value.clone());
         }
-        if body.is_some() {
-            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        if has_body {
+            map.insert(http::header::CONTENT_TYPE, JSON);
         }
-        let request = request.body(Full::new(body.unwrap_or_default())).map_err(|e| Failure {
-            kind: FailureKind::InvalidUrl,
-            message: e.to_string(),
-        })?;
 
         let response = self.client.request(request).await.map_err(classify)?;
         let status = response.status().as_u16();

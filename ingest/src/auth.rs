@@ -14,9 +14,10 @@
 //! a private network) decides who reaches it.
 
 use crate::error::ApiError;
-use actix_web::http::header::{HeaderMap, AUTHORIZATION};
-use common::producer::{decode_hash, secret_matches_digest, split_key, ProducerRecord};
+use actix_web::http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use common::producer::{decode_hash, same_key, secret_matches_digest, split_key, ProducerRecord};
 use common::queue::Queue;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -52,6 +53,14 @@ struct Entry {
     revoked: bool,
 }
 
+/// The last key one worker thread accepted, with the store version it was
+/// accepted at. A producer sends the same key with every request, and the
+/// same key again with the store unchanged needs no hash and no lookup: one
+/// constant-time comparison. Any change to the store (a revocation
+/// included) moves the version, and the next request is checked in full.
+#[derive(Debug, Default)]
+pub struct LastKey(RefCell<Option<(String, u64, Producer)>>);
+
 /// This process's copy of the key store.
 #[derive(Debug)]
 pub struct Producers {
@@ -75,14 +84,25 @@ impl Producers {
     }
 
     /// Who sent a request with these headers: `Ok(None)` with
-    /// `INGEST_AUTH=off`, the producer with `keys`, or why not.
-    pub fn authorize(&self, headers: &HeaderMap) -> Result<Option<Producer>, ApiError> {
+    /// `INGEST_AUTH=off`, the producer with `keys`, or why not. `last` is
+    /// the calling worker's [`LastKey`].
+    pub fn authorize(&self, headers: &HeaderMap, last: &LastKey) -> Result<Option<Producer>, ApiError> {
         if self.mode == AuthMode::Off {
             return Ok(None);
         }
         let presented = presented_key(headers).ok_or(ApiError::MissingKey)?;
         if !self.loaded.load(Ordering::Acquire) {
             return Err(ApiError::KeysNotLoaded);
+        }
+        // Read before the map: `replace` stores the map, then the version.
+        // A key checked against a map newer than `version` is filed under
+        // the older version, which costs one more full check later; a key
+        // is never filed under a version newer than its map.
+        let version = self.version.load(Ordering::Acquire);
+        if let Some((key, at, producer)) = &*last.0.borrow() {
+            if *at == version && same_key(key, presented) {
+                return Ok(Some(producer.clone()));
+            }
         }
         let (id, secret) = split_key(presented).ok_or(ApiError::InvalidKey)?;
         let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
@@ -91,7 +111,10 @@ impl Producers {
                 producer,
                 secret_hash: Some(hash),
                 revoked: false,
-            }) if secret_matches_digest(secret, hash) => Ok(Some(producer.clone())),
+            }) if secret_matches_digest(secret, hash) => {
+                *last.0.borrow_mut() = Some((presented.to_string(), version, producer.clone()));
+                Ok(Some(producer.clone()))
+            }
             _ => Err(ApiError::InvalidKey),
         }
     }
@@ -132,7 +155,8 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         let (scheme, key) = value.trim().split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    headers.get(X_API_KEY).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 /// Keeps `producers` in step with the store until the task is aborted: a
@@ -202,16 +226,16 @@ mod tests {
             rate: Some(5),
         });
         let bearer = headers("authorization", &format!("Bearer {}", made.key));
-        assert_eq!(producers.authorize(&bearer).unwrap(), expected);
+        assert_eq!(producers.authorize(&bearer, &LastKey::default()).unwrap(), expected);
         let api_key = headers("x-api-key", &made.key);
-        assert_eq!(producers.authorize(&api_key).unwrap(), expected);
+        assert_eq!(producers.authorize(&api_key, &LastKey::default()).unwrap(), expected);
     }
 
     #[test]
     fn missing_wrong_and_revoked_keys_are_refused() {
         let made = common::producer::new_key().unwrap();
         let producers = loaded_with(record(&made, false));
-        let code = |h: &HeaderMap| producers.authorize(h).unwrap_err().code();
+        let code = |h: &HeaderMap| producers.authorize(h, &LastKey::default()).unwrap_err().code();
         assert_eq!(code(&HeaderMap::new()), "missing_key");
         assert_eq!(code(&headers("authorization", "Basic abc")), "missing_key");
         assert_eq!(code(&headers("x-api-key", "nonsense")), "invalid_key");
@@ -219,10 +243,35 @@ mod tests {
         assert_eq!(code(&headers("x-api-key", &wrong)), "invalid_key");
         let revoked = loaded_with(record(&made, true));
         assert_eq!(
-            revoked.authorize(&headers("x-api-key", &made.key)).unwrap_err().code(),
+            revoked
+                .authorize(&headers("x-api-key", &made.key), &LastKey::default())
+                .unwrap_err()
+                .code(),
             "invalid_key"
         );
         let off = Producers::new(AuthMode::Off);
-        assert_eq!(off.authorize(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(off.authorize(&HeaderMap::new(), &LastKey::default()).unwrap(), None);
+    }
+
+    #[test]
+    fn the_last_key_accepted_is_rechecked_once_the_store_changes() {
+        let made = common::producer::new_key().unwrap();
+        let producers = loaded_with(record(&made, false));
+        let last = LastKey::default();
+        let request = headers("x-api-key", &made.key);
+        assert!(producers.authorize(&request, &last).is_ok());
+        assert!(producers.authorize(&request, &last).is_ok(), "again, from the memo");
+        let other = format!("pk_{}_{}", made.id, "y".repeat(43));
+        assert_eq!(
+            producers
+                .authorize(&headers("x-api-key", &other), &last)
+                .unwrap_err()
+                .code(),
+            "invalid_key",
+            "another key with the same id is checked in full"
+        );
+        // Revoked: the store's version moves on, the memo no longer counts.
+        producers.replace(2, vec![record(&made, true)]);
+        assert_eq!(producers.authorize(&request, &last).unwrap_err().code(), "invalid_key");
     }
 }

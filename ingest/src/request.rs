@@ -11,7 +11,59 @@ use common::job::{Job, JobEncoder, Method};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+/// One worker thread's check of endpoint URLs: the template rules and the
+/// destination guard's view of a literal address. A producer sends the
+/// same endpoint request after request, and checking a URL costs more than
+/// the rest of a small request's parse, so the last URL that passed is
+/// kept: the same URL again passes at the price of a comparison. (The
+/// destination policy is fixed for the life of the process.)
+#[derive(Debug)]
+pub struct UrlCheck {
+    destinations: Arc<DestinationPolicy>,
+    last_good: RefCell<String>,
+}
+
+impl UrlCheck {
+    /// A check against `destinations`, remembering nothing yet.
+    pub fn new(destinations: Arc<DestinationPolicy>) -> Self {
+        UrlCheck {
+            destinations,
+            last_good: RefCell::new(String::new()),
+        }
+    }
+
+    fn check(&self, url: &str) -> Result<(), ApiError> {
+        if *self.last_good.borrow() == url {
+            return Ok(());
+        }
+        common::template::check(url).map_err(|e| {
+            ApiError::invalid(
+                "invalid_url",
+                format!("{e}; expected an absolute http(s) URL such as http://host/path?x={{key}}")
+                    .replace("`url`", "`endpoint.url`"),
+            )
+        })?;
+        if let Some(addr) = literal_destination(url) {
+            if self.destinations.check(addr).is_err() {
+                return Err(ApiError::invalid(
+                    "blocked_destination",
+                    format!(
+                        "`endpoint.url` points at {addr}, which is not a public address (or is denied); \
+                         postbacks are not sent there unless POSTBACK_ALLOW_DESTINATIONS opens it"
+                    ),
+                ));
+            }
+        }
+        let mut last = self.last_good.borrow_mut();
+        last.clear();
+        last.push_str(url);
+        Ok(())
+    }
+}
 
 #[derive(Deserialize)]
 struct Body<'a> {
@@ -44,7 +96,7 @@ pub fn parse(
     max_items: usize,
     request_id: Option<&str>,
     producer: Option<&str>,
-    destinations: &DestinationPolicy,
+    urls: &UrlCheck,
 ) -> Result<Accepted, ApiError> {
     let not_an_object = || {
         ApiError::invalid(
@@ -100,24 +152,7 @@ pub fn parse(
         Some(_) => return Err(ApiError::invalid("invalid_url", "`endpoint.url` must be a string")),
         None => return Err(ApiError::invalid("invalid_url", "`endpoint.url` is missing")),
     };
-    common::template::check(url).map_err(|e| {
-        ApiError::invalid(
-            "invalid_url",
-            format!("{e}; expected an absolute http(s) URL such as http://host/path?x={{key}}")
-                .replace("`url`", "`endpoint.url`"),
-        )
-    })?;
-    if let Some(addr) = literal_destination(url) {
-        if destinations.check(addr).is_err() {
-            return Err(ApiError::invalid(
-                "blocked_destination",
-                format!(
-                    "`endpoint.url` points at {addr}, which is not a public address (or is denied); \
-                     postbacks are not sent there unless POSTBACK_ALLOW_DESTINATIONS opens it"
-                ),
-            ));
-        }
-    }
+    urls.check(url)?;
 
     let data = parsed
         .data
@@ -191,7 +226,7 @@ mod tests {
     const SAMPLE: &str = r#"{"endpoint":{"method":"get","url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"},"data":[{"mascot":"Gopher","location":"https://blog.golang.org/gopher/gopher.png"}]}"#;
 
     fn code(body: &str) -> &'static str {
-        parse(body.as_bytes(), 10, None, None, &DestinationPolicy::default())
+        parse(body.as_bytes(), 10, None, None, &UrlCheck::new(Default::default()))
             .unwrap_err()
             .code()
     }
@@ -203,7 +238,7 @@ mod tests {
             10,
             Some("req-1"),
             Some("0123456789ab"),
-            &DestinationPolicy::default(),
+            &UrlCheck::new(Default::default()),
         )
         .unwrap();
         assert_eq!(accepted.ids.len(), 1);
@@ -269,7 +304,7 @@ mod tests {
             10,
             None,
             None,
-            &DestinationPolicy::default(),
+            &UrlCheck::new(Default::default()),
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "`data[2]` must be a JSON object, found an array");
@@ -293,7 +328,7 @@ mod tests {
             assert_eq!(code(&body(url)), "blocked_destination", "{url}");
         }
         // Names, and hosts a placeholder fills, are deliver's to check.
-        let open = DestinationPolicy::default();
+        let open = UrlCheck::new(Default::default());
         for url in [
             "http://localhost/",
             "http://{host}/",
@@ -302,10 +337,14 @@ mod tests {
         ] {
             assert!(parse(body(url).as_bytes(), 10, None, None, &open).is_ok(), "{url}");
         }
-        let allowed = DestinationPolicy::parse("127.0.0.1:9000", "").unwrap();
+        let allowed = UrlCheck::new(Arc::new(DestinationPolicy::parse("127.0.0.1:9000", "").unwrap()));
         assert!(parse(body("http://127.0.0.1:9000/").as_bytes(), 10, None, None, &allowed).is_ok());
         let err = parse(body("http://127.0.0.1:9001/").as_bytes(), 10, None, None, &allowed).unwrap_err();
         assert_eq!(err.code(), "blocked_destination");
         assert!(err.to_string().contains("127.0.0.1:9001"), "{err}");
+        // The URL that passed last passes again; another is checked anew.
+        assert!(parse(body("http://127.0.0.1:9000/").as_bytes(), 10, None, None, &allowed).is_ok());
+        let again = parse(body("http://127.0.0.1:9001/").as_bytes(), 10, None, None, &allowed).unwrap_err();
+        assert_eq!(again.code(), "blocked_destination");
     }
 }

@@ -106,7 +106,7 @@ pub async fn ingest(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     // Who is asking comes first: nothing of an unknown producer is read.
-    let producer = state.producers.authorize(req.headers())?;
+    let producer = state.producers.authorize(req.headers(), &state.last_key)?;
     if let Some(producer) = &producer {
         req.extensions_mut().insert(producer.clone());
         if let Some(limit) = producer.rate {
@@ -123,7 +123,7 @@ pub async fn ingest(
         state.max_items,
         request_id.as_deref(),
         producer.as_ref().map(|p| &*p.id),
-        &state.destinations,
+        &state.urls,
     )?;
     state.backlog.check()?;
     let idempotency_key = idempotency_key(&req)?;
@@ -176,7 +176,8 @@ const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// The request's `Idempotency-Key`, if it has one: 1 to 255 printable
 /// ASCII characters.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
-    let Some(value) = req.headers().get("idempotency-key") else {
+    const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     match value.to_str() {

@@ -35,10 +35,13 @@ pub struct AppState {
     pub max_items: usize,
     /// What ingest counts.
     pub metrics: Arc<Metrics>,
-    /// See [`Config::destinations`].
-    pub destinations: Arc<common::destination::DestinationPolicy>,
+    /// Endpoint URLs checked against the rules and [`Config::destinations`],
+    /// with this worker's last good one.
+    pub urls: crate::request::UrlCheck,
     /// The producer keys, as this process last read them.
     pub producers: Arc<Producers>,
+    /// This worker's last accepted key.
+    pub last_key: auth::LastKey,
     /// See [`Config::idempotency_ttl`].
     pub idempotency_ttl: Duration,
 }
@@ -100,8 +103,9 @@ impl Application {
                 max_body_bytes,
                 max_items,
                 metrics: metrics.clone(),
-                destinations: destinations.clone(),
+                urls: crate::request::UrlCheck::new(destinations.clone()),
                 producers: producers.clone(),
+                last_key: auth::LastKey::default(),
                 idempotency_ttl,
             });
             let app = App::new()
