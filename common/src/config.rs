@@ -64,7 +64,15 @@ impl Setting {
 pub const REDIS_URL: Setting = Setting::new(
     "REDIS_URL",
     "redis://127.0.0.1:6379",
-    "Redis holding the queue (redis://[user:password@]host:port[/db] or redis+unix:///path?pass=P)",
+    "Redis holding the queue: redis://[user:password@]host:port[/db], redis+unix:///path?pass=P, \
+     redis-sentinel://[:password@]host:port[,host:port...][/db]#MASTER or \
+     redis-cluster://[:password@]host:port[,host:port...]",
+);
+/// `POSTBACK_SHARDS`.
+pub const POSTBACK_SHARDS: Setting = Setting::new(
+    "POSTBACK_SHARDS",
+    "1",
+    "sub-queues the queue is split into, each in a Redis Cluster slot of its own",
 );
 /// `POSTBACK_QUEUE`.
 pub const POSTBACK_QUEUE: Setting = Setting::new("POSTBACK_QUEUE", "default", "queue name; keys are postback:{NAME}:*");
@@ -88,6 +96,7 @@ pub const DENY_DESTINATIONS: Setting = Setting::new(
 pub const SHARED_SETTINGS: &[Setting] = &[
     REDIS_URL,
     POSTBACK_QUEUE,
+    POSTBACK_SHARDS,
     ALLOW_DESTINATIONS,
     DENY_DESTINATIONS,
     RUST_LOG,
@@ -352,11 +361,37 @@ pub fn queue_name(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
 pub fn redis_url(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
     let url = string(src, &REDIS_URL);
     use deadpool_redis::redis::IntoConnectionInfo;
-    url.as_str()
-        .into_connection_info()
-        .map_err(|e| ConfigError::new(REDIS_URL.var, &url, format!("not a Redis URL ({e})")))?;
-    Ok(url)
+    // The error shows where Redis was looked for, never a password.
+    match crate::queue::Target::parse(&url) {
+        Err(problem) => Err(ConfigError::new(REDIS_URL.var, "(hidden)", problem.to_string())),
+        Ok(crate::queue::Target::Server(_)) => match url.as_str().into_connection_info() {
+            Ok(_) => Ok(url),
+            Err(e) => Err(ConfigError::new(
+                REDIS_URL.var,
+                "(hidden)",
+                format!("not a Redis URL ({e})"),
+            )),
+        },
+        Ok(_) => Ok(url),
+    }
 }
+
+/// Reads `POSTBACK_SHARDS`: 1 to [`MAX_SHARDS`].
+pub fn shards(src: &(impl Source + ?Sized)) -> Result<usize, ConfigError> {
+    let shards = count(src, &POSTBACK_SHARDS, 1)?;
+    if shards > MAX_SHARDS {
+        return Err(ConfigError::new(
+            POSTBACK_SHARDS.var,
+            &shards.to_string(),
+            format!("at most {MAX_SHARDS}: each shard is one blocking consumer in every deliver process"),
+        ));
+    }
+    Ok(shards)
+}
+
+/// The most shards a queue may be split into: every deliver process runs
+/// a consumer, with a connection of its own, per shard.
+pub const MAX_SHARDS: usize = 64;
 
 /// Reads the destination guard's two lists.
 pub fn destinations(src: &(impl Source + ?Sized)) -> Result<crate::destination::DestinationPolicy, ConfigError> {
@@ -444,6 +479,18 @@ mod tests {
         assert_eq!(queue_name(&[("POSTBACK_QUEUE", "clicks-eu")]).unwrap(), "clicks-eu");
         assert!(redis_url(&[("REDIS_URL", "nonsense://")]).is_err());
         assert!(redis_url(&[("REDIS_URL", "redis://:pw@127.0.0.1:6390/0")]).is_ok());
+        assert!(redis_url(&[("REDIS_URL", "redis-sentinel://:pw@10.0.0.1,10.0.0.2:26380#postback")]).is_ok());
+        assert!(redis_url(&[("REDIS_URL", "redis-cluster://10.0.0.1:7000,10.0.0.2:7000")]).is_ok());
+        let error = redis_url(&[("REDIS_URL", "redis-sentinel://:secret@10.0.0.1")]).unwrap_err();
+        assert!(error.to_string().contains("master's name"), "{error}");
+        assert!(
+            !error.to_string().contains("secret"),
+            "no password in the message: {error}"
+        );
+        assert_eq!(shards(&[]).unwrap(), 1);
+        assert_eq!(shards(&[("POSTBACK_SHARDS", "6")]).unwrap(), 6);
+        assert!(shards(&[("POSTBACK_SHARDS", "0")]).is_err());
+        assert!(shards(&[("POSTBACK_SHARDS", "65")]).is_err());
     }
 
     #[test]

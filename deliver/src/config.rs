@@ -21,6 +21,9 @@ pub struct Config {
     pub redis_url: String,
     /// `POSTBACK_QUEUE`: the queue's name.
     pub queue: String,
+    /// `POSTBACK_SHARDS`: sub-queues to consume (and any more the queue
+    /// has had, see `common::queue::Queue::shard_count`).
+    pub shards: usize,
     /// `DELIVER_CONCURRENCY`: deliveries in flight at once.
     pub concurrency: usize,
     /// `DELIVER_THREADS`: runtime worker threads of this process; by default
@@ -210,6 +213,7 @@ impl Config {
             cpu_policy,
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
+            shards: config::shards(src)?,
             destinations: config::destinations(src)?,
             concurrency: config::count(src, &CONCURRENCY, 1)?,
             threads: config::count_or(src, &THREADS, config::threads_per_process(src, &PROCS)?, 1)?,

@@ -1,5 +1,6 @@
 //! The worker process, wired: the queue handle, one [`Deliverer`], one
-//! consumer per shard, the admin listener and the statistics flusher.
+//! consumer per shard (and one more for each shard the queue has beyond
+//! `POSTBACK_SHARDS`), the admin listener and the statistics flusher.
 //! `main` calls [`run`]; so do tests that want a whole worker in-process.
 
 use crate::config::Config;
@@ -21,6 +22,10 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(4);
 const REDIS_POOL_SIZE: usize = 8;
 /// How often start-up looks whether the signing secrets have been read.
 const SECRETS_POLL: Duration = Duration::from_millis(20);
+/// How often the worker looks whether the queue has more shards than it
+/// consumes (another process with a larger `POSTBACK_SHARDS`, or one that
+/// had it before it was lowered).
+const SHARDS_CHECK: Duration = Duration::from_secs(5);
 /// How long the last statistics flush may take at shutdown.
 const STATS_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -54,6 +59,10 @@ pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
         timeout: REDIS_TIMEOUT,
         longest_block: consumer::BLOCK_WAIT,
         pool_size: REDIS_POOL_SIZE,
+        shards: config.shards,
+        // Only producers wait for replicas.
+        replica_acks: 0,
+        replica_timeout: Duration::ZERO,
     })
 }
 
@@ -108,17 +117,39 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     // (main's), taking and handing out the next batch while the runtime's
     // threads deliver.
     let settings = consumer::Settings::of(config);
-    let consumers = queue
-        .workers(&id, config.heartbeat_ttl)
-        .into_iter()
-        .map(|shard| consumer::run(shard, deliverer.clone(), settings.clone(), shutdown.clone()));
-    let stopped = futures_util::future::join_all(consumers)
-        .await
-        .into_iter()
-        .fold(Stopped::default(), |all, one| Stopped {
-            cut_short: all.cut_short + one.cut_short,
-            returned: all.returned + one.returned,
-        });
+    let start = |shard| consumer::run(shard, deliverer.clone(), settings.clone(), shutdown.clone());
+    let workers = queue.workers(&id, config.heartbeat_ttl);
+    let mut consuming: Vec<String> = workers.iter().map(|w| w.shard().to_string()).collect();
+    let mut consumers: futures_util::stream::FuturesUnordered<_> = workers.into_iter().map(start).collect();
+    let mut stopped = Stopped::default();
+    // The configured shards are consumed from the start; the first look
+    // for others comes one period later.
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + SHARDS_CHECK, SHARDS_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            one = futures_util::StreamExt::next(&mut consumers) => match one {
+                Some(one) => {
+                    stopped.cut_short += one.cut_short;
+                    stopped.returned += one.returned;
+                }
+                None => break,
+            },
+            // Not while Redis is away: the consumers' own retries say so.
+            _ = check.tick(), if !shutdown.is_cancelled() && !queue.is_down() => {
+                // A shard no longer pushed to still gets drained.
+                if let Ok(all) = queue.every_shard().await {
+                    for keys in all {
+                        if !consuming.iter().any(|tag| tag == keys.tag()) {
+                            log::info!("consuming shard {{{}}} too: the queue has had it", keys.tag());
+                            consuming.push(keys.tag().to_string());
+                            consumers.push(start(queue.worker(keys, &id, config.heartbeat_ttl)));
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     stop_stats.cancel();
     let _ = tokio::time::timeout(STATS_FLUSH_DEADLINE, stats).await;

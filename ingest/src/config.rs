@@ -21,6 +21,15 @@ pub struct Config {
     pub redis_url: String,
     /// `POSTBACK_QUEUE`: the queue's name; every Redis key derives from it.
     pub queue: String,
+    /// `POSTBACK_SHARDS`: sub-queues a request's jobs are spread over (all
+    /// of one request's on one).
+    pub shards: usize,
+    /// `INGEST_REPLICA_ACKS`: replicas that must hold a request's jobs
+    /// before it is answered 202 (0: answer once the master has them).
+    pub replica_acks: u32,
+    /// `INGEST_REPLICA_TIMEOUT_MS`: how long to wait for them before
+    /// answering 503 `not_replicated`.
+    pub replica_timeout: Duration,
     /// `INGEST_BIND`: address to listen on.
     pub bind: String,
     /// `INGEST_REUSEPORT`: bind with SO_REUSEPORT, so that several ingest
@@ -123,6 +132,20 @@ pub const IDEMPOTENCY_TTL_S: Setting = Setting::new(
     "how long an Idempotency-Key's answer is kept for replays, seconds",
 );
 
+/// `INGEST_REPLICA_ACKS`.
+pub const REPLICA_ACKS: Setting = Setting::new(
+    "INGEST_REPLICA_ACKS",
+    "0",
+    "replicas that must hold a request's jobs (Redis WAIT) before 202; 0: the master's word is enough",
+);
+
+/// `INGEST_REPLICA_TIMEOUT_MS`.
+pub const REPLICA_TIMEOUT_MS: Setting = Setting::new(
+    "INGEST_REPLICA_TIMEOUT_MS",
+    "500",
+    "how long to wait for those replicas before answering 503 not_replicated",
+);
+
 /// The smallest body limit that still fits a request of one item.
 const MAX_BODY_BYTES_MIN: usize = 64;
 
@@ -143,6 +166,8 @@ pub const SETTINGS: &[Setting] = &[
     SHUTDOWN_GRACE_MS,
     ACCESS_LOG,
     IDEMPOTENCY_TTL_S,
+    REPLICA_ACKS,
+    REPLICA_TIMEOUT_MS,
 ];
 
 impl Config {
@@ -154,6 +179,9 @@ impl Config {
         Ok(Config {
             redis_url: config::redis_url(src)?,
             queue: config::queue_name(src)?,
+            shards: config::shards(src)?,
+            replica_acks: config::parsed(src, &REPLICA_ACKS, "a whole number")?,
+            replica_timeout: config::millis(src, &REPLICA_TIMEOUT_MS)?,
             destinations: config::destinations(src)?,
             idempotency_ttl: Duration::from_secs(config::count(src, &IDEMPOTENCY_TTL_S, 1)? as u64),
             auth: match config::string(src, &AUTH).as_str() {

@@ -11,7 +11,7 @@ use serde_json::json;
 pub const RETRY_AFTER_SECS: u32 = 5;
 
 /// Why a request was not accepted. Nothing is queued when any of these is
-/// returned.
+/// returned, but for [`ApiError::NotReplicated`].
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The body is not a valid postback request; `code` names the rule.
@@ -45,6 +45,11 @@ pub enum ApiError {
         "the queue's Redis is full ({0}); nothing was queued, retry later (operators: see RUNBOOK, \"Redis is full\")"
     )]
     RedisFull(QueueError),
+    /// The jobs were queued on the master, but fewer replicas than
+    /// `INGEST_REPLICA_ACKS` hold them in time: a failover now could lose
+    /// them, and they may as well be delivered.
+    #[error("the jobs were queued but fewer Redis replicas than required hold them ({0}); they may still be delivered. Retry with the same Idempotency-Key header so that a retry cannot queue them twice")]
+    NotReplicated(QueueError),
     /// The queue is over `INGEST_MAX_QUEUE`.
     #[error("the queue holds {depth} jobs, more than its limit of {limit}; nothing was queued, retry later")]
     QueueFull {
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::TooManyItems { .. } => "too_many_items",
             ApiError::QueueUnavailable(_) => "queue_unavailable",
             ApiError::RedisFull(_) => "redis_full",
+            ApiError::NotReplicated(_) => "not_replicated",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::MissingKey => "missing_key",
             ApiError::InvalidKey => "invalid_key",
@@ -121,6 +127,7 @@ impl From<QueueError> for ApiError {
     fn from(error: QueueError) -> Self {
         match error {
             QueueError::OutOfMemory(_) => ApiError::RedisFull(error),
+            QueueError::NotReplicated { .. } => ApiError::NotReplicated(error),
             _ => ApiError::QueueUnavailable(error),
         }
     }
@@ -133,6 +140,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTooLarge { .. } | ApiError::TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueUnavailable(_)
             | ApiError::RedisFull(_)
+            | ApiError::NotReplicated(_)
             | ApiError::QueueFull { .. }
             | ApiError::KeysNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
@@ -148,6 +156,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::QueueUnavailable(_)
             | ApiError::RedisFull(_)
+            | ApiError::NotReplicated(_)
             | ApiError::QueueFull { .. }
             | ApiError::KeysNotLoaded => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));

@@ -162,7 +162,9 @@ pub async fn ingest(
             }
         }
     };
-    state.backlog.observe(depth, asked_at);
+    // The push answers its shard's length; round robin keeps the shards
+    // about even, so that times the shards estimates the whole.
+    state.backlog.observe(depth * state.queue.shards() as u64, asked_at);
     state.metrics.accepted(accepted.ids.len());
     let body = answer;
     let mut response = HttpResponse::Accepted().content_type("application/json").body(body);

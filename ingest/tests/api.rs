@@ -281,6 +281,54 @@ async fn a_full_redis_gets_503_without_a_new_connection_per_request() {
     assert_eq!(app.queued().await.len(), 1);
 }
 
+#[tokio::test]
+async fn replica_acknowledgements_are_waited_for_and_a_shortfall_is_503_not_replicated() {
+    // A master with one replica: a 202 comes once the replica holds the jobs.
+    let master = RedisServer::start();
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(&["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", &port]);
+    let app = spawn_app_on(
+        master,
+        &[("INGEST_REPLICA_ACKS", "1"), ("INGEST_REPLICA_TIMEOUT_MS", "2000")],
+    )
+    .await;
+    let mut replica_conn = replica.connection().await;
+    wait_until(Duration::from_secs(10), "the replica in sync", || async {
+        let link = testkit::redis_info(&mut replica.connection().await, "replication", "master_link_status").await;
+        link.as_deref() == Some("up")
+    })
+    .await;
+    let response = post(&app.url("/ingest"), SAMPLE).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+    let on_replica: u64 = redis::cmd("LLEN")
+        .arg(&app.keys.ready)
+        .query_async(&mut replica_conn)
+        .await
+        .unwrap();
+    assert_eq!(on_replica, 1, "the replica held the job when the 202 was sent");
+
+    // Two are asked for and only one exists: 503, with the jobs queued.
+    let short = spawn_ingest_at(
+        &app.redis.url(),
+        &[("INGEST_REPLICA_ACKS", "2"), ("INGEST_REPLICA_TIMEOUT_MS", "100")],
+    )
+    .0;
+    let response = post(&format!("{short}/ingest"), SAMPLE).await;
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert_eq!(response.json()["error"]["code"], "not_replicated");
+    assert!(
+        response.body.contains("Idempotency-Key"),
+        "says how to retry safely: {}",
+        response.body
+    );
+    assert!(response.header("retry-after").is_some());
+    assert_eq!(
+        app.queued().await.len(),
+        2,
+        "the jobs were queued on the master all the same"
+    );
+}
+
 /// POSTs `body` to `path` over the Unix socket at `socket` (HTTP/1.1, one
 /// request, connection closed by the client) and returns the status and body.
 fn post_over_socket(socket: &std::path::Path, path: &str, body: &str) -> (u16, String) {

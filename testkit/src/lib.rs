@@ -4,6 +4,7 @@
 //!
 //! - [`ports`](mod@ports): free ports and temp folders;
 //! - [`redis`](mod@redis): a `redis-server` of the test's own;
+//! - [`ha`]: a Sentinel-watched master and replica, and a Redis Cluster;
 //! - [`sink`](mod@sink): an HTTP sink that records requests and answers as
 //!   scripted;
 //! - [`fault`](mod@fault): a proxy that loses a Redis answer;
@@ -12,6 +13,7 @@
 //! - [`wait`](mod@wait): waiting on a condition with a deadline.
 
 pub mod fault;
+pub mod ha;
 pub mod http;
 pub mod ports;
 pub mod redis;
@@ -20,6 +22,7 @@ pub mod tls;
 pub mod wait;
 
 pub use fault::ReplyCutter;
+pub use ha::{Cluster, SentinelSet};
 pub use http::{get, http, post, HttpResponse};
 pub use ports::{free_port, TempDir};
 pub use redis::{redis_info, RedisServer};

@@ -90,6 +90,20 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Starts it again on the same port as a replica of the server on
+    /// `master` (what a start script that asks the sentinels first does
+    /// for a master that was failed over).
+    pub fn restart_as_replica_of(&mut self, master: u16) {
+        self.kill();
+        let at = self.extra.iter().position(|o| o == "--replicaof");
+        if let Some(at) = at {
+            self.extra.drain(at..at + 3);
+        }
+        self.extra
+            .extend(["--replicaof".to_string(), "127.0.0.1".to_string(), master.to_string()]);
+        self.spawn();
+    }
+
     /// A connection for a test to inspect or prepare the queue.
     pub async fn connection(&self) -> deadpool_redis::redis::aio::MultiplexedConnection {
         deadpool_redis::redis::Client::open(self.url())

@@ -1,39 +1,225 @@
-//! How the queue handle connects to Redis: a deadpool of multiplexed
-//! connections with every wait bounded, so that a Redis that is down turns
-//! into a quick error (503 at ingest, a back-off at deliver), never a hang.
+//! How the queue handle connects to Redis, wherever `REDIS_URL` says it
+//! is (see [`super::target`]): one server through a deadpool of multiplexed
+//! connections, the master a set of sentinels names, or a Redis Cluster.
+//! Every wait is bounded, so that a Redis that is down turns into a quick
+//! error (503 at ingest, a back-off at deliver), never a hang.
 //!
 //! Hot paths do not check a connection out of the pool per command: deadpool
 //! pings a connection each time it hands it out, which doubles the round
-//! trips. They use a [`Shared`] multiplexed connection instead, taken from
-//! the pool once and cloned per command; redis-rs pipelines the commands of
-//! all its clones on one socket, and a broken connection is replaced.
+//! trips. They use a [`Shared`] connection instead, made once and cloned per
+//! command; redis-rs pipelines the commands of all its clones on one socket
+//! (per node, for a cluster), and a broken connection is replaced.
+//!
+//! Failover: a connection is replaced after any error that may mean the
+//! master moved (a broken or refused connection, `READONLY`, a cluster
+//! redirect it could not follow), and a new connection to a Sentinel-watched
+//! master asks the sentinels again, who the master is, and checks its
+//! `ROLE`. A demoted master still answers `PING`, so nothing trusts a ping.
+//! In a cluster, redis-rs follows `MOVED`/`ASK` and refreshes the slot map
+//! itself, retrying at most [`CLUSTER_RETRIES`] times.
 
+use super::target::{Credentials, Node, Target};
 use super::QueueError;
 use deadpool::managed::Manager as _;
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{AsyncConnectionConfig, RedisError};
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use deadpool_redis::redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, Value,
+};
 use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Builds a pool of at most `max_size` connections to `url`.
-///
-/// `response_timeout` bounds every command; it must be longer than the
-/// longest blocking command the caller sends (deliver's `BLMOVE`).
-pub(crate) fn connect(url: &str, max_size: usize, response_timeout: Duration) -> Result<Pool, QueueError> {
+/// How often redis-rs' cluster client retries a command itself (after a
+/// redirect, a reconnect, a slot-map refresh) before the error comes to
+/// the queue handle; the operation's deadline bounds the whole anyway.
+pub(crate) const CLUSTER_RETRIES: u32 = 3;
+
+/// A connection to wherever the queue lives.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    /// One server, or the master the sentinels named.
+    Single(MultiplexedConnection),
+    /// A Redis Cluster: one connection per node, commands routed by key.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// Waits until `replicas` replicas hold every write this connection
+    /// made so far on the master of `key`'s slot, or `timeout`; returns how
+    /// many did. (redis-rs would send a bare `WAIT` to every master of a
+    /// cluster; this one goes to the master that took the writes.)
+    pub(crate) async fn wait_replicas(&mut self, key: &str, replicas: u32, timeout: Duration) -> RedisResult<u64> {
+        use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+        let mut wait = deadpool_redis::redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Connection::Single(c) => wait.query_async(c).await,
+            Connection::Cluster(c) => {
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let value = c
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(deadpool_redis::redis::from_redis_value(value)?)
+            }
+        }
+    }
+}
+
+/// Makes connections to where `REDIS_URL` points.
+pub(crate) enum Connector {
+    /// One server, through a pool's manager (and its settings).
+    Server(Pool),
+    /// The master a set of sentinels names.
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        config: AsyncConnectionConfig,
+        /// The name the sentinels know the master by, for log lines.
+        name: String,
+        /// The master's address at the last connection, to log a switch.
+        master: std::sync::Mutex<Option<String>>,
+    },
+    /// A Redis Cluster.
+    Cluster(ClusterClient),
+}
+
+impl Connector {
+    /// A connector for `target`, with at most `max_size` pooled connections
+    /// to a single server. `response_timeout` bounds every command; it must
+    /// be longer than the longest blocking command the caller sends
+    /// (deliver's `BLMOVE`).
+    pub(crate) fn new(target: &Target, max_size: usize, response_timeout: Duration) -> Result<Connector, QueueError> {
+        let connect_timeout = response_timeout.min(Duration::from_secs(2));
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(response_timeout));
+        match target {
+            Target::Server(url) => Ok(Connector::Server(pool(url, config, max_size, response_timeout)?)),
+            Target::Sentinel {
+                sentinels,
+                master,
+                credentials,
+                db,
+            } => {
+                let mut builder =
+                    SentinelClientBuilder::new(sentinels.iter().map(tcp), master, SentinelServerType::Master)
+                        .map_err(QueueError::Refused)?
+                        .set_client_to_redis_db(*db);
+                let Credentials { username, password } = credentials;
+                if let Some(username) = username {
+                    builder = builder.set_client_to_redis_username(username);
+                }
+                if let Some(password) = password {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                Ok(Connector::Sentinel {
+                    client: tokio::sync::Mutex::new(builder.build().map_err(QueueError::Refused)?),
+                    config,
+                    name: master.clone(),
+                    master: std::sync::Mutex::new(None),
+                })
+            }
+            Target::Cluster { seeds, credentials } => {
+                let seeds: Vec<String> = seeds.iter().map(|n| format!("redis://{n}")).collect();
+                let mut builder = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(response_timeout)
+                    .retries(CLUSTER_RETRIES);
+                if let Some(username) = &credentials.username {
+                    builder = builder.username(username);
+                }
+                if let Some(password) = &credentials.password {
+                    builder = builder.password(password);
+                }
+                Ok(Connector::Cluster(builder.build().map_err(QueueError::Refused)?))
+            }
+        }
+    }
+
+    /// A new connection.
+    pub(crate) async fn connect(&self) -> RedisResult<Connection> {
+        match self {
+            Connector::Server(pool) => Ok(Connection::Single(pool.manager().create().await?)),
+            Connector::Sentinel {
+                client,
+                config,
+                name,
+                master,
+            } => {
+                // The lock is held only while the sentinels are asked.
+                let found = client.lock().await.async_get_client().await?;
+                let address = found.get_connection_info().addr().to_string();
+                let conn = found.get_multiplexed_async_connection_with_config(config).await?;
+                let mut last = master.lock().unwrap_or_else(|e| e.into_inner());
+                match last.as_deref() {
+                    Some(old) if old != address => {
+                        log::warn!("redis master {name:?} moved from {old} to {address}: following it")
+                    }
+                    None => log::info!("redis master {name:?} is at {address}"),
+                    _ => {}
+                }
+                *last = Some(address);
+                Ok(Connection::Single(conn))
+            }
+            Connector::Cluster(client) => Ok(Connection::Cluster(client.get_async_connection().await?)),
+        }
+    }
+}
+
+fn tcp(node: &Node) -> ConnectionAddr {
+    ConnectionAddr::Tcp(node.host.clone(), node.port)
+}
+
+/// A pool of at most `max_size` connections to one server at `url`.
+fn pool(
+    url: &str,
+    config: AsyncConnectionConfig,
+    max_size: usize,
+    response_timeout: Duration,
+) -> Result<Pool, QueueError> {
     let connect_timeout = response_timeout.min(Duration::from_secs(2));
-    let connection = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(response_timeout));
-    let manager = Manager::new_with_config(url, connection).map_err(QueueError::Refused)?;
-    let mut config = PoolConfig::new(max_size);
-    config.timeouts = Timeouts {
+    let manager = Manager::new_with_config(url, config).map_err(QueueError::Refused)?;
+    let mut pool_config = PoolConfig::new(max_size);
+    pool_config.timeouts = Timeouts {
         wait: Some(response_timeout),
         create: Some(connect_timeout),
         recycle: Some(response_timeout),
     };
     Pool::builder(manager)
-        .config(config)
+        .config(pool_config)
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| QueueError::Refused(RedisError::from(std::io::Error::other(e.to_string()))))
@@ -51,19 +237,11 @@ pub(crate) struct Outage {
 }
 
 impl Outage {
-    /// Outages of the Redis at `url`.
-    pub(crate) fn new(url: &str) -> Self {
-        use deadpool_redis::redis::{ConnectionAddr, IntoConnectionInfo};
-        let address = match url.into_connection_info() {
-            Ok(info) => match info.addr() {
-                ConnectionAddr::Unix(path) => format!(" at unix:{}", path.display()),
-                other => format!(" at {other}"),
-            },
-            Err(_) => String::new(),
-        };
+    /// Outages of the Redis `target` names.
+    pub(crate) fn new(target: &Target) -> Self {
         Outage {
             down: AtomicBool::new(false),
-            address,
+            address: format!(" at {}", target.describe()),
         }
     }
 
@@ -90,31 +268,30 @@ impl Outage {
     }
 }
 
-/// One multiplexed connection shared by many tasks, made with a pool's
-/// settings on the runtime of the first task that needs it, and replaced
-/// after an error that may have broken it.
+/// One connection shared by many tasks, made on the runtime of the first
+/// task that needs it, and replaced after an error that may have broken it.
 pub(crate) struct Shared {
-    pool: Pool,
-    current: std::sync::Mutex<Option<MultiplexedConnection>>,
+    connector: std::sync::Arc<Connector>,
+    current: std::sync::Mutex<Option<Connection>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
-    /// A shared connection made with `pool`'s settings when first needed.
-    pub(crate) fn new(pool: Pool) -> Self {
+    /// A shared connection made by `connector` when first needed.
+    pub(crate) fn new(connector: std::sync::Arc<Connector>) -> Self {
         Shared {
-            pool,
+            connector,
             current: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn cached(&self) -> Option<MultiplexedConnection> {
+    fn cached(&self) -> Option<Connection> {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A handle on the connection (cheap: a clone), connecting if needed.
-    pub(crate) async fn get(&self) -> Result<MultiplexedConnection, RedisError> {
+    pub(crate) async fn get(&self) -> Result<Connection, RedisError> {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
@@ -127,8 +304,8 @@ impl Shared {
         // connection's I/O task on the runtime that created it, and a pooled
         // connection may have been made on another thread (ingest's main
         // thread, say), which would cost two cross-thread wake-ups per
-        // command. The connect timeout of the pool's config still applies.
-        let conn = self.pool.manager().create().await?;
+        // command.
+        let conn = self.connector.connect().await?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
@@ -149,10 +326,13 @@ mod tests {
 
     #[test]
     fn an_outage_names_where_redis_was_looked_for_without_the_password() {
-        let tcp = Outage::new("redis://default:secret@127.0.0.1:6390/0");
-        assert_eq!(tcp.address, " at 127.0.0.1:6390");
-        let unix = Outage::new("redis+unix:///run/postback/redis/redis.sock?user=default&pass=secret");
-        assert_eq!(unix.address, " at unix:/run/postback/redis/redis.sock");
-        assert_eq!(Outage::new("nonsense").address, "");
+        let outage = |url: &str| Outage::new(&Target::parse(url).unwrap()).address;
+        assert_eq!(outage("redis://default:secret@127.0.0.1:6390/0"), " at 127.0.0.1:6390");
+        assert_eq!(
+            outage("redis+unix:///run/postback/redis/redis.sock?user=default&pass=secret"),
+            " at unix:/run/postback/redis/redis.sock"
+        );
+        assert_eq!(outage("redis-cluster://:secret@h:7000"), " at the cluster of h:7000");
+        assert_eq!(outage("nonsense"), " at an unreadable REDIS_URL");
     }
 }

@@ -41,6 +41,18 @@ pub enum QueueError {
     /// a wrong key type).
     #[error("redis refused the command ({0})")]
     Refused(#[source] RedisError),
+    /// The write was made, but fewer replicas than asked for
+    /// (`INGEST_REPLICA_ACKS`) acknowledged it in time.
+    #[error("only {acked} of {wanted} redis replicas acknowledged the write in time")]
+    NotReplicated {
+        /// How many did.
+        acked: u64,
+        /// How many were asked for.
+        wanted: u32,
+    },
+    /// `REDIS_URL` cannot be used.
+    #[error("REDIS_URL: {0}")]
+    BadUrl(#[from] super::TargetError),
 }
 
 impl QueueError {
@@ -63,6 +75,10 @@ impl QueueError {
                 | ServerErrorKind::MasterDown,
             )
             | ErrorKind::ClusterConnectionNotFound => QueueError::Cluster(error),
+            // No master right now (a failover in progress): an outage.
+            ErrorKind::MasterNameNotFoundBySentinel | ErrorKind::NoValidReplicasFoundBySentinel => {
+                QueueError::Unavailable(error)
+            }
             ErrorKind::Server(ServerErrorKind::NoScript) => QueueError::ScriptMissing(error),
             ErrorKind::Parse | ErrorKind::UnexpectedReturnType => QueueError::BadReply(error),
             ErrorKind::Io | ErrorKind::Client | ErrorKind::Server(ServerErrorKind::BusyLoading) => {
@@ -83,6 +99,8 @@ impl QueueError {
             QueueError::ScriptMissing(_) => "script_missing",
             QueueError::BadReply(_) => "bad_reply",
             QueueError::Refused(_) => "refused",
+            QueueError::NotReplicated { .. } => "not_replicated",
+            QueueError::BadUrl(_) => "bad_url",
         }
     }
 
@@ -93,7 +111,11 @@ impl QueueError {
     pub fn replaces_connection(&self) -> bool {
         !matches!(
             self,
-            QueueError::OutOfMemory(_) | QueueError::Refused(_) | QueueError::BadReply(_)
+            QueueError::OutOfMemory(_)
+                | QueueError::Refused(_)
+                | QueueError::BadReply(_)
+                | QueueError::NotReplicated { .. }
+                | QueueError::BadUrl(_)
         )
     }
 }

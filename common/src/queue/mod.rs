@@ -4,31 +4,39 @@
 //! A [`Queue`] owns the connection, the keys, the outage log and the
 //! deadline of every operation, and offers the protocol as methods. Callers
 //! never see a connection or a key, so what stands behind the handle (one
-//! Redis today; several shards, a Sentinel-watched master or a Cluster
-//! later) can change without touching them. The handle keeps a list of
-//! shards, today of length one: producer operations pick a shard, operator
-//! operations cover all of them, and a worker gets one [`WorkerQueue`] per
-//! shard to consume.
+//! Redis, a Sentinel-watched master or a Cluster, see [`target`]) does not
+//! touch them.
+//!
+//! The queue is split into `POSTBACK_SHARDS` shards, each with a hash tag
+//! of its own (see [`protocol::shard_tag`]), so that in a Cluster they
+//! spread over slots and masters. A push puts all of one request's jobs on
+//! one shard, round robin; operator operations cover every shard; a worker
+//! gets one [`WorkerQueue`] per shard to consume. Every shard a queue has
+//! had is recorded in Redis ([`Queue::every_shard`]), so that after
+//! `POSTBACK_SHARDS` changed the shards no longer pushed to are still
+//! drained and still seen by operators.
 //!
 //! - [`protocol`]: the keys and commands over one connection (what the
 //!   handle calls; tests use it to set up and inspect a queue);
 //! - [`producers`]: the producer key store, likewise;
 //! - [`QueueError`]: why an operation failed, by kind;
-//! - `connection`: the pool and the shared multiplexed connection.
+//! - `connection`: connecting (pool, sentinels, cluster) and the shared
+//!   connection.
 
 mod connection;
 mod error;
 pub mod producers;
 pub mod protocol;
+pub mod target;
 
 pub use error::QueueError;
 pub use protocol::{Depths, IdempotentPush, QueueKeys, Settled, Settlement, MAX_BATCH};
+pub use target::{Target, TargetError};
 
 use crate::job::DeadLetter;
 use crate::stats::{Failure, Second, Window};
-use connection::{Outage, Shared};
-use deadpool_redis::redis::{aio::MultiplexedConnection, RedisResult};
-use deadpool_redis::Pool;
+use connection::{Connection, Connector, Outage, Shared};
+use deadpool_redis::redis::RedisResult;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +58,13 @@ pub struct QueueConfig {
     pub longest_block: Duration,
     /// How many connections the pool may hold.
     pub pool_size: usize,
+    /// `POSTBACK_SHARDS`: how many shards pushes spread over (at least 1).
+    pub shards: usize,
+    /// `INGEST_REPLICA_ACKS`: how many replicas must hold a push before it
+    /// counts as done (0: do not wait).
+    pub replica_acks: u32,
+    /// `INGEST_REPLICA_TIMEOUT_MS`: how long a push waits for them.
+    pub replica_timeout: Duration,
 }
 
 /// A handle on the queue. Clones share one multiplexed connection;
@@ -62,8 +77,8 @@ pub struct Queue {
 
 /// What every handle of one queue shares.
 struct Inner {
-    pool: Pool,
-    /// One entry per shard; one shard today.
+    connector: Arc<Connector>,
+    /// The keys of each of the `POSTBACK_SHARDS` shards pushes go to.
     shards: Vec<QueueKeys>,
     /// The shard the next push goes to.
     next_shard: AtomicUsize,
@@ -71,24 +86,32 @@ struct Inner {
     timeout: Duration,
     /// The connection's response timeout, for errors redis-rs times out.
     response_timeout: Duration,
+    replica_acks: u32,
+    replica_timeout: Duration,
 }
 
 impl Queue {
     /// A handle on the queue `config` names. Connects lazily: a Redis that
     /// is down at start is an outage like any other, not a start failure.
     pub fn new(config: &QueueConfig) -> Result<Queue, QueueError> {
-        let response_timeout = config.timeout + config.longest_block;
-        let pool = connection::connect(&config.url, config.pool_size, response_timeout)?;
+        let target = Target::parse(&config.url)?;
+        // A push's wait for replicas comes on top of its own deadline.
+        let response_timeout = config.timeout + config.longest_block.max(config.replica_timeout);
+        let connector = Arc::new(Connector::new(&target, config.pool_size, response_timeout)?);
         let shared = Arc::new(Inner {
-            pool: pool.clone(),
-            shards: vec![QueueKeys::new(&config.name)],
+            connector: connector.clone(),
+            shards: (0..config.shards.max(1))
+                .map(|i| QueueKeys::shard(&config.name, i, config.shards))
+                .collect(),
             next_shard: AtomicUsize::new(0),
-            outage: Outage::new(&config.url),
+            outage: Outage::new(&target),
             timeout: config.timeout,
             response_timeout,
+            replica_acks: config.replica_acks,
+            replica_timeout: config.replica_timeout,
         });
         Ok(Queue {
-            conn: Arc::new(Shared::new(pool)),
+            conn: Arc::new(Shared::new(connector)),
             shared,
         })
     }
@@ -101,7 +124,7 @@ impl Queue {
     pub fn handle(&self) -> Queue {
         Queue {
             shared: self.shared.clone(),
-            conn: Arc::new(Shared::new(self.shared.pool.clone())),
+            conn: Arc::new(Shared::new(self.shared.connector.clone())),
         }
     }
 
@@ -127,7 +150,7 @@ impl Queue {
         &self,
         what: &str,
         extra: Duration,
-        op: impl FnOnce(MultiplexedConnection) -> Fut,
+        op: impl FnOnce(Connection) -> Fut,
     ) -> Result<T, QueueError>
     where
         Fut: Future<Output = RedisResult<T>>,
@@ -154,13 +177,37 @@ impl Queue {
 
     /// Queues encoded jobs on one shard in one `LPUSH`: a request's jobs
     /// are queued wholly or not at all. Returns that shard's ready length.
+    /// With replica acknowledgements asked for, it returns once enough
+    /// replicas hold the jobs, or fails with [`QueueError::NotReplicated`]
+    /// (the jobs are queued all the same, and may be delivered).
     pub async fn push(&self, jobs: &[String]) -> Result<u64, QueueError> {
         let shards = &self.shared.shards;
         let keys = &shards[self.shared.next_shard.fetch_add(1, Ordering::Relaxed) % shards.len()];
-        self.run("push", Duration::ZERO, |mut conn| async move {
-            protocol::push(&mut conn, keys, jobs).await
-        })
-        .await
+        let depth = self
+            .run("push", Duration::ZERO, |mut conn| async move {
+                protocol::push(&mut conn, keys, jobs).await
+            })
+            .await?;
+        self.replicated(keys).await?;
+        Ok(depth)
+    }
+
+    /// Waits for the replica acknowledgements asked for (if any) of the
+    /// writes this handle made on `keys`' shard.
+    async fn replicated(&self, keys: &QueueKeys) -> Result<(), QueueError> {
+        let (wanted, timeout) = (self.shared.replica_acks, self.shared.replica_timeout);
+        if wanted == 0 {
+            return Ok(());
+        }
+        let acked = self
+            .run("replication", timeout, |mut conn| async move {
+                conn.wait_replicas(&keys.ready, wanted, timeout).await
+            })
+            .await?;
+        if acked < u64::from(wanted) {
+            return Err(QueueError::NotReplicated { acked, wanted });
+        }
+        Ok(())
     }
 
     /// Queues `jobs` under an Idempotency-Key (`key_hash`: its SHA-256,
@@ -181,10 +228,13 @@ impl Queue {
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         let keys = &shards[shard % shards.len()];
         let record_key = keys.idempotency(producer, key_hash);
-        self.run("push", Duration::ZERO, |mut conn| async move {
-            protocol::push_idempotent(&mut conn, keys, &record_key, record, ttl, jobs).await
-        })
-        .await
+        let pushed = self
+            .run("push", Duration::ZERO, |mut conn| async move {
+                protocol::push_idempotent(&mut conn, keys, &record_key, record, ttl, jobs).await
+            })
+            .await?;
+        self.replicated(keys).await?;
+        Ok(pushed)
     }
 
     /// Redis answers a `PING`.
@@ -198,7 +248,7 @@ impl Queue {
     /// Depths of every shard, added up.
     pub async fn depths(&self) -> Result<Depths, QueueError> {
         let mut total = Depths::default();
-        for keys in &self.shared.shards {
+        for keys in &self.every_shard().await? {
             let d = self
                 .run("queue length", Duration::ZERO, |mut conn| async move {
                     protocol::depths(&mut conn, keys).await
@@ -216,7 +266,8 @@ impl Queue {
     /// stored (needed to replay it) and decoded (`None` if unreadable).
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<(String, Option<DeadLetter>)>, QueueError> {
         let mut letters = Vec::new();
-        for keys in &self.shared.shards {
+        let shards = self.every_shard().await?;
+        for keys in &shards {
             letters.extend(
                 self.run("dead letters", Duration::ZERO, |mut conn| async move {
                     protocol::dead_letters(&mut conn, keys, limit).await
@@ -224,7 +275,7 @@ impl Queue {
                 .await?,
             );
         }
-        if self.shared.shards.len() > 1 {
+        if shards.len() > 1 {
             letters.sort_by_key(|(_, letter)| std::cmp::Reverse(letter.as_ref().map_or(0, |l| l.dead_at)));
             if limit > 0 {
                 letters.truncate(limit);
@@ -240,7 +291,7 @@ impl Queue {
         let mut requeued = 0;
         // A letter is removed only from the list that holds it, so trying
         // every shard requeues each letter once.
-        for keys in &self.shared.shards {
+        for keys in &self.every_shard().await? {
             requeued += self
                 .run("replay", Duration::ZERO, |mut conn| async move {
                     protocol::replay(&mut conn, keys, pairs).await
@@ -253,7 +304,7 @@ impl Queue {
     /// Empties every shard's dead-letter list. Returns how many went.
     pub async fn purge_dead(&self) -> Result<u64, QueueError> {
         let mut removed = 0;
-        for keys in &self.shared.shards {
+        for keys in &self.every_shard().await? {
             removed += self
                 .run("purge", Duration::ZERO, |mut conn| async move {
                     protocol::purge_dead(&mut conn, keys).await
@@ -261,6 +312,32 @@ impl Queue {
                 .await?;
         }
         Ok(removed)
+    }
+
+    /// Records this process's shards in Redis and returns the keys of
+    /// every shard the queue has had: the shards to consume and to look at.
+    pub async fn every_shard(&self) -> Result<Vec<QueueKeys>, QueueError> {
+        let shards = &self.shared.shards;
+        let mine: Vec<&str> = shards.iter().map(QueueKeys::tag).collect();
+        let tags = self
+            .run("shards", Duration::ZERO, |mut conn| async move {
+                protocol::record_shards(&mut conn, &shards[0], &mine).await
+            })
+            .await?;
+        // This process's shards first, in order, then the others.
+        let mut all: Vec<QueueKeys> = shards.clone();
+        let mut others: Vec<&String> = tags
+            .iter()
+            .filter(|t| !all.iter().any(|k| k.tag() == t.as_str()))
+            .collect();
+        others.sort();
+        all.extend(others.into_iter().map(|tag| QueueKeys::new(tag)));
+        Ok(all)
+    }
+
+    /// How many shards pushes go to (`POSTBACK_SHARDS`).
+    pub fn shards(&self) -> usize {
+        self.shared.shards.len()
     }
 
     /// Adds one process's counts, the depths it saw and its recent failures
@@ -348,16 +425,25 @@ impl Queue {
         .await
     }
 
-    /// This worker's view of each shard, to consume it.
+    /// This worker's view of each of the `POSTBACK_SHARDS` shards, to
+    /// consume it.
     pub fn workers(&self, id: &str, heartbeat_ttl: Duration) -> Vec<WorkerQueue> {
-        (0..self.shared.shards.len())
-            .map(|shard| WorkerQueue {
-                queue: self.clone(),
-                shard,
-                id: id.to_string(),
-                heartbeat_ttl,
-            })
+        self.shared
+            .shards
+            .iter()
+            .map(|keys| self.worker(keys.clone(), id, heartbeat_ttl))
             .collect()
+    }
+
+    /// This worker's view of the shard with `keys`, which may be one that
+    /// is no longer pushed to (see [`Queue::every_shard`]).
+    pub fn worker(&self, keys: QueueKeys, id: &str, heartbeat_ttl: Duration) -> WorkerQueue {
+        WorkerQueue {
+            queue: self.clone(),
+            keys: Arc::new(keys),
+            id: id.to_string(),
+            heartbeat_ttl,
+        }
     }
 }
 
@@ -366,14 +452,19 @@ impl Queue {
 #[derive(Clone)]
 pub struct WorkerQueue {
     queue: Queue,
-    shard: usize,
+    keys: Arc<QueueKeys>,
     id: String,
     heartbeat_ttl: Duration,
 }
 
 impl WorkerQueue {
     fn keys(&self) -> &QueueKeys {
-        &self.queue.shared.shards[self.shard]
+        &self.keys
+    }
+
+    /// The shard's hash tag, for log lines.
+    pub fn shard(&self) -> &str {
+        self.keys.tag()
     }
 
     /// The worker's id.

@@ -29,6 +29,7 @@ static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua
 static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
 static UNPARK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/unpark.lua")));
 static DEPTHS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/depths.lua")));
+static SHARDS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/shards.lua")));
 static PUSH_IDEMPOTENT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/push_idempotent.lua")));
 
 /// The most jobs moved by one script call; far below Lua's `unpack` limit.
@@ -48,6 +49,8 @@ pub struct QueueKeys {
     pub workers: String,
     /// Hosts with parked jobs, each scored by how many.
     pub parked: String,
+    /// Every shard's tag the queue has had (kept in shard 0's keys).
+    pub shards: String,
 }
 
 impl QueueKeys {
@@ -60,8 +63,22 @@ impl QueueKeys {
             dead: format!("{prefix}:dead"),
             workers: format!("{prefix}:workers"),
             parked: format!("{prefix}:parked"),
+            shards: format!("{prefix}:shards"),
             prefix,
         }
+    }
+
+    /// The keys of shard `index` of `count` of queue `name` (see
+    /// [`shard_tag`]).
+    pub fn shard(name: &str, index: usize, count: usize) -> Self {
+        QueueKeys::new(&shard_tag(name, index, count))
+    }
+
+    /// The hash tag's content: which slot the keys live in.
+    pub fn tag(&self) -> &str {
+        let start = self.prefix.find('{').map_or(0, |i| i + 1);
+        let end = self.prefix.rfind('}').unwrap_or(self.prefix.len());
+        &self.prefix[start..end]
     }
 
     /// The in-flight list of `worker`.
@@ -93,6 +110,64 @@ impl QueueKeys {
     pub fn failures(&self) -> String {
         format!("{}:failures", self.prefix)
     }
+}
+
+/// The hash tag of shard `index` of `count`. Shard 0 is always the queue's
+/// own name (`postback:{default}:…`, the keys of an unsharded queue). With
+/// more than one shard, shard `i` gets the tag `name:iofN`, or
+/// `name:iofN~k` with the smallest `k` that puts it in a Redis Cluster
+/// slot within [`SLOT_WINDOW`] past `slot(name) + i * 16384 / N`: the
+/// shards sit evenly around the slot space, so a cluster whose masters hold
+/// equal ranges of slots (what `redis-cli --cluster create` makes) gets an
+/// equal share of them when N is a multiple of the masters.
+pub fn shard_tag(name: &str, index: usize, count: usize) -> String {
+    if index == 0 || count <= 1 {
+        return name.to_string();
+    }
+    let start = u32::from(slot_of(name.as_bytes()));
+    let target = (start + (index as u32 * SLOTS) / count as u32) % SLOTS;
+    let plain = format!("{name}:{index}of{count}");
+    let near = |tag: &str| (u32::from(slot_of(tag.as_bytes())) + SLOTS - target) % SLOTS < SLOT_WINDOW;
+    if near(&plain) {
+        return plain;
+    }
+    // About SLOTS / SLOT_WINDOW (1,024) tries; bounded all the same.
+    (1..SLOTS * 4)
+        .map(|k| format!("{plain}~{k}"))
+        .find(|tag| near(tag))
+        .unwrap_or(plain)
+}
+
+/// Slots of a Redis Cluster.
+const SLOTS: u32 = 16384;
+/// How far past its target slot a shard may land.
+pub const SLOT_WINDOW: u32 = 16;
+
+/// The Redis Cluster slot of a hash tag's content: CRC16 (XMODEM) modulo
+/// 16384, as Redis computes it.
+pub fn slot_of(tag: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in tag {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS as u16
+}
+
+/// Records `tags` as shards of the queue; returns every shard tag it has
+/// had (see `lua/shards.lua`). `keys` are shard 0's.
+pub async fn record_shards<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    tags: &[&str],
+) -> RedisResult<Vec<String>> {
+    SHARDS.key(&keys.shards).arg(tags).invoke_async(conn).await
 }
 
 /// Queues encoded jobs in one `LPUSH`: a request's jobs are queued wholly
@@ -499,6 +574,42 @@ pub async fn purge_dead<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_the_ones_redis_computes() {
+        // CLUSTER KEYSLOT of Redis' own examples.
+        assert_eq!(slot_of(b"somekey"), 11058);
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"hello"), 866);
+        assert_eq!(slot_of(b"default"), 5718);
+    }
+
+    #[test]
+    fn shard_zero_is_the_unsharded_queue_and_the_others_sit_evenly_around_the_slots() {
+        assert_eq!(QueueKeys::shard("default", 0, 6).ready, QueueKeys::new("default").ready);
+        assert_eq!(shard_tag("default", 0, 1), "default");
+        let third = QueueKeys::shard("default", 3, 6);
+        assert!(third.ready.starts_with("postback:{default:3of6"), "{}", third.ready);
+        assert!(third.tag().starts_with("default:3of6"));
+        assert_eq!(QueueKeys::new("default").shards, "postback:{default}:shards");
+        for count in [2, 3, 4, 6, 12, 64] {
+            let start = u32::from(slot_of(b"default"));
+            for index in 1..count {
+                let slot = u32::from(slot_of(shard_tag("default", index, count).as_bytes()));
+                let target = (start + index as u32 * SLOTS / count as u32) % SLOTS;
+                assert!(
+                    (slot + SLOTS - target) % SLOTS < SLOT_WINDOW,
+                    "{index} of {count}: {slot} for {target}"
+                );
+            }
+        }
+        // Six shards on three masters of equal slot ranges: two each.
+        let mut per_master = [0; 3];
+        for index in 0..6 {
+            per_master[usize::from(slot_of(shard_tag("default", index, 6).as_bytes())) * 3 / SLOTS as usize] += 1;
+        }
+        assert_eq!(per_master, [2, 2, 2]);
+    }
 
     #[test]
     fn all_keys_of_a_queue_share_one_hash_tag() {

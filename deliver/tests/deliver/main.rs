@@ -5,6 +5,7 @@
 mod cli;
 mod deliver_one;
 mod guard;
+mod ha;
 mod observability;
 mod pipeline;
 mod reliability;

@@ -72,6 +72,9 @@ async fn setup(redis: &RedisServer, overlap: &str) -> Setup {
         timeout: Duration::from_secs(2),
         longest_block: Duration::ZERO,
         pool_size: 2,
+        shards: 1,
+        replica_acks: 0,
+        replica_timeout: Duration::ZERO,
     })
     .unwrap();
     let signer = Arc::new(Signer::new(None, config.secret_overlap));

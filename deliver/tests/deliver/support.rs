@@ -229,10 +229,14 @@ pub fn ids_at(sink: &testkit::Sink) -> Vec<String> {
 
 /// Starts an in-process ingest on a free port; returns its base URL.
 pub fn spawn_ingest(redis: &RedisServer, extra: &[(&str, &str)]) -> String {
-    let url = redis.url();
+    spawn_ingest_at(&redis.url(), extra)
+}
+
+/// Starts an in-process ingest on the queue at `url` (any `REDIS_URL`).
+pub fn spawn_ingest_at(url: &str, extra: &[(&str, &str)]) -> String {
     let mut env = vec![
         ("INGEST_BIND", "127.0.0.1:0"),
-        ("REDIS_URL", url.as_str()),
+        ("REDIS_URL", url),
         ("INGEST_WORKERS", "1"),
         ("INGEST_ACCESS_LOG", "off"),
         LOOPBACK_SINKS,

@@ -1,0 +1,259 @@
+//! No single point of failure, and room to grow: the queue on a master
+//! watched by Sentinel that is SIGKILLed under load, and one queue sharded
+//! over a Redis Cluster that loses a master mid-drain. Real redis-server
+//! processes (sentinels and cluster nodes included), the real deliver
+//! binary, an in-process ingest and a real sink, all on loopback.
+
+use crate::support::{fast_env, set, spawn_ingest_at, Deliver};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use testkit::{http, Cluster, RedisServer, SentinelSet, Sink};
+
+/// The environment of a deliver process on the queue at `url`.
+fn deliver_env(url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    // fast_env's Redis is replaced; the server is only a placeholder.
+    let placeholder = RedisServer::start();
+    let mut env = fast_env(&placeholder);
+    set(&mut env, "REDIS_URL", url);
+    for (k, v) in extra {
+        set(&mut env, k, v);
+    }
+    env
+}
+
+/// How often each `n` arrived at the sink.
+fn arrivals(sink: &Sink) -> BTreeMap<u64, usize> {
+    let mut seen = BTreeMap::new();
+    for r in sink.received() {
+        if let Some(n) = r.query_param("n").and_then(|n| n.parse().ok()) {
+            *seen.entry(n).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+fn body(sink: &Sink, ns: impl Iterator<Item = u64>) -> String {
+    let data: Vec<String> = ns.map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    format!(
+        r#"{{"endpoint":{{"method":"GET","url":"{}"}},"data":[{}]}}"#,
+        sink.url("/ha?n={n}"),
+        data.join(",")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_under_load_loses_no_accepted_job() {
+    let mut set = SentinelSet::start();
+    let sink = Sink::ok().await;
+    let url = set.url();
+    let ingest = spawn_ingest_at(
+        &url,
+        &[("INGEST_REPLICA_ACKS", "1"), ("INGEST_REPLICA_TIMEOUT_MS", "500")],
+    );
+    let env = deliver_env(&url, &[]);
+    let workers = [Deliver::start(&env), Deliver::start(&env)];
+
+    // Producers posting one job a request as fast as they can.
+    let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let last_accept = Arc::new(Mutex::new(Instant::now()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        let (accepted, refused, last_accept, stop, next) = (
+            accepted.clone(),
+            refused.clone(),
+            last_accept.clone(),
+            stop.clone(),
+            next.clone(),
+        );
+        let (endpoint, template) = (format!("{ingest}/ingest"), body(&sink, std::iter::once(0)));
+        producers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed) as u64;
+                let request = template.replace(r#"{"n":0}"#, &format!(r#"{{"n":{n}}}"#));
+                let answer = http("POST", &endpoint, &[("content-type", "application/json")], request).await;
+                match answer.status {
+                    202 => {
+                        accepted.lock().unwrap().insert(n);
+                        *last_accept.lock().unwrap() = Instant::now();
+                    }
+                    503 => {
+                        assert!(answer.header("retry-after").is_some(), "a 503 says when to retry");
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("unexpected answer {other}: {}", answer.body),
+                }
+            }
+        }));
+    }
+    testkit::wait_until(Duration::from_secs(20), "200 jobs accepted before the kill", || {
+        let n = accepted.lock().unwrap().len();
+        async move { n >= 200 }
+    })
+    .await;
+
+    set.master.kill();
+    let killed_at = Instant::now();
+    // With the one replica promoted there is no replica left to
+    // acknowledge writes: the old master comes back (as supervisord would
+    // restart it), as a replica of the master the sentinels name now (what
+    // the start script of a Sentinel set-up does, see docs/OPERATIONS.md).
+    let promoted = testkit::wait_blocking(Duration::from_secs(15), || {
+        set.master_port() == Some(set.replica.port())
+    });
+    assert!(promoted.is_ok(), "the sentinels promoted the replica within 15 s");
+    let new_master = set.replica.port();
+    set.master.restart_as_replica_of(new_master);
+    testkit::wait_until(
+        Duration::from_secs(15).saturating_sub(killed_at.elapsed()),
+        "ingest answering 202 again within 15 s of the kill",
+        || {
+            let back = *last_accept.lock().unwrap() > killed_at + Duration::from_millis(1500);
+            async move { back }
+        },
+    )
+    .await;
+    let recovered_in = killed_at.elapsed();
+    // Some more load on the new master, then stop.
+    let before = accepted.lock().unwrap().len();
+    testkit::wait_until(Duration::from_secs(10), "more jobs accepted on the new master", || {
+        let n = accepted.lock().unwrap().len();
+        async move { n >= before + 100 }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.expect("a producer failed");
+    }
+
+    let accepted = accepted.lock().unwrap().clone();
+    testkit::wait_until(Duration::from_secs(30), "every accepted job delivered", || {
+        let seen = arrivals(&sink);
+        let all = accepted.iter().all(|n| seen.contains_key(n));
+        async move { all }
+    })
+    .await;
+    let seen = arrivals(&sink);
+    let twice = seen.values().filter(|&&c| c > 1).count();
+    println!(
+        "sentinel failover: {} jobs accepted, ingest back {} ms after the kill, {} requests answered 503 meanwhile, {} jobs arrived more than once",
+        accepted.len(),
+        recovered_in.as_millis(),
+        refused.load(Ordering::Relaxed),
+        twice
+    );
+    let logs: Vec<String> = workers.iter().flat_map(|w| w.messages()).collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("moved from") && l.contains(&set.replica.port().to_string())),
+        "deliver logs the switch, naming the new master: {logs:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_queue_sharded_over_a_cluster_survives_losing_a_master() {
+    let mut cluster = Cluster::start(3);
+    // Slow answers, so the drain is still going when a master dies.
+    let sink = Sink::start(Arc::new(|_, _| {
+        testkit::Reply::status(200).after(Duration::from_millis(5))
+    }))
+    .await;
+    let url = cluster.url();
+    let ingest = spawn_ingest_at(&url, &[("POSTBACK_SHARDS", "6")]);
+
+    // 3,000 jobs, 10 a request, with no deliver running.
+    for request in 0..300u64 {
+        let answer = http(
+            "POST",
+            &format!("{ingest}/ingest"),
+            &[("content-type", "application/json")],
+            body(&sink, request * 10..request * 10 + 10),
+        )
+        .await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+    }
+    let masters = cluster.master_ports();
+    assert_eq!(masters.len(), 3);
+    for &port in &masters {
+        assert!(
+            cluster.dbsize(port) > 0,
+            "the master on {port} holds some of the shards' keys"
+        );
+    }
+
+    let env = deliver_env(&url, &[("POSTBACK_SHARDS", "6"), ("DELIVER_CONCURRENCY", "8")]);
+    let _workers = [Deliver::start(&env), Deliver::start(&env)];
+    sink.wait_for(500, Duration::from_secs(30)).await;
+    let victim = *masters
+        .iter()
+        .max_by_key(|&&p| cluster.dbsize(p))
+        .unwrap_or(&masters[0]);
+    cluster.kill(victim);
+    let killed_at = Instant::now();
+    testkit::wait_until(
+        Duration::from_secs(20),
+        "a replica promoted in the dead master's place",
+        || {
+            let ok = cluster.master_ports().len() == 3 && cluster.is_ok();
+            async move { ok }
+        },
+    )
+    .await;
+    let promoted_in = killed_at.elapsed();
+
+    testkit::wait_until(Duration::from_secs(60), "all 3,000 jobs delivered", || {
+        let n = arrivals(&sink).len();
+        async move { n == 3000 }
+    })
+    .await;
+    let seen = arrivals(&sink);
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (0..3000).collect::<Vec<_>>());
+    println!(
+        "cluster: master {victim} killed after {} deliveries, replica promoted in {} ms, {} jobs arrived more than once",
+        500,
+        promoted_in.as_millis(),
+        seen.values().filter(|&&c| c > 1).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_beyond_a_lowered_shard_count_is_still_drained() {
+    use crate::support::{enqueue, job};
+    use common::job::Method;
+    use common::queue::{protocol, QueueKeys};
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let mut conn = redis.connection().await;
+    // The queue had three shards (recorded when they were in use); shard 2
+    // still holds jobs.
+    let old: Vec<QueueKeys> = (0..3).map(|i| QueueKeys::shard("default", i, 3)).collect();
+    let tags: Vec<&str> = old.iter().map(QueueKeys::tag).collect();
+    assert_eq!(
+        protocol::record_shards(&mut conn, &old[0], &tags).await.unwrap().len(),
+        3
+    );
+    let jobs: Vec<_> = (0..20)
+        .map(|n| job(Method::Get, &sink.url(&format!("/left?n={n}")), serde_json::json!({})))
+        .collect();
+    enqueue(&mut conn, &old[2], &jobs).await;
+
+    // deliver now runs with POSTBACK_SHARDS=1 and still drains shard 2.
+    let mut env = fast_env(&redis);
+    set(&mut env, "POSTBACK_SHARDS", "1");
+    let worker = Deliver::start(&env);
+    sink.wait_for(20, Duration::from_secs(20)).await;
+    assert_eq!(arrivals(&sink).len(), 20);
+    assert!(
+        worker
+            .messages()
+            .iter()
+            .any(|l| l.contains("consuming shard {default:2of3") && l.contains("too")),
+        "deliver says it consumes the extra shard: {:#?}",
+        worker.messages()
+    );
+}

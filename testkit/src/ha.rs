@@ -1,0 +1,260 @@
+//! Redis' own distributed forms, for the failover and sharding tests: a
+//! master with a replica watched by three sentinels, and a Cluster of
+//! masters with replicas. Every node is a real `redis-server` process on a
+//! free loopback port, killed on drop.
+
+use crate::{free_port, wait_blocking, RedisServer, TempDir};
+use deadpool_redis::redis;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The name the sentinels monitor the master under.
+pub const MASTER_NAME: &str = "postback";
+
+/// A master, one replica of it, and three sentinels (quorum 2) that
+/// declare it down after one second.
+pub struct SentinelSet {
+    /// The master at start.
+    pub master: RedisServer,
+    /// Its replica.
+    pub replica: RedisServer,
+    sentinels: Vec<Sentinel>,
+}
+
+struct Sentinel {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SentinelSet {
+    /// Starts the set and waits until every sentinel knows the replica.
+    pub fn start() -> Self {
+        let master = RedisServer::start_with(&["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]);
+        let port = master.port().to_string();
+        // Either may become the master: both sync a replica at once, not
+        // after Redis' default 5 s wait for more.
+        let replica = RedisServer::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+        ]);
+        let sentinels: Vec<Sentinel> = (0..3).map(|_| start_sentinel(master.port())).collect();
+        let set = SentinelSet {
+            master,
+            replica,
+            sentinels,
+        };
+        wait_blocking(Duration::from_secs(20), || {
+            set.sentinels.iter().all(|s| {
+                let replicas: Vec<redis::Value> =
+                    query(s.port, redis::cmd("SENTINEL").arg("REPLICAS").arg(MASTER_NAME)).unwrap_or_default();
+                !replicas.is_empty()
+            })
+        })
+        .expect("the sentinels did not find the replica within 20 s");
+        set
+    }
+
+    /// `redis-sentinel://…#postback` naming the three sentinels.
+    pub fn url(&self) -> String {
+        let list: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        format!("redis-sentinel://{}#{MASTER_NAME}", list.join(","))
+    }
+
+    /// The port of the master the sentinels name now.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let (_, port): (String, String) = query(
+                s.port,
+                redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(MASTER_NAME),
+            )
+            .ok()?;
+            port.parse().ok()
+        })
+    }
+}
+
+fn start_sentinel(master_port: u16) -> Sentinel {
+    let port = free_port();
+    let dir = TempDir::new("sentinel");
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\n\
+             sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+             sentinel failover-timeout {MASTER_NAME} 5000\n\
+             sentinel parallel-syncs {MASTER_NAME} 1\n",
+            dir.path().display()
+        ),
+    )
+    .expect("cannot write sentinel.conf");
+    let child = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start redis-server --sentinel");
+    let sentinel = Sentinel { child, port, _dir: dir };
+    wait_blocking(Duration::from_secs(10), || {
+        query::<String>(port, &mut redis::cmd("PING")).is_ok()
+    })
+    .expect("a sentinel did not answer PING within 10 s");
+    sentinel
+}
+
+/// A Redis Cluster: `masters` masters with one replica each, made with
+/// `redis-cli --cluster create`, nodes declared failed after one second.
+pub struct Cluster {
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts the nodes, creates the cluster and waits until every node
+    /// reports `cluster_state:ok`.
+    pub fn start(masters: usize) -> Self {
+        let nodes: Vec<ClusterNode> = (0..2 * masters).map(|_| start_cluster_node()).collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("cannot run redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Cluster { nodes };
+        wait_blocking(Duration::from_secs(30), || cluster.is_ok()).expect("the cluster was not ok within 30 s");
+        // A replica that has never synced refuses to take over (its data
+        // counts as too old), so the cluster is ready once every one has.
+        wait_blocking(Duration::from_secs(30), || {
+            cluster.nodes.iter().all(|n| {
+                query::<String>(n.port, redis::cmd("INFO").arg("replication"))
+                    .is_ok_and(|info| info.contains("role:master") || info.contains("master_link_status:up"))
+            })
+        })
+        .expect("the replicas did not sync within 30 s");
+        cluster
+    }
+
+    /// Whether every running node says `cluster_state:ok`.
+    pub fn is_ok(&self) -> bool {
+        self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+            query::<String>(n.port, redis::cmd("CLUSTER").arg("INFO"))
+                .is_ok_and(|info| info.contains("cluster_state:ok"))
+        })
+    }
+
+    /// `redis-cluster://…` naming every node.
+    pub fn url(&self) -> String {
+        let list: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis-cluster://{}", list.join(","))
+    }
+
+    /// The ports of the running nodes that are masters now.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter(|n| {
+                query::<Vec<redis::Value>>(n.port, &mut redis::cmd("ROLE"))
+                    .ok()
+                    .and_then(|role| role.into_iter().next())
+                    .is_some_and(|first| matches!(&first, redis::Value::BulkString(b) if b == b"master"))
+            })
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// The log of the node on `port`, for a failing test to show.
+    pub fn log(&self, port: u16) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| std::fs::read_to_string(n._dir.path().join("redis.log")).ok())
+            .unwrap_or_default()
+    }
+
+    /// How many keys the node on `port` holds.
+    pub fn dbsize(&self, port: u16) -> u64 {
+        query(port, &mut redis::cmd("DBSIZE")).unwrap_or(0)
+    }
+
+    /// Kills the node on `port` with SIGKILL.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn start_cluster_node() -> ClusterNode {
+    let (port, bus) = (free_port(), free_port());
+    let dir = TempDir::new("cluster");
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--cluster-port", &bus.to_string()])
+        .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+        .args(["--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no"])
+        // Replicas sync at once, not after Redis' default 5 s wait for more.
+        .args(["--repl-diskless-sync-delay", "0"])
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--logfile")
+        .arg(dir.path().join("redis.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start a cluster node");
+    let node = ClusterNode {
+        child: Some(child),
+        port,
+        _dir: dir,
+    };
+    wait_blocking(Duration::from_secs(10), || {
+        query::<String>(port, &mut redis::cmd("PING")).is_ok()
+    })
+    .expect("a cluster node did not answer PING within 10 s");
+    node
+}
+
+/// One command to the node on `port`, over a connection of its own.
+fn query<T: redis::FromRedisValue>(port: u16, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    cmd.query(&mut conn)
+}
