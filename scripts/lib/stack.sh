@@ -24,7 +24,8 @@ render() {
 
 # stack_init_env : writes postback.env once, with a fresh Redis password.
 # Ports come from REDIS_PORT, INGEST_PORT, DELIVER_ADMIN_PORT and
-# POSTBACK_HTTP_LISTEN if set.
+# POSTBACK_HTTP_LISTEN if set. (The subshell keeps them from the caller.)
+# shellcheck disable=SC2030
 stack_init_env() {
   local env_file=$POSTBACK_CONF_DIR/postback.env
   [ -f "$env_file" ] && return 0
@@ -38,6 +39,8 @@ stack_init_env() {
     export COLLECTD_PORT=${COLLECTD_PORT:-25826}
     export POSTBACK_HTTP_LISTEN=${POSTBACK_HTTP_LISTEN:-80}
     export REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-2gb}
+    export REDIS_REPLICA_PORT=${REDIS_REPLICA_PORT:-$((REDIS_PORT + 1))}
+    export REDIS_SENTINEL_PORT=${REDIS_SENTINEL_PORT:-$((REDIS_PORT + 20000))}
     REDIS_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
     # Quoted: the file is read by the shell, and the URL has a '&'.
     if redis_socket_fits; then
@@ -205,12 +208,26 @@ stack_render() {
     local t=$STACK_REPO
     render "$t/nginx/nginx.conf.template" "$out/nginx.conf"
     render "$t/nginx/postback.conf.template" "$out/nginx-site.conf"
-    (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
+    local ha=${POSTBACK_HA:-$(env_default POSTBACK_HA)}
+    [ "${POSTBACK_HA_FLAG:-0}" = 1 ] && ha=1
+    export REDIS_DATA_DIR=$POSTBACK_DATA_DIR/redis REDIS_REPLICAOF=""
+    if [ "$ha" != 1 ]; then
+      (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
+    else
+      stack_render_ha "$out"
+    fi
     render "$t/supervisor.templates/supervisord.conf.template" "$out/supervisord.conf"
     local program
     for program in redis ingest deliver nginx; do
       render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
     done
+    if [ "$ha" = 1 ]; then
+      for program in redis-replica sentinel; do
+        render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
+      done
+    else
+      rm -f "$out/supervisor.d/redis-replica.conf" "$out/supervisor.d/sentinel.conf"
+    fi
     if [ "$monitoring" = 1 ]; then
       render "$t/monitoring/influxdb.conf.template" "$out/influxdb.conf"
       render "$t/monitoring/collectd.conf.template" "$out/collectd.conf"
@@ -222,6 +239,60 @@ stack_render() {
       rm -f "$out/supervisor.d/influxdb.conf" "$out/supervisor.d/collectd.conf"
     fi
   )
+}
+
+# stack_render_ha OUT : the one-host Sentinel set-up's Redis configs: the
+# master's and the replica's, and three sentinels'. Rendered only when
+# missing: after a failover, Redis and the sentinels rewrite these files
+# (which node is master, who the replicas are), and a re-render would undo
+# it. Runs inside stack_render's subshell (postback.env read), whose
+# REDIS_PORT is postback.env's, not stack_init_env's.
+# shellcheck disable=SC2031
+stack_render_ha() {
+  local out=$1 t=$STACK_REPO n
+  [ -n "${REDIS_REPLICA_PORT:-}" ] || REDIS_REPLICA_PORT=$((REDIS_PORT + 1))
+  [ -n "${REDIS_SENTINEL_PORT:-}" ] || REDIS_SENTINEL_PORT=$((REDIS_PORT + 20000))
+  if [ ! -f "$out/redis.conf" ] || ! grep -q '^masterauth' "$out/redis.conf"; then
+    (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
+  fi
+  if [ ! -f "$out/redis-replica.conf" ]; then
+    local master_port=$REDIS_PORT
+    (
+      umask 077
+      REDIS_PORT=$REDIS_REPLICA_PORT REDIS_DATA_DIR=$POSTBACK_DATA_DIR/redis-replica \
+        REDIS_REPLICAOF="replicaof 127.0.0.1 $master_port" REDIS_SOCKET_CONF="# (the replica has no Unix socket)" \
+        render "$t/redis/redis.conf.template" "$out/redis-replica.conf"
+    )
+  fi
+  mkdir -p "$POSTBACK_DATA_DIR/redis-replica"
+  for n in 0 1 2; do
+    [ -f "$out/sentinel_0$n.conf" ] && continue
+    mkdir -p "$POSTBACK_DATA_DIR/sentinel_0$n"
+    (
+      umask 077
+      SENTINEL_PORT=$((REDIS_SENTINEL_PORT + n)) SENTINEL_DIR=$POSTBACK_DATA_DIR/sentinel_0$n \
+        render "$t/redis/sentinel.conf.template" "$out/sentinel_0$n.conf"
+    )
+  done
+}
+
+# stack_ha_url : the redis-sentinel:// URL of the one-host Sentinel set-up,
+# from postback.env.
+stack_ha_url() {
+  local port password
+  port=$(stack_setting REDIS_SENTINEL_PORT) password=$(stack_setting REDIS_PASSWORD)
+  # A postback.env from before this setting: the default stack_init_env uses.
+  [ -n "$port" ] || port=$(($(stack_setting REDIS_PORT) + 20000))
+  echo "redis-sentinel://:$password@127.0.0.1:$port,127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))#postback"
+}
+
+# stack_use_ha : turns the one-host Sentinel set-up on in postback.env
+# (POSTBACK_HA=1, REDIS_URL through the sentinels), where it stays.
+stack_use_ha() {
+  local env_file=$POSTBACK_CONF_DIR/postback.env url
+  url=$(stack_ha_url)
+  sed -i '/^POSTBACK_HA=/d; /^REDIS_URL=/d' "$env_file"
+  printf "POSTBACK_HA=1\nREDIS_URL='%s'\n" "$url" >>"$env_file"
 }
 
 # stack_ctl ARGS... : supervisorctl for this stack.

@@ -377,6 +377,12 @@ test_settings_from_the_environment_are_taken_into_postback_env() {
   ! grep -q INGEST_NOT_A_SETTING "$dir/postback.env" || fail "a variable that is no setting was taken" || return 1
 }
 
+# --- 9 ----------------------------------------------------------------------
+test_sentinel_stack_follows_a_failover() {
+  stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
+  "$repo/scripts/tests/ha-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+}
+
 test_shellcheck_is_clean() {
   (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/tests/*.sh .ci/run)
 }
@@ -391,6 +397,7 @@ check "every read-only command of docs/RUNBOOK.md works on the running stack" te
 check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
 check "bench --runs: each target is checked on the median of its per-run values" test_bench_medians_are_of_per_run_ratios
 check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach postback.env" test_settings_from_the_environment_are_taken_into_postback_env
+check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
 check "shellcheck is clean" test_shellcheck_is_clean
 
 if [ "$failed" -gt 0 ]; then
