@@ -227,10 +227,14 @@ fn pool(
 
 /// Logs a Redis outage once when it starts and once when it ends, however
 /// many operations fail in between, so an outage is two log lines, not a
-/// flood.
+/// flood. Before Redis has answered once, a failure is a start-up wait
+/// (supervisord starts every program at once, so the services often come
+/// up before Redis), logged as information; once it has, an error.
 #[derive(Debug)]
 pub(crate) struct Outage {
     down: AtomicBool,
+    /// Whether an operation has succeeded yet.
+    answered: AtomicBool,
     /// Where Redis was looked for, without credentials: an error such as
     /// "No such file or directory" means little without the socket's path.
     address: String,
@@ -241,22 +245,34 @@ impl Outage {
     pub(crate) fn new(target: &Target) -> Self {
         Outage {
             down: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
             address: format!(" at {}", target.describe()),
         }
     }
 
     /// Records a failed operation; logs only the first of an outage.
     pub(crate) fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
-        if !self.down.swap(true, Ordering::Relaxed) {
+        if self.down.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self.answered.load(Ordering::Relaxed) {
             log::error!(
                 "redis unavailable{} ({what}: {error}); retrying with back-off until it answers",
                 self.address
             );
+        } else {
+            log::info!("waiting for redis{} to answer ({what}: {error})", self.address);
         }
     }
 
     /// Records a successful operation; logs the end of an outage.
     pub(crate) fn succeeded(&self) {
+        if !self.answered.load(Ordering::Relaxed) && !self.answered.swap(true, Ordering::Relaxed) {
+            if self.down.swap(false, Ordering::Relaxed) {
+                log::info!("redis answers{}", self.address);
+            }
+            return;
+        }
         if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
             log::info!("redis is back");
         }

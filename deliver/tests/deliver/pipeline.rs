@@ -4,6 +4,7 @@
 use crate::support::{depths, fast_env, field, ids_at, job, set, spawn_ingest, Deliver};
 use common::job::Method;
 use common::queue::QueueKeys;
+use deadpool_redis::redis;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -268,10 +269,21 @@ async fn https_endpoints_are_delivered_when_their_ca_is_trusted_and_refused_othe
 async fn while_redis_is_down_deliver_sleeps() {
     let mut redis = RedisServer::start();
     let deliver = Deliver::start(&fast_env(&redis));
-    wait_until(LIMIT, "deliver to start", || async {
-        deliver.messages().iter().any(|m| m.contains("started"))
+    // Registered: Redis has answered it, so what follows is an outage.
+    let conn = redis.connection().await;
+    wait_until(LIMIT, "deliver to register", || {
+        let mut conn = conn.clone();
+        async move {
+            let workers: u64 = redis::cmd("SCARD")
+                .arg("postback:{default}:workers")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(0);
+            workers > 0
+        }
     })
     .await;
+    drop(conn);
     redis.kill();
     wait_until(LIMIT, "the outage to be noticed", || async {
         deliver.messages().iter().any(|m| m.contains("redis unavailable"))
@@ -291,6 +303,32 @@ async fn while_redis_is_down_deliver_sleeps() {
         .filter(|m| m.contains("redis unavailable"))
         .count();
     assert_eq!(outages, 1, "the outage is logged once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_redis_at_start_is_information_not_an_error() {
+    // supervisord starts every program at once: deliver may be up first.
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let deliver = Deliver::start(&fast_env(&redis));
+    wait_until(LIMIT, "the wait to be logged", || async {
+        deliver.messages().iter().any(|m| m.contains("waiting for redis"))
+    })
+    .await;
+    redis.restart();
+    wait_until(LIMIT, "redis to answer", || async {
+        deliver.messages().iter().any(|m| m.contains("redis answers"))
+    })
+    .await;
+    let alarming: Vec<String> = deliver
+        .messages()
+        .into_iter()
+        .filter(|m| m.contains(" ERROR ") || m.contains(" WARN "))
+        .collect();
+    assert!(
+        alarming.is_empty(),
+        "a normal start logs no error or warning: {alarming:#?}"
+    );
 }
 
 /// The scheduling policy (field 41 of `/proc/<pid>/task/<tid>/stat`) of
