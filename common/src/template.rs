@@ -9,9 +9,11 @@
 //!   `}`; any other brace (`{}`, a lone `{` or `}`) is literal text;
 //! - a value is percent-encoded per RFC 3986: every byte of its UTF-8 form
 //!   except `A-Z a-z 0-9 - . _ ~` becomes `%XX`;
-//! - strings render as their text, numbers and booleans as their JSON text,
-//!   objects and arrays as their compact JSON text; a missing key or a
-//!   `null` value renders the caller's default (itself encoded).
+//! - strings render as their text; numbers, booleans, objects and arrays as
+//!   the producer's JSON text, exactly as written (`1.50e3`, a 30-digit
+//!   integer, `-0.0`), objects and arrays without the whitespace between
+//!   their tokens, at any depth; a missing key or a `null` value renders
+//!   the caller's default (itself encoded).
 //!
 //! Values come from [`Fields`], the top-level fields of a job's data object
 //! borrowed from its JSON text. Rendering writes into a caller-owned
@@ -21,9 +23,7 @@
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 /// One piece of a URL template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,21 +234,36 @@ fn push_value(out: &mut String, value: &RawValue, default: &str) {
         Some(b'n') => encode_str(out, default),
         Some(b't') => out.push_str("true"),
         Some(b'f') => out.push_str("false"),
-        // Objects and arrays: compact, as a `serde_json::Value` prints.
-        Some(b'{' | b'[') => {
-            if let Ok(nested) = serde_json::from_str::<Value>(text) {
-                let _ = serde_json::to_writer(PercentEncoder(out), &nested);
+        // Objects and arrays: the producer's text without its whitespace.
+        // Not through `serde_json::Value`, which would reformat numbers
+        // (`1.50e3` as `1500.0`), sort keys and stop at its depth limit.
+        Some(b'{' | b'[') => push_compact(out, text),
+        // A number as written: digits, signs, `.`, `e` and `E`.
+        _ => encode_str(out, text),
+    }
+}
+
+/// Percent-encodes JSON `text` without the whitespace between its tokens
+/// (whitespace inside strings stays).
+fn push_compact(out: &mut String, text: &str) {
+    let bytes = text.as_bytes();
+    let (mut start, mut in_string, mut escaped) = (0, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
             }
-        }
-        // A number prints as serde_json's `Number` does (so `1E3` and `1e3`
-        // agree). Its text is only digits, signs, `.`, `e` and `E`, none of
-        // which need encoding except `+`.
-        _ => {
-            if let Ok(number) = serde_json::from_str::<serde_json::Number>(text) {
-                let _ = write!(PercentEncoder(out), "{number}");
-            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            encode_bytes(out, &bytes[start..i]);
+            start = i + 1;
         }
     }
+    encode_bytes(out, &bytes[start..]);
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -272,32 +287,11 @@ fn encode_str(out: &mut String, s: &str) {
     encode_bytes(out, s.as_bytes());
 }
 
-/// Percent-encodes whatever is written through it, so numbers and nested
-/// JSON can be formatted straight into the URL without a temporary string.
-struct PercentEncoder<'a>(&'a mut String);
-
-impl std::fmt::Write for PercentEncoder<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        encode_str(self.0, s);
-        Ok(())
-    }
-}
-
-impl std::io::Write for PercentEncoder<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        encode_bytes(self.0, buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use serde_json::Value;
 
     fn raw(v: Value) -> Box<RawValue> {
         RawValue::from_string(v.to_string()).unwrap()
@@ -395,6 +389,28 @@ mod tests {
     }
 
     #[test]
+    fn values_render_exactly_as_the_producer_wrote_them() {
+        let text = r#"{"f": 1.50e3, "big": 12345678901234567890123, "z": -0.0, "huge": 1e400,
+            "deep": [[[[{"a" : [1.0, "x y"]}]]]], "s": " keep  spaces "}"#;
+        let data = RawValue::from_string(text.into()).unwrap();
+        let fields = Fields::parse(&data).unwrap();
+        assert_eq!(
+            render("{f}|{big}|{z}|{huge}", &fields, ""),
+            "1.50e3|12345678901234567890123|-0.0|1e400"
+        );
+        assert_eq!(
+            render("{deep}", &fields, ""),
+            "%5B%5B%5B%5B%7B%22a%22%3A%5B1.0%2C%22x%20y%22%5D%7D%5D%5D%5D%5D"
+        );
+        assert_eq!(render("{s}", &fields, ""), "%20keep%20%20spaces%20");
+        // As deep as JSON is read at all (ingest refuses deeper bodies).
+        let deep = format!("{{\"d\":{}1{}}}", "[".repeat(120), "]".repeat(120));
+        let data = RawValue::from_string(deep).unwrap();
+        let out = render("{d}", &Fields::parse(&data).unwrap(), "");
+        assert_eq!(out, format!("{}1{}", "%5B".repeat(120), "%5D".repeat(120)));
+    }
+
+    #[test]
     fn fields_read_from_the_producers_text_as_written() {
         // Spacing, escapes in keys and values, a repeated key: as serde_json
         // reads them (the last of a repeated key wins).
@@ -403,7 +419,7 @@ mod tests {
         let fields = Fields::parse(&data).unwrap();
         assert_eq!(
             render("http://h/?a={a}&k={key}&n={n}&b={b}", &fields, ""),
-            "http://h/?a=last&k=%5B1%2C%7B%22b%22%3A1%2C%22z%22%3A2%7D%5D&n=1000.0&b=false"
+            "http://h/?a=last&k=%5B1%2C%7B%22z%22%3A2%2C%22b%22%3A1%7D%5D&n=1E3&b=false"
         );
         let first = RawValue::from_string(r#"{"q": "x\"y\u00e9 \/"}"#.into()).unwrap();
         assert_eq!(

@@ -65,7 +65,10 @@ impl UrlCheck {
     }
 }
 
+/// The body's fields; any other is refused (`unknown_field`), so a typo
+/// such as `metod` is not silently dropped.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Body<'a> {
     #[serde(borrow, default)]
     endpoint: Option<&'a RawValue>,
@@ -74,6 +77,7 @@ struct Body<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Endpoint {
     #[serde(default)]
     method: Option<Value>,
@@ -104,12 +108,10 @@ pub fn parse(
             "the body must be a JSON object with `endpoint` and `data`",
         )
     };
-    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            not_an_object()
-        } else {
-            ApiError::invalid("invalid_json", format!("the body is not valid JSON: {e}"))
-        }
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| match field_problem(&e, "") {
+        Some(problem) => problem,
+        None if e.is_data() => not_an_object(),
+        None => ApiError::invalid("invalid_json", format!("the body is not valid JSON: {e}")),
     })?;
     // serde also builds a struct from a JSON array; only an object will do.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -131,7 +133,8 @@ pub fn parse(
     if !endpoint.get().starts_with('{') {
         return Err(invalid_endpoint());
     }
-    let endpoint: Endpoint = serde_json::from_str(endpoint.get()).map_err(|_| invalid_endpoint())?;
+    let endpoint: Endpoint = serde_json::from_str(endpoint.get())
+        .map_err(|e| field_problem(&e, "endpoint.").unwrap_or_else(invalid_endpoint))?;
     let method = match &endpoint.method {
         Some(Value::String(m)) => m.parse::<Method>().map_err(|_| {
             ApiError::invalid(
@@ -209,6 +212,29 @@ fn literal_destination(url: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, authority.port_u16().unwrap_or(default_port)))
 }
 
+/// A field that is not one of the struct's, or one that comes twice, as the
+/// 400 that names it (`at` is its path's prefix, e.g. `endpoint.`).
+fn field_problem(error: &serde_json::Error, at: &str) -> Option<ApiError> {
+    let text = error.to_string();
+    let name = |prefix: &str| {
+        let rest = text.strip_prefix(prefix)?;
+        Some(rest.split('`').next().unwrap_or(rest).to_string())
+    };
+    if let Some(field) = name("unknown field `") {
+        let known = if at.is_empty() {
+            "`endpoint` and `data`"
+        } else {
+            "`method` and `url`"
+        };
+        return Some(ApiError::invalid(
+            "unknown_field",
+            format!("`{at}{field}` is not a field of the request; the fields are {known}"),
+        ));
+    }
+    name("duplicate field `")
+        .map(|field| ApiError::invalid("duplicate_key", format!("`{at}{field}` is given twice; give it once")))
+}
+
 fn json_kind(raw: &str) -> &'static str {
     match raw.as_bytes().first() {
         Some(b'[') => "an array",
@@ -229,6 +255,24 @@ mod tests {
         parse(body.as_bytes(), 10, None, None, &UrlCheck::new(Default::default()))
             .unwrap_err()
             .code()
+    }
+
+    #[test]
+    fn unknown_and_repeated_fields_are_refused_by_name() {
+        let urls = UrlCheck::new(Default::default());
+        let refused = |body: &str| parse(body.as_bytes(), 10, None, None, &urls).unwrap_err();
+        let typo = refused(r#"{"endpoint":{"metod":"GET","url":"http://h/"},"data":[{}]}"#);
+        assert_eq!(typo.code(), "unknown_field");
+        assert!(typo.to_string().contains("`endpoint.metod`"), "{typo}");
+        let extra = refused(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{}],"extra":1}"#);
+        assert_eq!(extra.code(), "unknown_field");
+        assert!(extra.to_string().contains("`extra`"), "{extra}");
+        let twice = refused(r#"{"endpoint":{"method":"GET","method":"POST","url":"http://h/"},"data":[{}]}"#);
+        assert_eq!(twice.code(), "duplicate_key");
+        assert!(twice.to_string().contains("`endpoint.method`"), "{twice}");
+        let data_twice = refused(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{}],"data":[{}]}"#);
+        assert_eq!(data_twice.code(), "duplicate_key");
+        assert!(data_twice.to_string().contains("`data`"), "{data_twice}");
     }
 
     #[test]

@@ -240,7 +240,14 @@ pub struct StatsQuery {
 
 /// `GET /stats`: cluster-wide delivery statistics from Redis, with the
 /// current queue depths.
-pub async fn stats(query: web::Query<StatsQuery>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Parsed here, not by actix's extractor, whose refusal is plain text.
+    let query = web::Query::<StatsQuery>::from_query(req.query_string()).map_err(|e| {
+        ApiError::invalid(
+            "invalid_query",
+            format!("{e}; `seconds` and `step` are whole numbers, e.g. /stats?seconds=300&step=60"),
+        )
+    })?;
     let seconds = query.seconds.unwrap_or(STATS_SECONDS_MAX);
     let step = query.step.unwrap_or(STATS_STEP_DEFAULT);
     if !(1..=STATS_SECONDS_MAX).contains(&seconds) || !(1..=STATS_STEP_MAX).contains(&step) {

@@ -282,6 +282,22 @@ async fn a_full_redis_gets_503_without_a_new_connection_per_request() {
 }
 
 #[tokio::test]
+async fn query_and_field_mistakes_get_json_errors_naming_them() {
+    let app = spawn_app(&[]).await;
+    for query in ["seconds=abc", "step=-1", "seconds=0"] {
+        let response = get(&app.url(&format!("/stats?{query}"))).await;
+        assert_eq!(response.status, 400, "{query}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "invalid_query", "{query}");
+    }
+    let typo = r#"{"endpoint":{"metod":"GET","url":"http://h/"},"data":[{}]}"#;
+    let response = post(&app.url("/ingest"), typo).await;
+    assert_eq!(response.status, 400);
+    assert_eq!(response.json()["error"]["code"], "unknown_field");
+    assert!(response.body.contains("endpoint.metod"), "{}", response.body);
+    assert!(app.queued().await.is_empty(), "nothing queued");
+}
+
+#[tokio::test]
 async fn replica_acknowledgements_are_waited_for_and_a_shortfall_is_503_not_replicated() {
     // A master with one replica: a 202 comes once the replica holds the jobs.
     let master = RedisServer::start();
