@@ -263,6 +263,14 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
+    /// Every reason, for operators' filters.
+    pub const ALL: [DeadReason; 4] = [
+        DeadReason::FinalStatus,
+        DeadReason::RetriesExhausted,
+        DeadReason::Malformed,
+        DeadReason::BlockedDestination,
+    ];
+
     /// The name used in JSON and in `deliver dead list`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -9,7 +9,8 @@
 //! ([`retry`]); the consumer settles that outcome in the queue.
 //! [`signing`] signs every request (Standard Webhooks);
 //! [`startup`] wires a worker process together; [`admin`] serves its
-//! metrics; [`dead`] is the operator's command line for dead letters;
+//! metrics; [`dead`] and [`inspect`] are the operator's commands (dead
+//! letters; the queue at a glance, one job's story);
 //! [`config`] reads the settings; [`cpu_policy`] asks the kernel to
 //! schedule the worker as batch work.
 
@@ -24,6 +25,7 @@ pub mod deliverer;
 pub mod delivery_log;
 pub mod guard;
 pub mod hosts;
+pub mod inspect;
 pub mod metrics;
 pub mod retry;
 pub mod signing;

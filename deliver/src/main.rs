@@ -1,11 +1,11 @@
-//! The `deliver` binary: the worker (no arguments) or the dead-letter
-//! commands (`deliver dead ...`).
+//! The `deliver` binary: the worker (no arguments), or an operator's
+//! command: `deliver dead ...`, `deliver queue`, `deliver job ID`.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use deliver::config::{Config, SETTINGS};
 use deliver::dead::DeadCommand;
 use deliver::delivery_log::DeliveryLog;
-use deliver::{cpu_policy, dead, startup};
+use deliver::{cpu_policy, dead, inspect, startup};
 use tokio_util::sync::CancellationToken;
 
 /// deliver: takes postback jobs from Redis and makes their HTTP requests.
@@ -22,10 +22,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The dead-letter list: list, replay, purge.
+    /// The dead-letter list: list, show, replay, purge.
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
+    },
+    /// The queue at a glance: ready, in flight per worker, retry, parked
+    /// per host, dead per reason.
+    Queue {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where one job is now, and every delivery attempt of it in this
+    /// host's delivery logs.
+    Job {
+        /// The job id (from ingest's answer or any log line).
+        id: String,
+        /// The folder of the delivery logs (default: DELIVER_LOG_FILE's).
+        #[arg(long)]
+        logs: Option<std::path::PathBuf>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -58,13 +77,33 @@ fn main() {
     };
     let code = match cli.command {
         None => runtime.block_on(run_worker(config)),
-        Some(Command::Dead { command }) => {
+        Some(command) => {
             let mut out = std::io::stdout().lock();
-            let result = startup::queue(&config).map_err(|e| e.to_string());
-            match result.and_then(|queue| runtime.block_on(dead::run(&command, &queue, &mut out))) {
+            let (name, result) = match startup::queue(&config) {
+                Err(e) => ("deliver", Err(e.to_string())),
+                Ok(queue) => runtime.block_on(async {
+                    match &command {
+                        Command::Dead { command } => ("deliver dead", dead::run(command, &queue, &mut out).await),
+                        Command::Queue { json } => {
+                            ("deliver queue", inspect::queue_report(&queue, *json, &mut out).await)
+                        }
+                        Command::Job { id, logs, json } => {
+                            let logs = logs.clone().or_else(|| {
+                                config
+                                    .log_file
+                                    .as_ref()
+                                    .and_then(|f| f.parent().map(|d| d.to_path_buf()))
+                            });
+                            let report = inspect::job_report(&queue, id, logs.as_deref(), *json, &mut out).await;
+                            ("deliver job", report.map_err(|e| e.to_string()))
+                        }
+                    }
+                }),
+            };
+            match result {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("deliver dead: {e}");
+                    eprintln!("{name}: {e}");
                     1
                 }
             }

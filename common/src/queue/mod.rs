@@ -30,7 +30,7 @@ pub mod protocol;
 pub mod target;
 
 pub use error::QueueError;
-pub use protocol::{Depths, IdempotentPush, QueueKeys, Settled, Settlement, MAX_BATCH};
+pub use protocol::{Depths, IdempotentPush, Overview, Place, QueueKeys, Settled, Settlement, WorkerLoad, MAX_BATCH};
 pub use target::{Target, TargetError};
 
 use crate::job::DeadLetter;
@@ -42,6 +42,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Extra time for an operator's search through a deep queue.
+const FIND_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How to reach a queue.
 #[derive(Debug, Clone)]
@@ -260,6 +263,38 @@ impl Queue {
             total.parked += d.parked;
         }
         Ok(total)
+    }
+
+    /// Every shard at a glance (see [`protocol::overview`]), by tag.
+    pub async fn overview(&self, top_hosts: usize) -> Result<Vec<(String, Overview)>, QueueError> {
+        let mut all = Vec::new();
+        for keys in &self.every_shard().await? {
+            let overview = self
+                .run("queue overview", Duration::ZERO, |mut conn| async move {
+                    protocol::overview(&mut conn, keys, top_hosts).await
+                })
+                .await?;
+            all.push((keys.tag().to_string(), overview));
+        }
+        Ok(all)
+    }
+
+    /// Where job `id` is, in whichever shard holds it (see
+    /// [`protocol::find`]); `None`: in no list, so settled (or never
+    /// queued).
+    pub async fn find_job(&self, id: &str) -> Result<Option<(String, Place)>, QueueError> {
+        for keys in &self.every_shard().await? {
+            // A deep queue takes many round trips: a generous deadline.
+            let place = self
+                .run("find a job", FIND_DEADLINE, |mut conn| async move {
+                    protocol::find(&mut conn, keys, id).await
+                })
+                .await?;
+            if let Some(place) = place {
+                return Ok(Some((keys.tag().to_string(), place)));
+            }
+        }
+        Ok(None)
     }
 
     /// The newest `limit` dead letters of every shard (0: all), each as
