@@ -221,6 +221,13 @@ stack_render() {
     for program in redis ingest deliver nginx; do
       render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
     done
+    # scripts/run's demo receiver, when postback.env names its port.
+    export POSTBACK_DEMO_SINK_PORT=${POSTBACK_DEMO_SINK_PORT:-}
+    if [ -n "$POSTBACK_DEMO_SINK_PORT" ]; then
+      render "$t/supervisor.templates/programs/demo-sink.conf.template" "$out/supervisor.d/demo-sink.conf"
+    else
+      rm -f "$out/supervisor.d/demo-sink.conf"
+    fi
     if [ "$ha" = 1 ]; then
       for program in redis-replica sentinel; do
         render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
