@@ -19,7 +19,7 @@
 //! - [`config`]: reading typed settings from the environment, so that a bad
 //!   value stops a program at start with one clear line;
 //! - [`stats`]: cluster-wide delivery statistics kept in Redis;
-//! - [`url_parts`]: a URL's scheme and authority, by byte scans.
+//! - [`url_parts`]: a URL's scheme and authority by byte scans; percent escapes.
 
 pub mod config;
 pub mod destination;

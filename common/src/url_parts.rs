@@ -1,4 +1,4 @@
-//! A URL's scheme and authority, found by byte scans.
+//! A URL's scheme and authority, found by byte scans, and its percent escapes.
 //!
 //! Both services look at parts of every job's URL (ingest at a literal
 //! host, deliver at the scheme, the host it limits and any credentials),
@@ -25,9 +25,43 @@ pub fn authority(rest: &str) -> &str {
     &rest[..end]
 }
 
+/// `%XX` sequences decoded (userinfo is percent-encoded in a URL);
+/// anything else, a `%` without two hex digits included, kept as it is.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_escapes_are_decoded_and_anything_else_kept() {
+        assert_eq!(percent_decode("p%40ss%3Aw"), "p@ss:w");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
 
     #[test]
     fn the_scheme_is_what_comes_before_the_first_colon_slash_slash() {

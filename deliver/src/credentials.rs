@@ -41,7 +41,11 @@ pub fn extract(url: String) -> Target {
     };
     let userinfo = &url[scheme_end..at];
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let plain = format!("{}:{}", percent_decode(user), percent_decode(password));
+    let plain = format!(
+        "{}:{}",
+        common::url_parts::percent_decode(user),
+        common::url_parts::percent_decode(password)
+    );
     let encoded = base64::engine::general_purpose::STANDARD.encode(plain.as_bytes());
     let authorization = HeaderValue::from_str(&format!("Basic {encoded}")).ok().map(|mut v| {
         v.set_sensitive(true);
@@ -65,27 +69,6 @@ fn userinfo_span(url: &str) -> Option<(usize, usize)> {
     let scheme_end = scheme.len() + 3;
     let at = common::url_parts::authority(rest).rfind('@')? + scheme_end;
     Some((scheme_end, at))
-}
-
-/// `%XX` sequences decoded (userinfo is percent-encoded in a URL, plain in
-/// Basic authentication); anything else kept as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ fn credentials(rest: &str) -> (Credentials, &str) {
         return (Credentials::default(), rest);
     };
     let (user, password) = userinfo.split_once(':').unwrap_or(("", userinfo));
-    let non_empty = |s: &str| (!s.is_empty()).then(|| percent_decode(s));
+    let non_empty = |s: &str| (!s.is_empty()).then(|| crate::url_parts::percent_decode(s));
     (
         Credentials {
             username: non_empty(user),
@@ -214,30 +214,6 @@ fn node(text: &str, default_port: u16) -> Result<Node, TargetError> {
         host: host.to_string(),
         port,
     })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
