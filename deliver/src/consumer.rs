@@ -4,7 +4,8 @@
 //!
 //! Four activities run side by side:
 //! - the *fetcher* takes batches of jobs into this worker's in-flight list
-//!   (at most twice `DELIVER_CONCURRENCY` in memory), or blocks on Redis
+//!   (at most twice `DELIVER_CONCURRENCY` in memory, over all the
+//!   process's consumers), or blocks on Redis
 //!   for one job when the queue is empty, so an idle worker costs nothing;
 //!   it parks a job whose host is saturated, and takes parked jobs back
 //!   once their host has room ([`crate::hosts`]);
@@ -65,6 +66,11 @@ pub struct Settings {
     pub poll_every: Duration,
     /// `DELIVER_SHUTDOWN_GRACE_MS`.
     pub shutdown_grace: Duration,
+    /// The jobs a process may hold, twice `DELIVER_CONCURRENCY`, shared by
+    /// its consumers (clones of these settings share it): with one budget
+    /// per shard, six consumers took six times what the process's hosts had
+    /// room for, and parked the surplus in Redis only to take it back.
+    pub slots: Arc<Semaphore>,
 }
 
 impl Settings {
@@ -76,6 +82,7 @@ impl Settings {
             heartbeat_every: config.heartbeat_every,
             poll_every: config.poll_every,
             shutdown_grace: config.shutdown_grace,
+            slots: Arc::new(Semaphore::new(config.concurrency * 2)),
         }
     }
 }
@@ -164,10 +171,10 @@ async fn fetch(
     shutdown: &CancellationToken,
 ) {
     // Jobs taken and not yet settled (waiting for their host, running, or
-    // with the settler): a job waiting for a busy host holds no request
-    // slot, only one of these.
+    // with the settler), by every consumer of the process: a job waiting
+    // for a busy host holds no request slot, only one of these.
     let all_slots = settings.concurrency * 2;
-    let slots = Arc::new(Semaphore::new(all_slots));
+    let slots = settings.slots.clone();
     let starter = Starter { ctx, settle_tx };
     // A connection of its own: its blocking take must not hold up the
     // settler's and housekeeping's commands.
