@@ -8,7 +8,8 @@
 # the jobs (balance: max/min), each Redis' CPU per job (INFO cpu, user +
 # system) and both drains' rates. On one machine the cluster cannot be
 # faster (the masters share its cores); the figure that shows the scale-out
-# is Redis CPU per job per master, which falls as 1/N. Everything it starts
+# is Redis CPU per job per master, which falls as 1/N. BENCH_SHARDS=N sets
+# POSTBACK_SHARDS (default 6). Everything it starts
 # is stopped by PID on exit. Writes target/bench/cluster-<time>.json.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,7 +19,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 quick=${1:-0}
 jobs=100000
 [ "$quick" = 1 ] && jobs=30000
-masters=3 shards=6
+masters=3 shards=${BENCH_SHARDS:-6}
 
 ensure_packages redis-server redis-tools curl
 ensure_rust
