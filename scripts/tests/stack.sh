@@ -203,6 +203,33 @@ test_nginx_limits_body_and_admin_pages() {
     fail "/metrics still refused after allowing 127.0.0.1"
 }
 
+# raw_http TEXT : sends TEXT (printf escapes) to nginx as it is and prints
+# the answer.
+raw_http() {
+  local port=${base##*:}
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+    # shellcheck disable=SC2059 # the escapes are the point
+    printf "$1" >&3
+    timeout 5 cat <&3 2>/dev/null
+  )
+}
+
+test_every_error_a_client_can_cause_is_json_through_nginx() {
+  local answer text
+  for text in 'POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n' 'GARBAGE\r\n\r\n' \
+    'GET / HTTP/9.9\r\n\r\n' 'POST /ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n' \
+    "GET /$(head -c 20000 /dev/zero | tr '\0' a) HTTP/1.1\r\nHost: x\r\n\r\n" \
+    'POST /ingest HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}' 'GET /stats?seconds=abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'; do
+    answer=$(raw_http "$text" | tr -d '\r')
+    grep -q '^{"error":{"code":"[a-z_]*"' <<<"$answer" ||
+      fail "no JSON error for $(head -c 60 <<<"$text"): $(head -c 300 <<<"$answer")" || return 1
+  done
+  # HTTP/1.0 without Host reaches ingest, which asks for a key.
+  raw_http 'POST /ingest HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}' | grep -q '"missing_key"' ||
+    fail "HTTP/1.0 without Host was not served by ingest"
+}
+
 # --- request ids --------------------------------------------------------------
 # request_id_of METHOD PATH [CURL_ARGS...] : the one X-Request-Id of the
 # answer (fails if there is none or more than one), after checking that
@@ -393,6 +420,7 @@ check "supervisorctl stop of deliver is graceful; start delivers the rest" test_
 check "with monitoring on, collectd's host data and delivery counts can be queried from InfluxDB" test_collectd_data_reaches_influxdb
 check "nginx answers 413 over the body limit and guards /metrics with the allowlist" test_nginx_limits_body_and_admin_pages
 check "every answer carries one X-Request-Id, the one nginx logs and deliveries carry" test_every_answer_carries_one_request_id_that_nginx_logs
+check "every error a client can cause is a JSON body through nginx, HTTP/1.0 without Host served" test_every_error_a_client_can_cause_is_json_through_nginx
 check "every read-only command of docs/RUNBOOK.md works on the running stack" test_runbook_read_only_commands_work
 check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
 check "bench --runs: each target is checked on the median of its per-run values" test_bench_medians_are_of_per_run_ratios
