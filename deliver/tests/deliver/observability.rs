@@ -197,6 +197,17 @@ async fn chromium(url: String, extra: Vec<String>) -> std::process::Output {
     .unwrap()
 }
 
+/// Whether `text` reads as a UUID (job ids are UUIDv7).
+fn is_uuid(text: &str) -> bool {
+    text.bytes().enumerate().all(|(i, b)| {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            b == b'-'
+        } else {
+            b.is_ascii_hexdigit()
+        }
+    })
+}
+
 /// Loads the dashboard in headless Chromium: no console error, no failed
 /// request, the totals of the load shown, and a screenshot in target/.
 async fn dashboard_in_chromium(ingest: &str, delivered: usize) {
@@ -215,6 +226,12 @@ async fn dashboard_in_chromium(ingest: &str, delivered: usize) {
     assert!(
         html.contains(r#"id="t-parked">0<"#),
         "the dashboard does not show the parked jobs:\n{html}"
+    );
+    // Each failure names its job, for `deliver job ID`.
+    let id_cell = html.find(r#"<td class="id">"#).map(|at| &html[at + 15..]);
+    assert!(
+        id_cell.is_some_and(|cell| cell.get(..36).is_some_and(is_uuid)),
+        "the failures table shows no job id:\n{html}"
     );
     let console_errors: Vec<&str> = log
         .lines()
