@@ -52,19 +52,30 @@ pub struct Second {
     pub retry: u64,
     /// Attempts that failed for good.
     pub dead: u64,
-    /// Response-time histogram: one count per [`RESPONSE_BUCKETS_MS`] bound,
-    /// plus the overflow bucket.
+    /// Of those attempts, the ones that got no HTTP answer (dns, connect,
+    /// timeout, tls, blocked, ...): counted apart and kept out of the
+    /// response-time histogram, where a timeout's 10 s or a refused
+    /// connection's 0 ms would say nothing about the endpoints' answers.
+    #[serde(default)]
+    pub transport: u64,
+    /// Response-time histogram of the answered attempts: one count per
+    /// [`RESPONSE_BUCKETS_MS`] bound, plus the overflow bucket.
     pub buckets: Vec<u64>,
 }
 
 impl Second {
-    /// Adds one attempt.
-    pub fn add(&mut self, outcome: Outcome, response_ms: u64) {
+    /// Adds one attempt: answered in `answered_ms`, or `None` when no HTTP
+    /// answer came (a transport error).
+    pub fn add(&mut self, outcome: Outcome, answered_ms: Option<u64>) {
         match outcome {
             Outcome::Delivered => self.delivered += 1,
             Outcome::Retry => self.retry += 1,
             Outcome::Dead => self.dead += 1,
         }
+        let Some(response_ms) = answered_ms else {
+            self.transport += 1;
+            return;
+        };
         if self.buckets.is_empty() {
             self.buckets = vec![0; RESPONSE_BUCKETS_MS.len() + 1];
         }
@@ -80,6 +91,7 @@ impl Second {
         self.delivered += other.delivered;
         self.retry += other.retry;
         self.dead += other.dead;
+        self.transport += other.transport;
         if self.buckets.len() < other.buckets.len() {
             self.buckets.resize(other.buckets.len(), 0);
         }
@@ -140,6 +152,7 @@ pub async fn flush<C: ConnectionLike>(
             ("delivered", counts.delivered),
             ("retry", counts.retry),
             ("dead", counts.dead),
+            ("transport", counts.transport),
         ] {
             if n > 0 {
                 pipe.cmd("HINCRBY").arg(&key).arg(field).arg(n).ignore();
@@ -188,7 +201,10 @@ pub struct Point {
     pub retry: u64,
     /// Attempts dead-lettered.
     pub dead: u64,
-    /// Response-time percentiles (ms, bucket bounds), when there were attempts.
+    /// Of those, attempts that got no HTTP answer.
+    pub transport: u64,
+    /// Response-time percentiles of the answered attempts (ms, bucket
+    /// bounds), when there were any.
     pub p50_ms: Option<u64>,
     /// 90th percentile.
     pub p90_ms: Option<u64>,
@@ -303,6 +319,7 @@ fn parse_second(fields: &HashMap<String, u64>) -> Second {
         delivered: fields.get("delivered").copied().unwrap_or(0),
         retry: fields.get("retry").copied().unwrap_or(0),
         dead: fields.get("dead").copied().unwrap_or(0),
+        transport: fields.get("transport").copied().unwrap_or(0),
         buckets: vec![0; RESPONSE_BUCKETS_MS.len() + 1],
     };
     for (i, slot) in s.buckets.iter_mut().enumerate() {
@@ -315,6 +332,7 @@ fn finish((counts, mut point): (Second, Point)) -> Point {
     point.delivered = counts.delivered;
     point.retry = counts.retry;
     point.dead = counts.dead;
+    point.transport = counts.transport;
     point.p50_ms = counts.percentile_ms(0.50);
     point.p90_ms = counts.percentile_ms(0.90);
     point.p99_ms = counts.percentile_ms(0.99);
@@ -329,9 +347,11 @@ mod tests {
     fn percentiles_come_from_bucket_bounds() {
         let mut s = Second::default();
         for ms in [1, 2, 3, 4, 7, 7, 7, 30, 30, 900] {
-            s.add(Outcome::Delivered, ms);
+            s.add(Outcome::Delivered, Some(ms));
         }
-        assert_eq!(s.delivered, 10);
+        // A timeout counts, but not as a response time.
+        s.add(Outcome::Retry, None);
+        assert_eq!((s.delivered, s.retry, s.transport), (10, 1, 1));
         assert_eq!(s.percentile_ms(0.5), Some(10));
         assert_eq!(s.percentile_ms(0.9), Some(50));
         assert_eq!(s.percentile_ms(0.99), Some(1000));

@@ -207,7 +207,7 @@ impl Metrics {
             .seconds
             .entry(a.now_ms / 1000)
             .or_default()
-            .add(a.outcome, a.response.as_millis() as u64);
+            .add(a.outcome, a.status.map(|_| a.response.as_millis() as u64));
         if let Some(failure) = failure {
             if pending.failures.len() < FAILURES_BUFFERED {
                 pending.failures.push(failure);

@@ -7,7 +7,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use testkit::{get, http, wait_until, RedisServer, Reply, Sink};
+use testkit::{get, http, post, wait_until, RedisServer, Reply, Sink};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -195,6 +195,25 @@ async fn chromium(url: String, extra: Vec<String>) -> std::process::Output {
     })
     .await
     .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_without_an_answer_are_counted_apart_and_out_of_the_percentiles() {
+    let redis = RedisServer::start();
+    let ingest = spawn_ingest(&redis, &[]);
+    let _deliver = Deliver::start(&fast_env(&redis));
+    // A port nothing listens on: every attempt is a refused connection.
+    let closed = testkit::free_port();
+    let body = json!({"endpoint": {"method": "GET", "url": format!("http://127.0.0.1:{closed}/x")}, "data": [{}]});
+    assert_eq!(post(&format!("{ingest}/ingest"), body.to_string()).await.status, 202);
+    // fast_env: two retries, so three attempts, the last one dead.
+    wait_until(LIMIT, "three unanswered attempts in /stats", || async {
+        get(&format!("{ingest}/stats")).await.json()["window"]["totals"]["transport"] == json!(3)
+    })
+    .await;
+    let totals = get(&format!("{ingest}/stats")).await.json()["window"]["totals"].clone();
+    assert_eq!((totals["retry"].clone(), totals["dead"].clone()), (json!(2), json!(1)));
+    assert_eq!(totals["p99_ms"], json!(null), "no answer, no response time: {totals}");
 }
 
 /// Whether `text` reads as a UUID (job ids are UUIDv7).
