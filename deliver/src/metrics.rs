@@ -128,7 +128,7 @@ impl Metrics {
         let response = Histogram::new(SECONDS_BUCKETS);
         registry.register(
             "response_seconds",
-            "Endpoint response time of an attempt",
+            "Endpoint response time of an answered attempt (none for dns, connect, timeout, tls, blocked)",
             response.clone(),
         );
         let end_to_end = Histogram::new(SECONDS_BUCKETS);
@@ -182,7 +182,9 @@ impl Metrics {
             })
             .inc();
         self.totals[a.outcome as usize].fetch_add(1, Ordering::Relaxed);
-        self.response.observe(a.response.as_secs_f64());
+        if a.status.is_some() {
+            self.response.observe(a.response.as_secs_f64());
+        }
         match a.outcome {
             Outcome::Retry => {
                 self.retries.inc();
