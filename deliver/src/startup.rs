@@ -66,6 +66,37 @@ pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
     })
 }
 
+/// Looks every [`SHARDS_CHECK`] for shards the queue has had beyond those
+/// `consuming` (a shard no longer pushed to still gets drained), and sends
+/// each new one to `found` once; until the task is aborted.
+async fn watch_shards(
+    queue: Queue,
+    mut consuming: Vec<String>,
+    found: tokio::sync::mpsc::Sender<common::queue::QueueKeys>,
+) {
+    // The configured shards are consumed from the start; the first look for
+    // others comes one period later.
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + SHARDS_CHECK, SHARDS_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        check.tick().await;
+        // Not while Redis is away: the consumers' own retries say so.
+        if queue.is_down() {
+            continue;
+        }
+        let Ok(all) = queue.every_shard().await else { continue };
+        for keys in all {
+            if !consuming.iter().any(|tag| tag == keys.tag()) {
+                log::info!("consuming shard {{{}}} too: the queue has had it", keys.tag());
+                consuming.push(keys.tag().to_string());
+                if found.send(keys).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Runs a worker until `shutdown` is cancelled, then stops gracefully.
 pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken) -> Result<Stopped, StartError> {
     let metrics = Arc::new(Metrics::new());
@@ -119,13 +150,12 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     let settings = consumer::Settings::of(config);
     let start = |shard| consumer::run(shard, deliverer.clone(), settings.clone(), shutdown.clone());
     let workers = queue.workers(&id, config.heartbeat_ttl);
-    let mut consuming: Vec<String> = workers.iter().map(|w| w.shard().to_string()).collect();
+    let consuming: Vec<String> = workers.iter().map(|w| w.shard().to_string()).collect();
     let mut consumers: futures_util::stream::FuturesUnordered<_> = workers.into_iter().map(start).collect();
+    // A task of its own, so that its round trips never pause the fetchers.
+    let (found, mut more_shards) = tokio::sync::mpsc::channel(common::config::MAX_SHARDS);
+    let watcher = tokio::spawn(watch_shards(queue.clone(), consuming, found));
     let mut stopped = Stopped::default();
-    // The configured shards are consumed from the start; the first look
-    // for others comes one period later.
-    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + SHARDS_CHECK, SHARDS_CHECK);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             one = futures_util::StreamExt::next(&mut consumers) => match one {
@@ -135,21 +165,12 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
                 }
                 None => break,
             },
-            // Not while Redis is away: the consumers' own retries say so.
-            _ = check.tick(), if !shutdown.is_cancelled() && !queue.is_down() => {
-                // A shard no longer pushed to still gets drained.
-                if let Ok(all) = queue.every_shard().await {
-                    for keys in all {
-                        if !consuming.iter().any(|tag| tag == keys.tag()) {
-                            log::info!("consuming shard {{{}}} too: the queue has had it", keys.tag());
-                            consuming.push(keys.tag().to_string());
-                            consumers.push(start(queue.worker(keys, &id, config.heartbeat_ttl)));
-                        }
-                    }
-                }
+            Some(keys) = more_shards.recv(), if !shutdown.is_cancelled() => {
+                consumers.push(start(queue.worker(keys, &id, config.heartbeat_ttl)));
             }
         }
     }
+    watcher.abort();
 
     stop_stats.cancel();
     let _ = tokio::time::timeout(STATS_FLUSH_DEADLINE, stats).await;
