@@ -14,6 +14,9 @@
 #   STACK_OUT_DIR      where rendered files are written (default: POSTBACK_CONF_DIR)
 
 STACK_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# Where the one-host Sentinel set-up's replica and first sentinel listen
+# unless postback.env says: REDIS_PORT plus these.
+STACK_REPLICA_PORT_OFFSET=1 STACK_SENTINEL_PORT_OFFSET=20000
 
 # render TEMPLATE OUT : replace every {{NAME}} with $NAME; an unset name is
 # an error, so a template and its variables can never drift apart silently.
@@ -39,8 +42,8 @@ stack_init_env() {
     export COLLECTD_PORT=${COLLECTD_PORT:-25826}
     export POSTBACK_HTTP_LISTEN=${POSTBACK_HTTP_LISTEN:-80}
     export REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-2gb}
-    export REDIS_REPLICA_PORT=${REDIS_REPLICA_PORT:-$((REDIS_PORT + 1))}
-    export REDIS_SENTINEL_PORT=${REDIS_SENTINEL_PORT:-$((REDIS_PORT + 20000))}
+    export REDIS_REPLICA_PORT=${REDIS_REPLICA_PORT:-$((REDIS_PORT + STACK_REPLICA_PORT_OFFSET))}
+    export REDIS_SENTINEL_PORT=${REDIS_SENTINEL_PORT:-$((REDIS_PORT + STACK_SENTINEL_PORT_OFFSET))}
     REDIS_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
     # Quoted: the file is read by the shell, and the URL has a '&'.
     if redis_socket_fits; then
@@ -257,8 +260,8 @@ stack_render() {
 # shellcheck disable=SC2031
 stack_render_ha() {
   local out=$1 t=$STACK_REPO n
-  [ -n "${REDIS_REPLICA_PORT:-}" ] || REDIS_REPLICA_PORT=$((REDIS_PORT + 1))
-  [ -n "${REDIS_SENTINEL_PORT:-}" ] || REDIS_SENTINEL_PORT=$((REDIS_PORT + 20000))
+  [ -n "${REDIS_REPLICA_PORT:-}" ] || REDIS_REPLICA_PORT=$((REDIS_PORT + STACK_REPLICA_PORT_OFFSET))
+  [ -n "${REDIS_SENTINEL_PORT:-}" ] || REDIS_SENTINEL_PORT=$((REDIS_PORT + STACK_SENTINEL_PORT_OFFSET))
   if [ ! -f "$out/redis.conf" ] || ! grep -q '^masterauth' "$out/redis.conf"; then
     (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
   fi
@@ -289,7 +292,7 @@ stack_ha_url() {
   local port password
   port=$(stack_setting REDIS_SENTINEL_PORT) password=$(stack_setting REDIS_PASSWORD)
   # A postback.env from before this setting: the default stack_init_env uses.
-  [ -n "$port" ] || port=$(($(stack_setting REDIS_PORT) + 20000))
+  [ -n "$port" ] || port=$(($(stack_setting REDIS_PORT) + STACK_SENTINEL_PORT_OFFSET))
   echo "redis-sentinel://:$password@127.0.0.1:$port,127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))#postback"
 }
 

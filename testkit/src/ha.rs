@@ -198,15 +198,6 @@ impl Cluster {
             .collect()
     }
 
-    /// The log of the node on `port`, for a failing test to show.
-    pub fn log(&self, port: u16) -> String {
-        self.nodes
-            .iter()
-            .find(|n| n.port == port)
-            .and_then(|n| std::fs::read_to_string(n._dir.path().join("redis.log")).ok())
-            .unwrap_or_default()
-    }
-
     /// How many keys the node on `port` holds.
     pub fn dbsize(&self, port: u16) -> u64 {
         query(port, &mut redis::cmd("DBSIZE")).unwrap_or(0)
@@ -234,8 +225,6 @@ fn start_cluster_node() -> ClusterNode {
         .args(["--repl-diskless-sync-delay", "0"])
         .arg("--dir")
         .arg(dir.path())
-        .arg("--logfile")
-        .arg(dir.path().join("redis.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -127,7 +127,13 @@ impl Connector {
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(response_timeout));
         match target {
-            Target::Server(url) => Ok(Connector::Server(pool(url, config, max_size, response_timeout)?)),
+            Target::Server(url) => Ok(Connector::Server(pool(
+                url,
+                config,
+                max_size,
+                connect_timeout,
+                response_timeout,
+            )?)),
             Target::Sentinel {
                 sentinels,
                 master,
@@ -208,9 +214,9 @@ fn pool(
     url: &str,
     config: AsyncConnectionConfig,
     max_size: usize,
+    connect_timeout: Duration,
     response_timeout: Duration,
 ) -> Result<Pool, QueueError> {
-    let connect_timeout = response_timeout.min(Duration::from_secs(2));
     let manager = Manager::new_with_config(url, config).map_err(QueueError::Refused)?;
     let mut pool_config = PoolConfig::new(max_size);
     pool_config.timeouts = Timeouts {

@@ -4,7 +4,7 @@
 //! processes (sentinels and cluster nodes included), the real deliver
 //! binary, an in-process ingest and a real sink, all on loopback.
 
-use crate::support::{fast_env, set, spawn_ingest_at, Deliver};
+use crate::support::{fast_env, fast_env_at, set, spawn_ingest_at, Deliver};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,10 +13,7 @@ use testkit::{http, Cluster, RedisServer, SentinelSet, Sink};
 
 /// The environment of a deliver process on the queue at `url`.
 fn deliver_env(url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    // fast_env's Redis is replaced; the server is only a placeholder.
-    let placeholder = RedisServer::start();
-    let mut env = fast_env(&placeholder);
-    set(&mut env, "REDIS_URL", url);
+    let mut env = fast_env_at(url);
     for (k, v) in extra {
         set(&mut env, k, v);
     }

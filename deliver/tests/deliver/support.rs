@@ -20,8 +20,13 @@ pub const LOOPBACK_SINKS: (&str, &str) = ("POSTBACK_ALLOW_DESTINATIONS", "127.0.
 /// Settings that make a test run in seconds: a millisecond retry schedule,
 /// short heartbeats, no jitter; and loopback sinks allowed.
 pub fn fast_env(redis: &RedisServer) -> Vec<(String, String)> {
+    fast_env_at(&redis.url())
+}
+
+/// [`fast_env`] for the queue at `url` (any `REDIS_URL`).
+pub fn fast_env_at(url: &str) -> Vec<(String, String)> {
     [
-        ("REDIS_URL", redis.url().as_str()),
+        ("REDIS_URL", url),
         LOOPBACK_SINKS,
         ("DELIVER_RETRY_SCHEDULE", "50ms,100ms"),
         ("DELIVER_RETRY_JITTER_PCT", "0"),
