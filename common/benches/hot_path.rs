@@ -64,6 +64,7 @@ fn job_benches(c: &mut Criterion) {
     let encoder = JobEncoder::new(
         Method::Get,
         SAMPLE_URL,
+        &Default::default(),
         1_764_308_665_000,
         Some("60457ea7a17a1a279b005ffc71b29711"),
         Some("0123456789ab"),

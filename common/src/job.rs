@@ -12,6 +12,7 @@
 //! that does not decode into a [`Job`] is *malformed*: deliver never retries
 //! it, it keeps it aside as a [`DeadLetter`] with reason `malformed`.
 
+use crate::headers::Headers;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -95,6 +96,9 @@ pub struct Job {
     pub method: Method,
     /// URL template with `{key}` placeholders (see [`crate::template`]).
     pub url: String,
+    /// Extra request headers (`endpoint.headers`), none in the usual case.
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
     /// Values for the placeholders ([`Job::fields`]); also the JSON body of
     /// POST/PUT/PATCH. Kept as the JSON text the producer sent (always an
     /// object): a body goes out byte for byte as it came in, key order
@@ -126,6 +130,7 @@ impl PartialEq for Job {
         self.id == other.id
             && self.method == other.method
             && self.url == other.url
+            && self.headers == other.headers
             && self.data.get() == other.data.get()
             && self.attempt == other.attempt
             && self.enqueued_at == other.enqueued_at
@@ -202,7 +207,7 @@ impl Job {
 /// exactly what [`Job::encode`] gives for the same job.
 #[derive(Debug, Clone)]
 pub struct JobEncoder {
-    /// `","method":…,"url":…,"data":` (after the id).
+    /// `","method":…,"url":…,"headers":…,"data":` (after the id).
     middle: String,
     /// `,"attempt":1,"enqueued_at":…,"request_id":…,"producer":…}` (after
     /// the data).
@@ -210,11 +215,23 @@ pub struct JobEncoder {
 }
 
 impl JobEncoder {
-    /// An encoder for jobs of `method` to `url`, accepted at `enqueued_at`
-    /// by the request `request_id` of `producer`.
-    pub fn new(method: Method, url: &str, enqueued_at: u64, request_id: Option<&str>, producer: Option<&str>) -> Self {
+    /// An encoder for jobs of `method` to `url` with `headers`, accepted at
+    /// `enqueued_at` by the request `request_id` of `producer`.
+    pub fn new(
+        method: Method,
+        url: &str,
+        headers: &Headers,
+        enqueued_at: u64,
+        request_id: Option<&str>,
+        producer: Option<&str>,
+    ) -> Self {
         let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let middle = format!(r#","method":"{}","url":{},"data":"#, method.as_str(), json(url));
+        let mut middle = format!(r#","method":"{}","url":{}"#, method.as_str(), json(url));
+        if !headers.is_empty() {
+            middle.push_str(r#","headers":"#);
+            middle.push_str(&headers.to_json());
+        }
+        middle.push_str(r#","data":"#);
         let mut tail = format!(r#","attempt":1,"enqueued_at":{enqueued_at}"#);
         if let Some(id) = request_id {
             tail.push_str(r#","request_id":"#);
@@ -305,15 +322,35 @@ pub struct DeadLetter {
     pub detail: Option<String>,
     /// When it became a dead letter, in ms since the epoch.
     pub dead_at: u64,
-    /// The job itself, ready to be replayed.
+    /// The job itself, ready to be replayed, but for its headers' values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<Job>,
+    /// The names of the job's headers. Their values may be secrets, so
+    /// they are not in the letter: the queue keeps them beside it, for its
+    /// replay only ([`crate::queue::Settlement::Dead`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_names: Vec<String>,
+    /// The headers with their values, on their way to the queue's side
+    /// store when the letter is made; never part of the stored letter.
+    #[serde(skip)]
+    pub header_values: Headers,
     /// The queued string of a malformed job, kept for inspection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<String>,
 }
 
 impl DeadLetter {
+    /// Takes `job`'s headers out of the letter's copy of it: the names stay
+    /// in the letter, the values go with it to the side store only.
+    pub fn set_headers_aside(mut self) -> Self {
+        if let Some(job) = &mut self.job {
+            let headers = std::mem::take(&mut job.headers);
+            self.header_names = headers.names();
+            self.header_values = headers;
+        }
+        self
+    }
+
     /// Compact JSON, as it is stored in the dead-letter list.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -344,6 +381,7 @@ mod tests {
             enqueued_at: 1,
             request_id: Some("r".into()),
             producer: Some("0123456789ab".into()),
+            headers: Headers::new(vec![("X-Token".into(), "t".into())]).unwrap(),
         };
         assert_eq!(Job::decode(job.encode().as_bytes()).unwrap(), job);
     }
@@ -351,14 +389,19 @@ mod tests {
     #[test]
     fn the_encoder_gives_exactly_what_a_job_encodes_to() {
         let data = serde_json::value::RawValue::from_string(r#"{"a":"b \"q\"","n":1}"#.into()).unwrap();
-        for (request_id, producer) in [(None, None), (Some("req \"1\""), Some("0123456789ab"))] {
-            let encoder = JobEncoder::new(Method::Patch, "http://h/{a}?x=\"y\"", 7, request_id, producer);
+        let token = Headers::new(vec![("X-Token".into(), "a \"b\"".into())]).unwrap();
+        for (request_id, producer, headers) in [
+            (None, None, Headers::default()),
+            (Some("req \"1\""), Some("0123456789ab"), token),
+        ] {
+            let encoder = JobEncoder::new(Method::Patch, "http://h/{a}?x=\"y\"", &headers, 7, request_id, producer);
             for id in ["0190c6e2-0000-7000-8000-000000000000", "odd \"id\""] {
                 let encoded = encoder.encode(id, &data);
                 let job = Job::decode(encoded.as_bytes()).unwrap();
                 assert_eq!(job.id, id);
                 assert_eq!(job.request_id.as_deref(), request_id);
                 assert_eq!(job.producer.as_deref(), producer);
+                assert_eq!(job.headers, headers);
                 assert_eq!(job.encode(), encoded);
             }
         }
@@ -389,6 +432,9 @@ mod tests {
             r#"{"id":"x","method":"GET","url":"ftp://h/","data":{},"enqueued_at":0}"#,
             r#"{"id":"x","method":"GET","url":"http://h/","data":[],"enqueued_at":0}"#,
             r#"{"id":"x","method":"GET","url":"http://h/","data":{},"enqueued_at":0,"attempt":0}"#,
+            r#"{"id":"x","method":"GET","url":"http://h/","headers":{"X-A":"1
+X-B: 2"},"data":{},"enqueued_at":0}"#,
+            r#"{"id":"x","method":"GET","url":"http://h/","headers":{"Host":"elsewhere"},"data":{},"enqueued_at":0}"#,
         ] {
             assert!(Job::decode(raw.as_bytes()).is_err(), "{raw}");
         }

@@ -5,6 +5,8 @@
 //!
 //! - [`job`]: the job that travels through the queue, and the dead letter a
 //!   failed job becomes;
+//! - [`headers`]: the request headers a producer may give with an
+//!   endpoint, and their rules;
 //! - [`template`]: how a URL template is checked (by ingest) and filled (by
 //!   deliver);
 //! - [`destination`]: which addresses postbacks may be sent to (the guard
@@ -23,6 +25,7 @@
 
 pub mod config;
 pub mod destination;
+pub mod headers;
 pub mod job;
 pub mod line_log;
 pub mod producer;

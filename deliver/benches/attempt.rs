@@ -21,7 +21,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn sample_job() -> Job {
     let data = RawValue::from_string(SAMPLE_DATA.to_string()).unwrap_or_else(|_| unreachable!("valid JSON"));
-    let encoder = JobEncoder::new(Method::Get, "http://x/{mascot}", 1, None, None);
+    let encoder = JobEncoder::new(Method::Get, "http://x/{mascot}", &Default::default(), 1, None, None);
     let encoded = encoder.encode(&Job::new_id(), &data);
     Job::decode(encoded.as_bytes()).unwrap_or_else(|_| unreachable!("a job just encoded"))
 }

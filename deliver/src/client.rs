@@ -209,11 +209,13 @@ impl HttpClient {
         let map = request.headers_mut();
         map.reserve(headers.len() + 2);
         map.insert(http::header::USER_AGENT, USER_AGENT);
-        for (name, value) in headers {
-            map.append(name.clone(), value.clone());
-        }
         if has_body {
             map.insert(http::header::CONTENT_TYPE, JSON);
+        }
+        // Inserted, not appended: a producer's User-Agent or Content-Type
+        // replaces ours (the names are otherwise distinct).
+        for (name, value) in headers {
+            map.insert(name.clone(), value.clone());
         }
 
         let response = self.client.request(request).await.map_err(classify)?;

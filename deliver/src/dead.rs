@@ -15,7 +15,7 @@
 //! `***`.
 
 use crate::credentials;
-use common::job::{DeadLetter, DeadReason, Job};
+use common::job::{DeadLetter, DeadReason};
 use common::line_log::rfc3339_millis;
 use common::queue::Queue;
 use std::io::Write;
@@ -147,7 +147,7 @@ pub async fn run(command: &DeadCommand, queue: &Queue, out: &mut impl Write) -> 
         }
         DeadCommand::Replay { ids, all, filter } => {
             let letters = queue.dead_letters(0).await.map_err(fail)?;
-            let mut pairs = Vec::new();
+            let mut chosen_letters = Vec::new();
             let mut found = std::collections::HashSet::new();
             for (stored, letter) in letters {
                 let Some(letter) = letter else { continue };
@@ -157,7 +157,7 @@ pub async fn run(command: &DeadCommand, queue: &Queue, out: &mut impl Write) -> 
                 }
                 found.insert(letter.id.clone());
                 match letter.job {
-                    Some(job) => pairs.push((stored, Job { attempt: 1, ..job }.encode())),
+                    Some(_) => chosen_letters.push((stored, letter)),
                     None => writeln!(
                         out,
                         "{}: malformed, cannot be replayed (see `deliver dead show {}`)",
@@ -169,8 +169,16 @@ pub async fn run(command: &DeadCommand, queue: &Queue, out: &mut impl Write) -> 
             for id in ids.iter().filter(|id| !found.contains(*id)) {
                 writeln!(out, "{id}: no such dead letter").map_err(io)?;
             }
-            let requeued = queue.replay(&pairs).await.map_err(fail)?;
+            let requeued = queue.replay(&chosen_letters).await.map_err(fail)?;
             writeln!(out, "requeued {requeued} dead letters onto {}", queue.ready_key()).map_err(io)?;
+            if (requeued as usize) < chosen_letters.len() {
+                writeln!(
+                    out,
+                    "{} were not requeued: already replayed by someone else, or their header values are gone",
+                    chosen_letters.len() - requeued as usize
+                )
+                .map_err(io)?;
+            }
             if !ids.is_empty() && found.len() < ids.len() {
                 return Err(format!("{} of the given ids were not found", ids.len() - found.len()));
             }
@@ -238,6 +246,10 @@ fn show_text(letter: &DeadLetter) -> String {
             job.request_id.as_deref().unwrap_or("-"),
             rfc3339_millis(job.enqueued_at),
         ));
+    }
+    if !letter.header_names.is_empty() {
+        // Names only: values may be secrets (they are kept for the replay).
+        text.push_str(&format!("headers:     {}\n", letter.header_names.join(", ")));
     }
     if let Some(raw) = &letter.raw {
         text.push_str(&format!("queued text: {raw}\n"));

@@ -121,19 +121,27 @@ impl Deliverer {
             (None, Err(_)) => None,
         };
         let signed = payload.and_then(|p| self.signer.headers(job, p, now.as_secs(), now.as_millis() as u64));
-        // No allocation in the usual case: signed, no credentials.
-        let with_credentials: Vec<_>;
-        let headers = match (&signed, &target.authorization) {
-            (Some(signed), None) => &signed[..],
-            (None, None) => &[][..],
-            (signed, Some(basic)) => {
-                with_credentials = signed
+        // No allocation in the usual case: signed, no credentials, no
+        // headers of the producer's.
+        let more: Vec<_>;
+        let headers = match (&signed, &target.authorization, job.headers.is_empty()) {
+            (Some(signed), None, true) => &signed[..],
+            (None, None, true) => &[][..],
+            (signed, basic, _) => {
+                // The producer's own Authorization wins over the URL's
+                // credentials (ingest refuses a request with both).
+                let basic = basic
+                    .as_ref()
+                    .filter(|_| !job.headers.contains("authorization"))
+                    .map(|b| (http::header::AUTHORIZATION, b.clone()));
+                more = signed
                     .iter()
                     .flatten()
                     .cloned()
-                    .chain([(http::header::AUTHORIZATION, basic.clone())])
+                    .chain(basic)
+                    .chain(producer_headers(job))
                     .collect();
-                &with_credentials[..]
+                &more[..]
             }
         };
         let outcome = self.client.send_to(job.method, uri, body, headers).await;
@@ -189,18 +197,23 @@ impl Deliverer {
         };
         let detail = (!response_body.is_empty()).then(|| response_body.to_string());
         Settlement::Dead {
-            letter: Box::new(DeadLetter {
-                id: job.id.clone(),
-                reason,
-                attempts: job.attempt,
-                last_status: status,
-                method: Some(job.method),
-                url: Some(url.to_string()),
-                detail,
-                dead_at: now,
-                job: Some(job.clone()),
-                raw: None,
-            }),
+            letter: Box::new(
+                DeadLetter {
+                    id: job.id.clone(),
+                    reason,
+                    attempts: job.attempt,
+                    last_status: status,
+                    method: Some(job.method),
+                    url: Some(url.to_string()),
+                    detail,
+                    dead_at: now,
+                    job: Some(job.clone()),
+                    raw: None,
+                    header_names: Vec::new(),
+                    header_values: Default::default(),
+                }
+                .set_headers_aside(),
+            ),
         }
     }
 
@@ -241,7 +254,21 @@ impl Deliverer {
                 dead_at: now,
                 job: None,
                 raw: Some(text),
+                header_names: Vec::new(),
+                header_values: Default::default(),
             }),
         }
     }
+}
+
+/// The job's own headers as the client sends them. Job::decode checked
+/// them (the rules of `common::headers`), so none is dropped here but by a
+/// bug.
+fn producer_headers(job: &Job) -> impl Iterator<Item = (http::HeaderName, http::HeaderValue)> + '_ {
+    job.headers.iter().filter_map(|(name, value)| {
+        Some((
+            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+            http::HeaderValue::from_str(value).ok()?,
+        ))
+    })
 }

@@ -7,6 +7,7 @@
 
 use crate::error::ApiError;
 use common::destination::DestinationPolicy;
+use common::headers::Headers;
 use common::job::{Job, JobEncoder, Method};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -78,11 +79,13 @@ struct Body<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Endpoint {
+struct Endpoint<'a> {
     #[serde(default)]
     method: Option<Value>,
     #[serde(default)]
     url: Option<Value>,
+    #[serde(borrow, default)]
+    headers: Option<&'a RawValue>,
 }
 
 /// A validated request, ready to be queued.
@@ -156,6 +159,21 @@ pub fn parse(
         None => return Err(ApiError::invalid("invalid_url", "`endpoint.url` is missing")),
     };
     urls.check(url)?;
+    let headers = match endpoint.headers {
+        None => Headers::default(),
+        Some(raw) => {
+            let headers = Headers::parse(raw.get()).map_err(|e| ApiError::invalid("invalid_header", e.to_string()))?;
+            let (_, rest) = common::url_parts::split_scheme(url).unwrap_or_default();
+            if headers.contains("authorization") && common::url_parts::authority(rest).contains('@') {
+                return Err(ApiError::invalid(
+                    "invalid_header",
+                    "`endpoint.headers` has an Authorization header and `endpoint.url` has credentials \
+                     (user:password@); give them once",
+                ));
+            }
+            headers
+        }
+    };
 
     let data = parsed
         .data
@@ -181,7 +199,7 @@ pub fn parse(
         ));
     }
 
-    let encoder = JobEncoder::new(method, url, common::now_ms(), request_id, producer);
+    let encoder = JobEncoder::new(method, url, &headers, common::now_ms(), request_id, producer);
     let mut ids = Vec::with_capacity(items.len());
     let mut jobs = Vec::with_capacity(items.len());
     for item in items {
@@ -224,7 +242,7 @@ fn field_problem(error: &serde_json::Error, at: &str) -> Option<ApiError> {
         let known = if at.is_empty() {
             "`endpoint` and `data`"
         } else {
-            "`method` and `url`"
+            "`method`, `url` and `headers`"
         };
         return Some(ApiError::invalid(
             "unknown_field",

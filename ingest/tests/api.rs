@@ -297,6 +297,65 @@ async fn query_and_field_mistakes_get_json_errors_naming_them() {
     assert!(app.queued().await.is_empty(), "nothing queued");
 }
 
+/// A request to `http://h/` with `headers` (JSON text) as `endpoint.headers`.
+fn with_headers(headers: &str) -> String {
+    format!(r#"{{"endpoint":{{"method":"POST","url":"http://h/","headers":{headers}}},"data":[{{"a":1}}]}}"#)
+}
+
+#[tokio::test]
+async fn endpoint_headers_are_queued_with_the_job_and_bad_ones_get_400_invalid_header() {
+    let app = spawn_app(&[]).await;
+    let response = post(
+        &app.url("/ingest"),
+        with_headers(r#"{"X-Api-Token":"s3cret","User-Agent":"theirs"}"#),
+    )
+    .await;
+    assert_eq!(response.status, 202, "{}", response.body);
+    let queued = app.queued().await;
+    let job = Job::decode(queued[0].as_bytes()).unwrap();
+    let headers: Vec<(&str, &str)> = job.headers.iter().collect();
+    assert_eq!(headers, [("X-Api-Token", "s3cret"), ("User-Agent", "theirs")]);
+
+    let sixteen: Vec<String> = (0..16).map(|i| format!(r#""X-{i}":"v""#)).collect();
+    let seventeen: Vec<String> = (0..17).map(|i| format!(r#""X-{i}":"v""#)).collect();
+    assert_eq!(
+        post(&app.url("/ingest"), with_headers(&format!("{{{}}}", sixteen.join(","))))
+            .await
+            .status,
+        202
+    );
+    let refused = [
+        (r#"{"X-A":"1\r\nX-Injected: 1"}"#.to_string(), "X-A"),
+        (r#"{"X-A":"1\nb"}"#.into(), "X-A"),
+        (r#"{"X-A":"nul\u0000"}"#.into(), "X-A"),
+        (r#"{"X A":"1"}"#.into(), "X A"),
+        (r#"{"X-A\r\n":"1"}"#.into(), "X-A"),
+        (r#"{"Host":"elsewhere"}"#.into(), "Host"),
+        (r#"{"content-length":"0"}"#.into(), "content-length"),
+        (r#"{"Transfer-Encoding":"chunked"}"#.into(), "Transfer-Encoding"),
+        (r#"{"Connection":"close"}"#.into(), "Connection"),
+        (r#"{"webhook-signature":"v1,forged"}"#.into(), "webhook-signature"),
+        (r#"{"X-A":"1","x-a":"2"}"#.into(), "x-a"),
+        (r#"{"X-A":1}"#.into(), "X-A"),
+        (r#"["X-A"]"#.into(), "endpoint.headers"),
+        (format!("{{{}}}", seventeen.join(",")), "16"),
+        (format!(r#"{{"X-A":"{}"}}"#, "v".repeat(8200)), "8192"),
+    ];
+    for (headers, named) in refused {
+        let response = post(&app.url("/ingest"), with_headers(&headers)).await;
+        assert_eq!(response.status, 400, "{headers}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "invalid_header", "{headers}");
+        let message = response.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(named), "{headers}: {message}");
+        assert!(!message.contains("s3cret"));
+    }
+    let both =
+        r#"{"endpoint":{"method":"GET","url":"http://u:p@h/","headers":{"Authorization":"Bearer x"}},"data":[{}]}"#;
+    let response = post(&app.url("/ingest"), both).await;
+    assert_eq!(response.json()["error"]["code"], "invalid_header", "{}", response.body);
+    assert_eq!(app.queued().await.len(), 2, "only the two good requests queued");
+}
+
 #[tokio::test]
 async fn replica_acknowledgements_are_waited_for_and_a_shortfall_is_503_not_replicated() {
     // A master with one replica: a 202 comes once the replica holds the jobs.

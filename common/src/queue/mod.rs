@@ -319,17 +319,17 @@ impl Queue {
         Ok(letters)
     }
 
-    /// Requeues dead letters, `(stored letter, encoded job)` pairs, each on
-    /// the shard that holds it. Returns how many were requeued (a letter
-    /// already gone is skipped).
-    pub async fn replay(&self, pairs: &[(String, String)]) -> Result<u64, QueueError> {
+    /// Requeues dead letters, each given as stored and decoded, on the
+    /// shard that holds it (see [`protocol::replay`]). Returns how many were
+    /// requeued.
+    pub async fn replay(&self, letters: &[(String, DeadLetter)]) -> Result<u64, QueueError> {
         let mut requeued = 0;
         // A letter is removed only from the list that holds it, so trying
         // every shard requeues each letter once.
         for keys in &self.every_shard().await? {
             requeued += self
                 .run("replay", Duration::ZERO, |mut conn| async move {
-                    protocol::replay(&mut conn, keys, pairs).await
+                    protocol::replay(&mut conn, keys, letters).await
                 })
                 .await?;
         }

@@ -45,6 +45,10 @@ pub struct QueueKeys {
     pub retry: String,
     /// Dead letters.
     pub dead: String,
+    /// The header values of dead letters' jobs, by job id (a hash): kept
+    /// out of the letters, which are for showing, and back in the job when
+    /// it is replayed.
+    pub dead_headers: String,
     /// Ids of workers that may own an in-flight list.
     pub workers: String,
     /// Hosts with parked jobs, each scored by how many.
@@ -61,6 +65,7 @@ impl QueueKeys {
             ready: format!("{prefix}:ready"),
             retry: format!("{prefix}:retry"),
             dead: format!("{prefix}:dead"),
+            dead_headers: format!("{prefix}:dead-headers"),
             workers: format!("{prefix}:workers"),
             parked: format!("{prefix}:parked"),
             shards: format!("{prefix}:shards"),
@@ -571,8 +576,8 @@ pub async fn settle<C: ConnectionLike>(
                         parked_hosts.len() - 1
                     }
                 };
-                // KEYS is 1-based in Lua and starts with four fixed keys.
-                call.arg("p").arg(taken).arg(index + 5).arg(host);
+                // KEYS is 1-based in Lua and starts with five fixed keys.
+                call.arg("p").arg(taken).arg(index + 6).arg(host);
             }
             Settlement::Retry { next, delay } => {
                 let call = settle_script(&mut others, keys, &inflight);
@@ -581,6 +586,9 @@ pub async fn settle<C: ConnectionLike>(
             Settlement::Dead { letter } => {
                 let call = settle_script(&mut others, keys, &inflight);
                 call.arg("d").arg(taken).arg(letter.encode()).arg(0);
+                if !letter.header_values.is_empty() {
+                    call.arg("h").arg(&letter.id).arg(letter.header_values.to_json()).arg(0);
+                }
             }
         }
     }
@@ -603,7 +611,11 @@ fn settle_script<'a>(
 ) -> &'a mut ScriptInvocation<'static> {
     call.get_or_insert_with(|| {
         let mut call = SETTLE.prepare_invoke();
-        call.key(inflight).key(&keys.retry).key(&keys.dead).key(&keys.parked);
+        call.key(inflight)
+            .key(&keys.retry)
+            .key(&keys.dead)
+            .key(&keys.parked)
+            .key(&keys.dead_headers);
         call
     })
 }
@@ -745,24 +757,62 @@ pub async fn dead_letters<C: ConnectionLike>(
         .collect())
 }
 
-/// Requeues dead letters: `(stored letter, encoded job)` pairs. Returns how
-/// many were requeued (a letter already gone is skipped).
-pub async fn replay<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, pairs: &[(String, String)]) -> RedisResult<u64> {
+/// Requeues dead letters, each given as stored and decoded, as jobs with a
+/// fresh attempt count and their headers' values back from the side store.
+/// Returns how many were requeued. Skipped: a letter already gone (another
+/// replay took it), one with no job (malformed), and one whose header
+/// values are not here (it would go out without them).
+pub async fn replay<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    letters: &[(String, DeadLetter)],
+) -> RedisResult<u64> {
     let mut requeued = 0;
-    for chunk in pairs.chunks(MAX_BATCH) {
+    for chunk in letters.chunks(MAX_BATCH) {
+        let with_headers: Vec<&str> = chunk
+            .iter()
+            .filter(|(_, l)| !l.header_names.is_empty())
+            .map(|(_, l)| l.id.as_str())
+            .collect();
+        let values: Vec<Option<String>> = if with_headers.is_empty() {
+            Vec::new()
+        } else {
+            redis::cmd("HMGET")
+                .arg(&keys.dead_headers)
+                .arg(&with_headers)
+                .query_async(conn)
+                .await?
+        };
         let mut call = REPLAY.prepare_invoke();
-        call.key(&keys.dead).key(&keys.ready);
-        for (stored, job) in chunk {
-            call.arg(stored).arg(job);
+        call.key(&keys.dead).key(&keys.ready).key(&keys.dead_headers);
+        let mut any = false;
+        for (stored, letter) in chunk {
+            let Some(job) = &letter.job else { continue };
+            let headers = match with_headers.iter().position(|id| *id == letter.id) {
+                None => crate::headers::Headers::default(),
+                Some(i) => match values[i].as_deref().map(serde_json::from_str) {
+                    Some(Ok(headers)) => headers,
+                    _ => continue,
+                },
+            };
+            let job = crate::job::Job {
+                attempt: 1,
+                headers,
+                ..job.clone()
+            };
+            call.arg(stored).arg(job.encode()).arg(&letter.id);
+            any = true;
         }
-        requeued += call.invoke_async::<u64>(conn).await?;
+        if any {
+            requeued += call.invoke_async::<u64>(conn).await?;
+        }
     }
     Ok(requeued)
 }
 
 /// Empties the dead-letter list. Returns how many letters it removed.
 pub async fn purge_dead<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys) -> RedisResult<u64> {
-    PURGE.key(&keys.dead).invoke_async(conn).await
+    PURGE.key(&keys.dead).key(&keys.dead_headers).invoke_async(conn).await
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ fn job(url: &str, attempt: u32) -> Job {
         enqueued_at: common::now_ms(),
         request_id: Some("req-1".into()),
         producer: None,
+        headers: Default::default(),
     }
 }
 

@@ -42,6 +42,7 @@ fn job(url: &str, data: serde_json::Value) -> Job {
         enqueued_at: common::now_ms(),
         request_id: None,
         producer: None,
+        headers: Default::default(),
     }
 }
 

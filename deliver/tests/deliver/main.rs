@@ -6,6 +6,7 @@ mod cli;
 mod deliver_one;
 mod guard;
 mod ha;
+mod headers;
 mod inspect;
 mod observability;
 mod pipeline;

@@ -104,6 +104,7 @@ fn job(method: Method, url: &str, producer: &str) -> Job {
         enqueued_at: common::now_ms(),
         request_id: None,
         producer: Some(producer.to_string()),
+        headers: Default::default(),
     }
 }
 

@@ -175,6 +175,7 @@ pub fn job(method: Method, url: &str, data: serde_json::Value) -> Job {
         enqueued_at: common::now_ms(),
         request_id: None,
         producer: None,
+        headers: Default::default(),
     }
 }
 

@@ -4,7 +4,8 @@
 -- Empties the dead-letter list and says how many letters it held, in one
 -- step so the count is exactly what was removed.
 -- KEYS[1] dead-letter list (postback:{q}:dead)
+-- KEYS[2] dead letters' header values (postback:{q}:dead-headers)
 -- Returns the number removed.
 local n = redis.call('LLEN', KEYS[1])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 return n

@@ -6,12 +6,15 @@
 -- replay run twice or by two operators at once requeues each letter once.
 -- KEYS[1] dead-letter list (postback:{q}:dead)
 -- KEYS[2] ready list       (postback:{q}:ready)
--- ARGV    pairs: the dead letter exactly as stored, the job to queue
+-- KEYS[3] dead letters' header values (postback:{q}:dead-headers), by id
+-- ARGV    triples: the dead letter exactly as stored, the job to queue
+--         (its header values put back by the caller), the job's id
 -- Returns how many were requeued.
 local requeued = 0
-for i = 1, #ARGV, 2 do
+for i = 1, #ARGV, 3 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
     redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    redis.call('HDEL', KEYS[3], ARGV[i + 2])
     requeued = requeued + 1
   end
 end
