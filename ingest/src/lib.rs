@@ -1,7 +1,7 @@
 //! `ingest`: the HTTP front door of the postback service.
 //!
 //! A producer posts an endpoint and a list of data objects; ingest checks
-//! the request ([`request`]), queues one job per object in a single Redis
+//! the request ([`request`], with `repeated_key` for the items' keys), queues one job per object in a single Redis
 //! round trip, and answers 202 with the job ids ([`routes`]). It also
 //! serves the operator's view: `/metrics` ([`metrics`]), `/stats` and the
 //! `/dashboard`. [`middleware`] gives every request its id, metrics and
@@ -18,6 +18,7 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod middleware;
+mod repeated_key;
 pub mod request;
 pub mod routes;
 pub mod server;

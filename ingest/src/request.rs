@@ -198,6 +198,14 @@ pub fn parse(
             format!("`data[{index}]` must be a JSON object, found {}", json_kind(item.get())),
         ));
     }
+    for (index, item) in items.iter().enumerate() {
+        if let Some(key) = crate::repeated_key::repeated_key(item.get()) {
+            return Err(ApiError::invalid(
+                "duplicate_key",
+                format!("`data[{index}].{key}` is given twice; give it once"),
+            ));
+        }
+    }
 
     let encoder = JobEncoder::new(method, url, &headers, common::now_ms(), request_id, producer);
     let mut ids = Vec::with_capacity(items.len());
@@ -291,6 +299,9 @@ mod tests {
         let data_twice = refused(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{}],"data":[{}]}"#);
         assert_eq!(data_twice.code(), "duplicate_key");
         assert!(data_twice.to_string().contains("`data`"), "{data_twice}");
+        let key_twice = refused(r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{"a":1},{"a":1,"a":2}]}"#);
+        assert_eq!(key_twice.code(), "duplicate_key");
+        assert!(key_twice.to_string().contains("`data[1].a`"), "{key_twice}");
     }
 
     #[test]

@@ -164,6 +164,11 @@ async fn bad_input_gets_a_json_error_and_queues_nothing() {
             "invalid_item",
         ),
         (
+            r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{"a":1},{"b":1,"b":2}]}"#.into(),
+            400,
+            "duplicate_key",
+        ),
+        (
             r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},{},{}]}"#.into(),
             413,
             "too_many_items",
