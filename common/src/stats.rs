@@ -100,20 +100,28 @@ impl Second {
         }
     }
 
-    /// The response time (ms, a bucket's upper bound) below which `quantile`
-    /// of the attempts fell, or `None` without attempts.
+    /// The response time (ms) below which `quantile` of the answered
+    /// attempts fell, or `None` without any: an estimate, linear within
+    /// the bucket it falls in (as Prometheus' `histogram_quantile`), so it
+    /// always lies within that bucket's bounds. Past the last bound it is
+    /// that bound: the histogram knows no more.
     pub fn percentile_ms(&self, quantile: f64) -> Option<u64> {
         let total: u64 = self.buckets.iter().sum();
         if total == 0 {
             return None;
         }
-        let rank = (quantile * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, count) in self.buckets.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(RESPONSE_BUCKETS_MS.get(i).copied().unwrap_or(u64::MAX));
+        let rank = quantile.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &count) in self.buckets.iter().enumerate() {
+            if count > 0 && (below + count) as f64 >= rank {
+                let lower = if i == 0 { 0 } else { RESPONSE_BUCKETS_MS[i - 1] };
+                let Some(&upper) = RESPONSE_BUCKETS_MS.get(i) else {
+                    return Some(lower);
+                };
+                let within = ((rank - below as f64) / count as f64).clamp(0.0, 1.0);
+                return Some(lower + ((upper - lower) as f64 * within).round() as u64);
             }
+            below += count;
         }
         None
     }
@@ -203,8 +211,9 @@ pub struct Point {
     pub dead: u64,
     /// Of those, attempts that got no HTTP answer.
     pub transport: u64,
-    /// Response-time percentiles of the answered attempts (ms, bucket
-    /// bounds), when there were any.
+    /// Response-time percentiles of the answered attempts (ms, estimated
+    /// within their histogram buckets: [`Second::percentile_ms`]), when
+    /// there were any.
     pub p50_ms: Option<u64>,
     /// 90th percentile.
     pub p90_ms: Option<u64>,
@@ -344,7 +353,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_come_from_bucket_bounds() {
+    fn percentiles_are_estimated_within_their_buckets() {
         let mut s = Second::default();
         for ms in [1, 2, 3, 4, 7, 7, 7, 30, 30, 900] {
             s.add(Outcome::Delivered, Some(ms));
@@ -352,9 +361,25 @@ mod tests {
         // A timeout counts, but not as a response time.
         s.add(Outcome::Retry, None);
         assert_eq!((s.delivered, s.retry, s.transport), (10, 1, 1));
-        assert_eq!(s.percentile_ms(0.5), Some(10));
+        // The 5th of 10 is the first of the three in (5, 10] ms.
+        assert_eq!(s.percentile_ms(0.5), Some(7));
         assert_eq!(s.percentile_ms(0.9), Some(50));
-        assert_eq!(s.percentile_ms(0.99), Some(1000));
+        assert_eq!(s.percentile_ms(0.99), Some(950));
         assert_eq!(Second::default().percentile_ms(0.5), None);
+
+        let mut halves = Second::default();
+        for _ in 0..50 {
+            halves.add(Outcome::Delivered, Some(2));
+            halves.add(Outcome::Delivered, Some(400));
+        }
+        assert_eq!(halves.percentile_ms(0.5), Some(5));
+        assert_eq!(halves.percentile_ms(0.99), Some(495), "49 of the 50 in (250, 500] ms");
+        let mut slow = Second::default();
+        slow.add(Outcome::Delivered, Some(60_000));
+        assert_eq!(
+            slow.percentile_ms(0.99),
+            Some(30_000),
+            "past the last bound: that bound"
+        );
     }
 }
