@@ -36,6 +36,14 @@ struct StateLabels {
     state: &'static str,
 }
 
+/// A shard's tag (bounded: POSTBACK_SHARDS and the shards it had) and a
+/// state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardStateLabels {
+    shard: String,
+    state: &'static str,
+}
+
 /// Seconds buckets shared by the response and end-to-end histograms.
 const SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -56,6 +64,7 @@ pub struct Metrics {
     end_to_end: Histogram,
     in_flight: Gauge,
     queue: Family<StateLabels, Gauge>,
+    shard_queue: Family<ShardStateLabels, Gauge>,
     /// Attempts by outcome (delivered, retry, dead), for `/stats`.
     totals: [AtomicU64; 3],
     pending: Mutex<Pending>,
@@ -149,6 +158,12 @@ impl Metrics {
             "Jobs in the queue by state (ready, retry, dead, parked)",
             queue.clone(),
         );
+        let shard_queue = Family::<ShardStateLabels, Gauge>::default();
+        registry.register(
+            "shard_queue_jobs",
+            "Jobs in each shard of the queue by state (ready, retry, dead, parked)",
+            shard_queue.clone(),
+        );
         Metrics {
             registry,
             attempts,
@@ -160,6 +175,7 @@ impl Metrics {
             end_to_end,
             in_flight,
             queue,
+            shard_queue,
             totals: Default::default(),
             pending: Mutex::new(Pending::default()),
         }
@@ -243,11 +259,24 @@ impl Metrics {
         self.in_flight.get()
     }
 
-    /// Records queue depths.
-    pub fn set_depths(&self, d: Depths) {
-        for (state, n) in d.by_state() {
+    /// Records queue depths, each shard's (by tag) and their sum; returns
+    /// the sum.
+    pub fn set_depths(&self, by_shard: &[(String, Depths)]) -> Depths {
+        let mut total = Depths::default();
+        for (shard, d) in by_shard {
+            for (state, n) in d.by_state() {
+                let labels = ShardStateLabels {
+                    shard: shard.clone(),
+                    state,
+                };
+                self.shard_queue.get_or_create(&labels).set(n as i64);
+            }
+            total.add(d);
+        }
+        for (state, n) in total.by_state() {
             self.queue.get_or_create(&StateLabels { state }).set(n as i64);
         }
+        total
     }
 
     /// Attempts so far by outcome (delivered, retry, dead), for `/stats`.
@@ -317,8 +346,7 @@ pub async fn flush_stats(
         };
         let pending = metrics.take_pending();
         let flushed = async {
-            let depths = queue.depths().await?;
-            metrics.set_depths(depths);
+            let depths = metrics.set_depths(&queue.depths_by_shard().await?);
             let now = common::now_ms() / 1000;
             queue
                 .flush_stats(&pending.seconds, Some((now, depths)), &pending.failures)

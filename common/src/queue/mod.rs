@@ -251,18 +251,25 @@ impl Queue {
     /// Depths of every shard, added up.
     pub async fn depths(&self) -> Result<Depths, QueueError> {
         let mut total = Depths::default();
+        for (_, d) in self.depths_by_shard().await? {
+            total.add(&d);
+        }
+        Ok(total)
+    }
+
+    /// Depths of each shard, by its tag (a shard that fills while the
+    /// others drain is a stuck consumer or a hot shard).
+    pub async fn depths_by_shard(&self) -> Result<Vec<(String, Depths)>, QueueError> {
+        let mut all = Vec::new();
         for keys in &self.every_shard().await? {
             let d = self
                 .run("queue length", Duration::ZERO, |mut conn| async move {
                     protocol::depths(&mut conn, keys).await
                 })
                 .await?;
-            total.ready += d.ready;
-            total.retry += d.retry;
-            total.dead += d.dead;
-            total.parked += d.parked;
+            all.push((keys.tag().to_string(), d));
         }
-        Ok(total)
+        Ok(all)
     }
 
     /// Every shard at a glance (see [`protocol::overview`]), by tag.

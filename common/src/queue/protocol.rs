@@ -447,6 +447,14 @@ pub struct Depths {
 }
 
 impl Depths {
+    /// Adds `other`'s depths to these (another shard's, say).
+    pub fn add(&mut self, other: &Depths) {
+        self.ready += other.ready;
+        self.retry += other.retry;
+        self.dead += other.dead;
+        self.parked += other.parked;
+    }
+
     /// Each depth with its name, as the `state` label of the queue gauges.
     pub fn by_state(&self) -> [(&'static str, u64); 4] {
         [

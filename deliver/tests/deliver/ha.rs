@@ -254,3 +254,51 @@ async fn a_shard_beyond_a_lowered_shard_count_is_still_drained() {
         worker.messages()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shard_s_depths_are_a_metric_labelled_with_its_tag() {
+    use common::queue::QueueKeys;
+    use deadpool_redis::redis;
+    let redis = RedisServer::start();
+    let mut env = fast_env(&redis);
+    set(&mut env, "POSTBACK_SHARDS", "3");
+    let worker = Deliver::start(&env);
+    // Two dead letters on shard 1, one on shard 2, none on shard 0.
+    let shards: Vec<QueueKeys> = (0..3).map(|i| QueueKeys::shard("default", i, 3)).collect();
+    let mut conn = redis.connection().await;
+    for (shard, letters) in [(1, 2), (2, 1)] {
+        for n in 0..letters {
+            let letter =
+                format!(r#"{{"id":"x{n}","reason":"final_status","attempts":1,"last_status":"410","dead_at":1}}"#);
+            let _: u64 = redis::cmd("LPUSH")
+                .arg(&shards[shard].dead)
+                .arg(letter)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let dead_of = |i: usize| [("shard", shards[i].tag().to_string()), ("state", "dead".to_string())];
+    testkit::wait_until(
+        Duration::from_secs(20),
+        "each shard's dead letters in /metrics",
+        || async {
+            if worker.admin_url().is_none() {
+                return false;
+            }
+            let mut counts = Vec::new();
+            for i in 0..3 {
+                let labels = dead_of(i);
+                let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                counts.push(worker.metric("postback_deliver_shard_queue_jobs", &labels).await);
+            }
+            counts == [0.0, 2.0, 1.0]
+        },
+    )
+    .await;
+    assert_eq!(
+        worker.metric("postback_deliver_queue_jobs", &[("state", "dead")]).await,
+        3.0,
+        "the unlabelled gauge is their sum"
+    );
+}
