@@ -137,6 +137,8 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
 
     // Sign nothing before the producers' secrets are known.
     let secrets = tokio::spawn(crate::signing::refresh(signer.clone(), queue.handle()));
+    let switches = queue.handle();
+    let switch_follower = tokio::spawn(async move { switches.follow_master_switches().await });
     while !signer.is_loaded() {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -175,6 +177,7 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     stop_stats.cancel();
     let _ = tokio::time::timeout(STATS_FLUSH_DEADLINE, stats).await;
     secrets.abort();
+    switch_follower.abort();
     admin.abort();
     log::info!(
         "stopped: {} deliveries cut short by the grace period, {} unsettled jobs returned to the queue",

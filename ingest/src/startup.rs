@@ -66,6 +66,8 @@ pub struct Application {
     server: Server,
     refresher: tokio::task::JoinHandle<()>,
     keys_refresher: tokio::task::JoinHandle<()>,
+    /// Follows the sentinels' master switches (`REDIS_URL` with sentinels).
+    switch_follower: tokio::task::JoinHandle<()>,
     access_log_writer: Option<std::thread::JoinHandle<()>>,
     socket: Option<std::path::PathBuf>,
 }
@@ -83,6 +85,8 @@ impl Application {
         let refresher = tokio::spawn(backlog::refresh(backlog.clone(), queue.handle(), metrics.clone()));
         let producers = Arc::new(Producers::new(config.auth));
         let keys_refresher = tokio::spawn(auth::refresh(producers.clone(), queue.handle()));
+        let switches = queue.handle();
+        let switch_follower = tokio::spawn(async move { switches.follow_master_switches().await });
         let (access_log, access_log_writer) = match &config.access_log {
             AccessLog::Off => (None, None),
             AccessLog::Stdout => {
@@ -122,6 +126,7 @@ impl Application {
             server,
             refresher,
             keys_refresher,
+            switch_follower,
             access_log_writer,
             socket: config.socket.clone(),
         })
@@ -138,6 +143,7 @@ impl Application {
         let result = self.server.await;
         self.refresher.abort();
         self.keys_refresher.abort();
+        self.switch_follower.abort();
         if let Some(path) = &self.socket {
             let _ = std::fs::remove_file(path);
         }

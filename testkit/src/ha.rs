@@ -88,6 +88,40 @@ impl SentinelSet {
     }
 }
 
+impl SentinelSet {
+    /// Asks a sentinel for a graceful failover (`SENTINEL FAILOVER`): the
+    /// replica is promoted while the old master stays up, to be turned
+    /// into a replica by the sentinels afterwards. Asks again while the
+    /// sentinel has no replica it deems fit yet (`NOGOODSLAVE`: it has not
+    /// had fresh word from the synced replica), for up to 20 s.
+    pub fn failover(&self) {
+        let mut refusal = String::new();
+        wait_blocking(Duration::from_secs(20), || {
+            match query::<String>(
+                self.sentinels[0].port,
+                redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER_NAME),
+            ) {
+                Ok(_) => true,
+                Err(e) => {
+                    refusal = e.to_string();
+                    false
+                }
+            }
+        })
+        .unwrap_or_else(|_| panic!("SENTINEL FAILOVER was refused for 20 s: {refusal}"));
+    }
+
+    /// How many clients of the sentinels listen to a channel (sentinels
+    /// have no `PUBSUB`: their `CLIENT LIST` says `sub=N`).
+    pub fn subscribers(&self) -> usize {
+        self.sentinels
+            .iter()
+            .filter_map(|s| query::<String>(s.port, redis::cmd("CLIENT").arg("LIST")).ok())
+            .map(|list| list.lines().filter(|l| !l.contains(" sub=0 ")).count())
+            .sum()
+    }
+}
+
 fn start_sentinel(master_port: u16) -> Sentinel {
     let port = free_port();
     let dir = TempDir::new("sentinel");

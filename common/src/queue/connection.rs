@@ -15,6 +15,12 @@
 //! redirect it could not follow), and a new connection to a Sentinel-watched
 //! master asks the sentinels again, who the master is, and checks its
 //! `ROLE`. A demoted master still answers `PING`, so nothing trusts a ping.
+//! Nor does anything wait for an error: [`Connector::follow_switches`]
+//! listens to the sentinels' `+switch-master` announcements, and every
+//! connection made before the last one is replaced at its next use. After
+//! a failover the old master may accept writes for a while before the
+//! sentinels turn it into a replica (which then drops them); the
+//! announcement keeps the services from writing there.
 //! In a cluster, redis-rs follows `MOVED`/`ASK` and refreshes the slot map
 //! itself, retrying at most [`CLUSTER_RETRIES`] times.
 
@@ -29,13 +35,20 @@ use deadpool_redis::redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
 use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often redis-rs' cluster client retries a command itself (after a
 /// redirect, a reconnect, a slot-map refresh) before the error comes to
 /// the queue handle; the operation's deadline bounds the whole anyway.
 pub(crate) const CLUSTER_RETRIES: u32 = 3;
+/// How long a subscription to a sentinel may hear nothing before it is
+/// made again (on the next sentinel): a sentinel cut off without a reset
+/// leaves a silent socket, and switches are rare.
+const SUBSCRIPTION_IDLE: Duration = Duration::from_secs(60);
+/// The pause before subscribing again after a sentinel could not be
+/// reached or went away.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 /// A connection to wherever the queue lives.
 #[derive(Clone)]
@@ -111,6 +124,10 @@ pub(crate) enum Connector {
         name: String,
         /// The master's address at the last connection, to log a switch.
         master: std::sync::Mutex<Option<String>>,
+        /// The sentinels, to hear their announcements.
+        sentinels: Vec<Node>,
+        /// How many master switches the sentinels announced.
+        switches: AtomicU64,
     },
     /// A Redis Cluster.
     Cluster(ClusterClient),
@@ -156,6 +173,8 @@ impl Connector {
                     config,
                     name: master.clone(),
                     master: std::sync::Mutex::new(None),
+                    sentinels: sentinels.clone(),
+                    switches: AtomicU64::new(0),
                 })
             }
             Target::Cluster { seeds, credentials } => {
@@ -184,6 +203,7 @@ impl Connector {
                 config,
                 name,
                 master,
+                ..
             } => {
                 // The lock is held only while the sentinels are asked.
                 let found = client.lock().await.async_get_client().await?;
@@ -203,6 +223,68 @@ impl Connector {
             Connector::Cluster(client) => Ok(Connection::Cluster(client.get_async_connection().await?)),
         }
     }
+}
+
+impl Connector {
+    /// How many master switches the sentinels have announced (0 for
+    /// other targets): a connection made before the last is not used again.
+    pub(crate) fn switches(&self) -> u64 {
+        match self {
+            Connector::Sentinel { switches, .. } => switches.load(Ordering::Acquire),
+            _ => 0,
+        }
+    }
+
+    /// Listens to the sentinels' `+switch-master` announcements for our
+    /// master, one sentinel at a time, each in turn, for ever; returns at
+    /// once for a target without sentinels.
+    pub(crate) async fn follow_switches(&self) {
+        let Connector::Sentinel {
+            sentinels,
+            name,
+            switches,
+            ..
+        } = self
+        else {
+            return;
+        };
+        for node in sentinels.iter().cycle() {
+            if let Err(e) = listen_for_switches(node, name, switches).await {
+                log::debug!("sentinel {}:{}: {e}; listening to the next one", node.host, node.port);
+            }
+            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+        }
+    }
+}
+
+/// Counts, in `switches`, the switches of master `name` the sentinel at
+/// `node` announces, until it goes away or stays silent too long.
+async fn listen_for_switches(node: &Node, name: &str, switches: &AtomicU64) -> RedisResult<()> {
+    use futures_util::StreamExt as _;
+    let client = deadpool_redis::redis::Client::open(tcp(node))?;
+    let mut pubsub = match tokio::time::timeout(RESUBSCRIBE_AFTER * 2, client.get_async_pubsub()).await {
+        Ok(pubsub) => pubsub?,
+        Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+    };
+    pubsub.subscribe("+switch-master").await?;
+    let mut messages = pubsub.on_message();
+    while let Ok(Some(message)) = tokio::time::timeout(SUBSCRIPTION_IDLE, messages.next()).await {
+        // "<name> <old ip> <old port> <new ip> <new port>"
+        let text: String = message.get_payload()?;
+        let mut words = text.split(' ');
+        if words.next() == Some(name) {
+            switches.fetch_add(1, Ordering::AcqRel);
+            let old: Vec<&str> = words.by_ref().take(2).collect();
+            let new: Vec<&str> = words.take(2).collect();
+            // Debug only: the reconnection logs the switch, once.
+            log::debug!(
+                "the sentinels announced a new master for {name:?}: {} (was {}); reconnecting",
+                new.join(":"),
+                old.join(":")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn tcp(node: &Node) -> ConnectionAddr {
@@ -294,7 +376,9 @@ impl Outage {
 /// task that needs it, and replaced after an error that may have broken it.
 pub(crate) struct Shared {
     connector: std::sync::Arc<Connector>,
-    current: std::sync::Mutex<Option<Connection>>,
+    /// The connection, with the count of announced master switches when
+    /// it was made.
+    current: std::sync::Mutex<Option<(u64, Connection)>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -308,8 +392,14 @@ impl Shared {
         }
     }
 
+    /// The connection, unless a master switch was announced since it was
+    /// made.
     fn cached(&self) -> Option<Connection> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let switches = self.connector.switches();
+        match &*self.current.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((made_at, conn)) if *made_at == switches => Some(conn.clone()),
+            _ => None,
+        }
     }
 
     /// A handle on the connection (cheap: a clone), connecting if needed.
@@ -327,8 +417,11 @@ impl Shared {
         // connection may have been made on another thread (ingest's main
         // thread, say), which would cost two cross-thread wake-ups per
         // command.
+        // Read first: a switch announced while connecting makes the next
+        // use connect again.
+        let switches = self.connector.switches();
         let conn = self.connector.connect().await?;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((switches, conn.clone()));
         Ok(conn)
     }
 

@@ -131,6 +131,18 @@ impl Queue {
         }
     }
 
+    /// Follows the master switches the sentinels announce, for the life
+    /// of the process (spawn it once); returns at once unless `REDIS_URL`
+    /// names sentinels. See `connection.rs`.
+    pub async fn follow_master_switches(&self) {
+        self.shared.connector.follow_switches().await
+    }
+
+    /// How many master switches the sentinels have announced since start.
+    pub fn master_switches(&self) -> u64 {
+        self.shared.connector.switches()
+    }
+
     /// Whether the last operation of any handle failed (for `/health`).
     pub fn is_down(&self) -> bool {
         self.shared.outage.is_down()

@@ -302,3 +302,58 @@ async fn each_shard_s_depths_are_a_metric_labelled_with_its_tag() {
         "the unlabelled gauge is their sum"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_switch_the_sentinels_announce_is_followed_before_the_next_write() {
+    use common::queue::{Queue, QueueConfig, QueueKeys};
+    use deadpool_redis::redis;
+    let set = SentinelSet::start();
+    let queue = Queue::new(&QueueConfig {
+        url: set.url(),
+        name: "default".into(),
+        timeout: Duration::from_secs(2),
+        longest_block: Duration::ZERO,
+        pool_size: 2,
+        shards: 1,
+        replica_acks: 0,
+        replica_timeout: Duration::ZERO,
+    })
+    .unwrap();
+    let follower = queue.handle();
+    tokio::spawn(async move { follower.follow_master_switches().await });
+    queue
+        .push(&["before".to_string()])
+        .await
+        .expect("a write to the first master");
+    testkit::wait_until(
+        Duration::from_secs(10),
+        "the handle to listen to a sentinel",
+        || async { set.subscribers() > 0 },
+    )
+    .await;
+
+    // Graceful: the old master stays up, and takes writes until the
+    // sentinels make it a replica, which then drops them.
+    set.failover();
+    testkit::wait_until(Duration::from_secs(20), "the announced switch to be heard", || async {
+        queue.master_switches() >= 1
+    })
+    .await;
+    assert_eq!(set.master_port(), Some(set.replica.port()), "the replica was promoted");
+    queue
+        .push(&["after".to_string()])
+        .await
+        .expect("the first write after the switch");
+    let mut new_master = set.replica.connection().await;
+    let ready: Vec<String> = redis::cmd("LRANGE")
+        .arg(&QueueKeys::new("default").ready)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut new_master)
+        .await
+        .unwrap();
+    assert!(
+        ready.contains(&"after".to_string()),
+        "the write went to the new master: {ready:?}"
+    );
+}
