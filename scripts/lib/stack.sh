@@ -44,7 +44,9 @@ stack_init_env() {
     export REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-2gb}
     export REDIS_REPLICA_PORT=${REDIS_REPLICA_PORT:-$((REDIS_PORT + STACK_REPLICA_PORT_OFFSET))}
     export REDIS_SENTINEL_PORT=${REDIS_SENTINEL_PORT:-$((REDIS_PORT + STACK_SENTINEL_PORT_OFFSET))}
-    REDIS_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+    # Given by scripts/provision when hosts must share one (the Redis
+    # hosts and app hosts of the Sentinel shape).
+    REDIS_PASSWORD=${STACK_REDIS_PASSWORD:-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}
     # Quoted: the file is read by the shell, and the URL has a '&'.
     if redis_socket_fits; then
       REDIS_URL="'redis+unix://$(redis_socket)?user=default&pass=$REDIS_PASSWORD'"
@@ -209,19 +211,37 @@ stack_render() {
     local out=${STACK_OUT_DIR:-$POSTBACK_CONF_DIR}
     mkdir -p "$out/supervisor.d"
     local t=$STACK_REPO
-    render "$t/nginx/nginx.conf.template" "$out/nginx.conf"
-    render "$t/nginx/postback.conf.template" "$out/nginx-site.conf"
+    # all: the whole stack; redis: Redis and a sentinel; app: the rest.
+    local role=${POSTBACK_ROLE:-$(env_default POSTBACK_ROLE)} programs program
+    case "$role" in
+      all) programs=(redis ingest deliver nginx) ;;
+      redis) programs=(redis sentinel) ;;
+      app) programs=(ingest deliver nginx) ;;
+      *) die "POSTBACK_ROLE=$role in postback.env: use all, redis or app" ;;
+    esac
+    if [ "$role" != redis ]; then
+      render "$t/nginx/nginx.conf.template" "$out/nginx.conf"
+      render "$t/nginx/postback.conf.template" "$out/nginx-site.conf"
+    fi
     local ha=${POSTBACK_HA:-$(env_default POSTBACK_HA)}
     [ "${POSTBACK_HA_FLAG:-0}" = 1 ] && ha=1
-    export REDIS_DATA_DIR=$POSTBACK_DATA_DIR/redis REDIS_REPLICAOF=""
-    if [ "$ha" != 1 ]; then
+    export REDIS_DATA_DIR=$POSTBACK_DATA_DIR/redis REDIS_REPLICAOF="" REDIS_BIND_EXTRA=""
+    # shellcheck disable=SC2031
+    export SENTINEL_COUNT=3 SENTINEL_MASTER="127.0.0.1 $REDIS_PORT"
+    if [ "$role" = redis ]; then
+      stack_render_redis_host "$out"
+    elif [ "$role" = app ]; then
+      :
+    elif [ "$ha" != 1 ]; then
       (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
     else
       stack_render_ha "$out"
     fi
     render "$t/supervisor.templates/supervisord.conf.template" "$out/supervisord.conf"
-    local program
     for program in redis ingest deliver nginx; do
+      rm -f "$out/supervisor.d/$program.conf"
+    done
+    for program in "${programs[@]}"; do
       render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
     done
     # scripts/run's demo receiver, when postback.env names its port.
@@ -231,11 +251,11 @@ stack_render() {
     else
       rm -f "$out/supervisor.d/demo-sink.conf"
     fi
-    if [ "$ha" = 1 ]; then
+    if [ "$ha" = 1 ] && [ "$role" = all ]; then
       for program in redis-replica sentinel; do
         render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
       done
-    else
+    elif [ "$role" != redis ]; then
       rm -f "$out/supervisor.d/redis-replica.conf" "$out/supervisor.d/sentinel.conf"
     fi
     if [ "$monitoring" = 1 ]; then
@@ -286,6 +306,32 @@ stack_render_ha() {
   done
 }
 
+# stack_render_redis_host OUT : one Redis host of the Sentinel shape
+# (POSTBACK_ROLE=redis): its Redis, listening on loopback and
+# POSTBACK_REDIS_LISTEN, a replica of POSTBACK_REDIS_MASTER if that is set,
+# and one sentinel watching the master. Rendered once, as the one-host
+# set-up's are: after a failover Redis and the sentinel rewrite them.
+# Runs inside stack_render's subshell, as stack_render_ha does.
+# shellcheck disable=SC2031
+stack_render_redis_host() {
+  local out=$1 t=$STACK_REPO master=${POSTBACK_REDIS_MASTER:-}
+  [ -n "${REDIS_SENTINEL_PORT:-}" ] || REDIS_SENTINEL_PORT=$((REDIS_PORT + STACK_SENTINEL_PORT_OFFSET))
+  [ -z "${POSTBACK_REDIS_LISTEN:-}" ] || REDIS_BIND_EXTRA=" $POSTBACK_REDIS_LISTEN"
+  SENTINEL_COUNT=1 SENTINEL_MASTER="${POSTBACK_REDIS_LISTEN:-127.0.0.1} $REDIS_PORT"
+  if [ -n "$master" ]; then
+    REDIS_REPLICAOF="replicaof ${master%:*} ${master##*:}" SENTINEL_MASTER="${master%:*} ${master##*:}"
+  fi
+  [ -f "$out/redis.conf" ] || (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
+  if [ ! -f "$out/sentinel_00.conf" ]; then
+    mkdir -p "$POSTBACK_DATA_DIR/sentinel_00"
+    (
+      umask 077
+      SENTINEL_PORT=$REDIS_SENTINEL_PORT SENTINEL_DIR=$POSTBACK_DATA_DIR/sentinel_00 \
+        render "$t/redis/sentinel.conf.template" "$out/sentinel_00.conf"
+    )
+  fi
+}
+
 # stack_ha_url : the redis-sentinel:// URL of the one-host Sentinel set-up,
 # from postback.env.
 stack_ha_url() {
@@ -324,8 +370,10 @@ stack_start() {
   # programs' files are (umask=027 in the supervisord config).
   (
     umask 027
-    nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e "$POSTBACK_LOG_DIR/nginx-error.log" ||
-      die "nginx -t failed on $POSTBACK_CONF_DIR/nginx.conf"
+    if [ -f "$POSTBACK_CONF_DIR/supervisor.d/nginx.conf" ]; then
+      nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e "$POSTBACK_LOG_DIR/nginx-error.log" ||
+        die "nginx -t failed on $POSTBACK_CONF_DIR/nginx.conf"
+    fi
     supervisord -c "$POSTBACK_CONF_DIR/supervisord.conf"
   )
 }
@@ -353,10 +401,16 @@ stack_all_running() {
 }
 
 stack_healthy() {
-  stack_all_running && curl -fsS -o /dev/null "$(stack_http_base)/health"
+  stack_all_running || return 1
+  if [ "$(stack_setting POSTBACK_ROLE | tr -d "'")" = redis ]; then
+    [ "$(REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD) redis-cli -p "$(stack_setting REDIS_PORT)" ping 2>/dev/null)" = PONG ]
+  else
+    curl -fsS -o /dev/null "$(stack_http_base)/health"
+  fi
 }
 
-# stack_wait_healthy SECONDS : every program RUNNING and /health 200.
+# stack_wait_healthy SECONDS : every program RUNNING and /health 200 (on a
+# Redis host: Redis answering).
 stack_wait_healthy() {
   wait_for "${1:-60}" "the stack to be healthy (see $POSTBACK_LOG_DIR)" stack_healthy
 }

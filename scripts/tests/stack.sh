@@ -410,6 +410,23 @@ test_sentinel_stack_follows_a_failover() {
   "$repo/scripts/tests/ha-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
 }
 
+test_provision_roles_make_a_sentinel_shape_that_fails_over() {
+  local out expect
+  out=$("$repo/scripts/provision" --dry-run --role redis --redis-listen 10.0.0.1 --peers 10.0.0.2,10.0.0.3 2>&1) ||
+    fail "dry run failed: $out" || return 1
+  for expect in "would firewall: allow 22/tcp" "would firewall: allow 6379/tcp from 10.0.0.2" \
+    "would firewall: allow 26379/tcp from 10.0.0.3" "apt-get install -y redis-server supervisor"; do
+    grep -qF "$expect" <<<"$out" || fail "--role redis dry run does not mention: $expect" || return 1
+  done
+  ! grep -qE "allow 80/tcp|allow 6379/tcp: |nginx" <<<"$out" || fail "a Redis host opens more: $out" || return 1
+  out=$("$repo/scripts/provision" --dry-run --role app --redis-url 'redis-sentinel://10.0.0.1:26379#postback' 2>&1) ||
+    fail "dry run failed: $out" || return 1
+  grep -qF "would firewall: allow 80/tcp" <<<"$out" || fail "an app host must open HTTP: $out" || return 1
+  ! grep -qE "6379|redis-server" <<<"$out" || fail "an app host opens or installs Redis: $out" || return 1
+  stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
+  "$repo/scripts/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+}
+
 test_shellcheck_is_clean() {
   (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/tests/*.sh .ci/run)
 }
@@ -426,6 +443,7 @@ check "provision: --dry-run lists every step; --root installs a startable, idemp
 check "bench --runs: each target is checked on the median of its per-run values" test_bench_medians_are_of_per_run_ratios
 check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach postback.env" test_settings_from_the_environment_are_taken_into_postback_env
 check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
+check "provision --role: two Redis hosts and an app host deliver, and follow a failover; each firewall admits only its own" test_provision_roles_make_a_sentinel_shape_that_fails_over
 check "shellcheck is clean" test_shellcheck_is_clean
 
 if [ "$failed" -gt 0 ]; then
