@@ -164,7 +164,11 @@ stack_render() {
     for addr in ${POSTBACK_ADMIN_ALLOW-$(env_default POSTBACK_ADMIN_ALLOW)}; do
       NGINX_ADMIN_RULES+="        allow $addr;"$'\n'
     done
-    export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES
+    local hard_files
+    hard_files=$(ulimit -Hn)
+    [ "$hard_files" = unlimited ] && hard_files=65536
+    NGINX_RLIMIT_NOFILE=$((hard_files < 65536 ? hard_files : 65536))
+    export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES NGINX_RLIMIT_NOFILE
     # postback.env files written before this setting existed do not have it.
     export REDIS_AOF_REWRITE_MIN_SIZE=${REDIS_AOF_REWRITE_MIN_SIZE:-$(env_default REDIS_AOF_REWRITE_MIN_SIZE)}
     # Redis also listens on a Unix socket, for ingest and deliver: Redis'
