@@ -19,6 +19,7 @@ sink_pid="" passed=0 failed=0 failures=()
 
 cleanup() {
   stack_stop >/dev/null 2>&1
+  [ -n "${run_var:-}" ] && POSTBACK_VAR_DIR=$run_var "$repo/scripts/run" stop >/dev/null 2>&1
   if [ -n "${provisioned_conf:-}" ] && [ -f "$provisioned_run/supervisord.pid" ]; then
     supervisorctl -c "$provisioned_conf" shutdown >/dev/null 2>&1
     wait_for 60 "provisioned stack to stop" bash -c "! kill -0 $(cat "$provisioned_run/supervisord.pid") 2>/dev/null"
@@ -427,6 +428,29 @@ test_provision_roles_make_a_sentinel_shape_that_fails_over() {
   "$repo/scripts/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
 }
 
+test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
+  stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
+  run_var=$tmp/run-var
+  local out line answer id
+  out=$(POSTBACK_VAR_DIR=$run_var POSTBACK_RUN_BIN_DIR=$bin REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) \
+    DELIVER_ADMIN_PORT=$(free_port 2) POSTBACK_HTTP_PORT=$(free_port) POSTBACK_DEMO_SINK_PORT=$(free_port) \
+    "$repo/scripts/run" --detach 2>&1) || fail "scripts/run --detach failed: $out" || return 1
+  # The first curl line it prints, run as a newcomer would paste it.
+  line=$(grep -m1 '^  curl ' <<<"$out")
+  grep -q "/demo?" <<<"$line" || fail "the first curl line is not the demo receiver's: $line" || return 1
+  answer=$(cd "$repo" && bash -c "$line") || fail "the first curl line failed: $answer" || return 1
+  id=$(sed -n 's/.*"ids":\["\([^"]*\)".*/\1/p' <<<"$answer")
+  [ -n "$id" ] || fail "no job id in the answer: $answer" || return 1
+  wait_for 20 "the first postback's attempt" grep -qh "id=$id " "$run_var"/log/deliver_*.delivery.log || return 1
+  grep -h "id=$id " "$run_var"/log/deliver_*.delivery.log | grep -q "attempt=1 .*status=200 .*outcome=delivered" ||
+    fail "the first postback was not delivered at the first try: $(grep -h "id=$id " "$run_var"/log/deliver_*.delivery.log)" || return 1
+  local loud
+  loud=$(grep -HE '^\[[^]]* (ERROR|WARN) ' "$run_var"/log/ingest_*.log "$run_var"/log/deliver_[0-9][0-9].log
+    grep -HE '\[(warn|error|crit|alert|emerg)\]' "$run_var"/log/nginx-error.log 2>/dev/null)
+  [ -z "$loud" ] || fail "a normal start logged warnings or errors: $loud" || return 1
+  POSTBACK_VAR_DIR=$run_var "$repo/scripts/run" stop >/dev/null
+}
+
 test_shellcheck_is_clean() {
   (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/tests/*.sh .ci/run)
 }
@@ -444,6 +468,7 @@ check "bench --runs: each target is checked on the median of its per-run values"
 check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach postback.env" test_settings_from_the_environment_are_taken_into_postback_env
 check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
 check "provision --role: two Redis hosts and an app host deliver, and follow a failover; each firewall admits only its own" test_provision_roles_make_a_sentinel_shape_that_fails_over
+check "scripts/run: the first curl line it prints is delivered at the first try; a start logs no ERROR or WARN" test_scripts_run_first_postback_arrives_and_a_start_is_quiet
 check "shellcheck is clean" test_shellcheck_is_clean
 
 if [ "$failed" -gt 0 ]; then
