@@ -372,3 +372,41 @@ async fn every_worker_thread_runs_as_batch_work_unless_told_to_inherit() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_reach_the_endpoint_exactly_as_the_producer_wrote_them() {
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let _deliver = Deliver::start(&fast_env(&redis));
+
+    let url = serde_json::to_string(&sink.url("/v?f={f}&big={big}&z={z}&huge={huge}&deep={deep}&s={s}")).unwrap();
+    let data = r#"{"f": 1.50e3, "big": 12345678901234567890123, "z": -0.0, "huge": 1e400,
+        "deep": [[[[{"a" : [1.0, "x y"]}]]]], "s": " keep  spaces "}"#;
+    let body = format!(r#"{{"endpoint": {{"method": "GET", "url": {url}}}, "data": [{data}]}}"#);
+    let response = post(&format!("{ingest}/ingest"), body).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+    sink.wait_for(1, LIMIT).await;
+    assert_eq!(
+        sink.received()[0].path_and_query,
+        "/v?f=1.50e3&big=12345678901234567890123&z=-0.0&huge=1e400\
+         &deep=%5B%5B%5B%5B%7B%22a%22%3A%5B1.0%2C%22x%20y%22%5D%7D%5D%5D%5D%5D&s=%20keep%20%20spaces%20"
+    );
+
+    // Nesting deeper than serde_json's own limit (128) is rendered in full:
+    // items are never parsed into a tree. (Past the URL's 64 KiB, hyper
+    // refuses it: an `invalid_url` dead letter, "uri too long".)
+    let url = serde_json::to_string(&sink.url("/deep?d={d}")).unwrap();
+    let deep = format!(
+        r#"{{"endpoint": {{"method": "GET", "url": {url}}}, "data": [{{"d": {}1{}}}]}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let response = post(&format!("{ingest}/ingest"), deep).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+    sink.wait_for(2, LIMIT).await;
+    assert_eq!(
+        sink.received()[1].path_and_query,
+        format!("/deep?d={}1{}", "%5B".repeat(200), "%5D".repeat(200))
+    );
+}
