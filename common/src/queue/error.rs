@@ -65,6 +65,11 @@ impl QueueError {
         if error.code() == Some("OOM") {
             return QueueError::OutOfMemory(error);
         }
+        // A blocked command (deliver's BLMOVE) let go because its master
+        // was just made a replica: the master moved, as for READONLY.
+        if error.code() == Some("UNBLOCKED") {
+            return QueueError::ReadOnly(error);
+        }
         match error.kind() {
             ErrorKind::Server(ServerErrorKind::ReadOnly) => QueueError::ReadOnly(error),
             ErrorKind::Server(
@@ -141,6 +146,11 @@ mod tests {
                 "out_of_memory",
             ),
             ("READONLY", "You can't write against a read only replica.", "read_only"),
+            (
+                "UNBLOCKED",
+                "force unblock from blocking operation, instance state changed (master -> replica?)",
+                "read_only",
+            ),
             ("MOVED", "3999 127.0.0.1:6381", "cluster"),
             ("ASK", "3999 127.0.0.1:6381", "cluster"),
             ("NOSCRIPT", "No matching script.", "script_missing"),
