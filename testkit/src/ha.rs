@@ -111,6 +111,35 @@ impl SentinelSet {
         .unwrap_or_else(|_| panic!("SENTINEL FAILOVER was refused for 20 s: {refusal}"));
     }
 
+    /// Tells every sentinel that the master is now the node on `port` (an
+    /// operator's hand-made switch: `SENTINEL REMOVE`, then `MONITOR` with
+    /// the set's settings).
+    pub fn monitor(&self, port: u16) {
+        for s in &self.sentinels {
+            query::<String>(s.port, redis::cmd("SENTINEL").arg("REMOVE").arg(MASTER_NAME))
+                .expect("SENTINEL REMOVE was refused");
+            query::<String>(
+                s.port,
+                redis::cmd("SENTINEL")
+                    .arg("MONITOR")
+                    .arg(MASTER_NAME)
+                    .arg("127.0.0.1")
+                    .arg(port)
+                    .arg(2),
+            )
+            .expect("SENTINEL MONITOR was refused");
+            query::<String>(
+                s.port,
+                redis::cmd("SENTINEL")
+                    .arg("SET")
+                    .arg(MASTER_NAME)
+                    .arg("down-after-milliseconds")
+                    .arg(1000),
+            )
+            .expect("SENTINEL SET was refused");
+        }
+    }
+
     /// How many clients of the sentinels listen to a channel (sentinels
     /// have no `PUBSUB`: their `CLIENT LIST` says `sub=N`).
     pub fn subscribers(&self) -> usize {

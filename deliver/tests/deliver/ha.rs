@@ -357,3 +357,61 @@ async fn a_master_switch_the_sentinels_announce_is_followed_before_the_next_writ
         "the write went to the new master: {ready:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_demoted_by_hand_is_left_for_the_one_the_sentinels_name() {
+    use deadpool_redis::redis;
+    let set = SentinelSet::start();
+    let sink = Sink::ok().await;
+    let url = set.url();
+    let ingest = spawn_ingest_at(&url, &[]);
+    let worker = Deliver::start(&deliver_env(&url, &[]));
+    let post = |n: u64| {
+        let body = body(&sink, [n].into_iter());
+        let ingest = ingest.clone();
+        async move { http("POST", &format!("{ingest}/ingest"), &[], body).await.status }
+    };
+    assert_eq!(post(1).await, 202);
+    sink.wait_for(1, Duration::from_secs(20)).await;
+
+    // By hand: the replica becomes the master, the master its replica, and
+    // the sentinels are told. No +switch-master is announced: the services
+    // learn it from the old master's READONLY (and UNBLOCKED) answers.
+    let (old, new) = (set.master.port(), set.replica.port());
+    let mut conn = set.replica.connection().await;
+    let _: String = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut conn = set.master.connection().await;
+    let _: String = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    set.monitor(new);
+
+    let mut n = 2;
+    let started = Instant::now();
+    while post(n).await != 202 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "ingest did not find the new master"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sink.wait_for(2, Duration::from_secs(20)).await;
+    assert!(
+        arrivals(&sink).contains_key(&n),
+        "the job accepted through the new master is delivered"
+    );
+    let moved = format!("moved from 127.0.0.1:{old} to 127.0.0.1:{new}");
+    testkit::wait_until(Duration::from_secs(10), "deliver to log the move", || async {
+        worker.messages().iter().any(|l| l.contains(&moved))
+    })
+    .await;
+}
