@@ -22,14 +22,18 @@ fn numbered_jobs(sink: &Sink, n: usize) -> (Vec<common::job::Job>, HashSet<Strin
 }
 
 async fn dead_letters(conn: &mut redis::aio::MultiplexedConnection, keys: &QueueKeys) -> Vec<DeadLetter> {
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(&keys.dead)
-        .arg(0)
-        .arg(-1)
-        .query_async(conn)
-        .await
-        .unwrap();
-    raw.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
+    let mut letters = Vec::new();
+    for shard in crate::support::shards_of(keys) {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(&shard.dead)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .unwrap();
+        letters.extend(raw.iter().map(|r| serde_json::from_str::<DeadLetter>(r).unwrap()));
+    }
+    letters
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -739,11 +743,15 @@ async fn a_dead_endpoints_backlog_is_parked_once_and_jobs_queued_behind_it_go_ah
         (backlog - held) as f64
     );
     assert_eq!(deliver.metric("postback_deliver_unparked_total", &[]).await, 0.0);
-    let parked_list: usize = redis::cmd("LLEN")
-        .arg(keys.parked_list(deliver::hosts::host_of(&dead.url("/"))))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let mut parked_list = 0;
+    for shard in crate::support::shards_of(&keys) {
+        let n: usize = redis::cmd("LLEN")
+            .arg(shard.parked_list(deliver::hosts::host_of(&dead.url("/"))))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        parked_list += n;
+    }
     assert_eq!(parked_list, backlog - held);
     assert_eq!(dead.count(), 2, "DELIVER_PER_HOST_CONCURRENCY requests, no more");
 }

@@ -17,6 +17,23 @@ use testkit::RedisServer;
 /// guard itself run without it.
 pub const LOOPBACK_SINKS: (&str, &str) = ("POSTBACK_ALLOW_DESTINATIONS", "127.0.0.0/8");
 
+/// `POSTBACK_TEST_SHARDS=N` (scripts/test's second pass over the pipeline
+/// and reliability tests): the services run with `POSTBACK_SHARDS=N`, and
+/// the helpers below queue jobs on every shard and add up every shard's
+/// lists, so that the same tests show the same behaviour sharded.
+pub fn test_shards() -> usize {
+    std::env::var("POSTBACK_TEST_SHARDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// The keys of every shard of the queue whose shard 0 is `keys`.
+pub fn shards_of(keys: &QueueKeys) -> Vec<QueueKeys> {
+    let n = test_shards();
+    (0..n).map(|i| QueueKeys::shard(keys.tag(), i, n)).collect()
+}
+
 /// Settings that make a test run in seconds: a millisecond retry schedule,
 /// short heartbeats, no jitter; and loopback sinks allowed.
 pub fn fast_env(redis: &RedisServer) -> Vec<(String, String)> {
@@ -25,7 +42,9 @@ pub fn fast_env(redis: &RedisServer) -> Vec<(String, String)> {
 
 /// [`fast_env`] for the queue at `url` (any `REDIS_URL`).
 pub fn fast_env_at(url: &str) -> Vec<(String, String)> {
+    let shards = test_shards().to_string();
     [
+        ("POSTBACK_SHARDS", shards.as_str()),
         ("REDIS_URL", url),
         LOOPBACK_SINKS,
         ("DELIVER_RETRY_SCHEDULE", "50ms,100ms"),
@@ -186,9 +205,17 @@ pub fn data_id(job: &Job) -> String {
     data["id"].as_str().expect("the data has a string id").to_string()
 }
 
-/// Queues jobs (in chunks, as several producers would).
+/// Queues jobs (in chunks, as several producers would), each on the next
+/// shard in turn when the tests run sharded.
 pub async fn enqueue(conn: &mut MultiplexedConnection, keys: &QueueKeys, jobs: &[Job]) {
-    for chunk in jobs.chunks(1000) {
+    let shards = shards_of(keys);
+    for (i, job) in jobs.iter().enumerate().filter(|_| shards.len() > 1) {
+        let shard = &shards[i % shards.len()];
+        common::queue::protocol::push(conn, shard, &[job.encode()])
+            .await
+            .unwrap();
+    }
+    for chunk in jobs.chunks(1000).filter(|_| shards.len() == 1) {
         let encoded: Vec<String> = chunk.iter().map(Job::encode).collect();
         common::queue::protocol::push(conn, keys, &encoded).await.unwrap();
     }
@@ -201,26 +228,32 @@ pub async fn enqueue_raw(conn: &mut MultiplexedConnection, keys: &QueueKeys, raw
         .unwrap();
 }
 
-/// Queue depths.
+/// Queue depths, of every shard.
 pub async fn depths(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> common::queue::Depths {
-    common::queue::protocol::depths(conn, keys).await.unwrap()
+    let mut total = common::queue::Depths::default();
+    for shard in shards_of(keys) {
+        total.add(&common::queue::protocol::depths(conn, &shard).await.unwrap());
+    }
+    total
 }
 
-/// Total length of all in-flight lists.
+/// Total length of all in-flight lists, of every shard.
 pub async fn in_flight(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> usize {
-    let workers: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(&keys.workers)
-        .query_async(conn)
-        .await
-        .unwrap();
     let mut total = 0;
-    for w in workers {
-        let n: usize = redis::cmd("LLEN")
-            .arg(keys.inflight(&w))
+    for shard in shards_of(keys) {
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&shard.workers)
             .query_async(conn)
             .await
             .unwrap();
-        total += n;
+        for w in workers {
+            let n: usize = redis::cmd("LLEN")
+                .arg(shard.inflight(&w))
+                .query_async(conn)
+                .await
+                .unwrap();
+            total += n;
+        }
     }
     total
 }
@@ -240,7 +273,11 @@ pub fn spawn_ingest(redis: &RedisServer, extra: &[(&str, &str)]) -> String {
 
 /// Starts an in-process ingest on the queue at `url` (any `REDIS_URL`).
 pub fn spawn_ingest_at(url: &str, extra: &[(&str, &str)]) -> String {
-    let mut env = vec![
+    let shards = test_shards().to_string();
+    // The first of a name wins: `extra` before the defaults.
+    let mut env = extra.to_vec();
+    env.extend_from_slice(&[
+        ("POSTBACK_SHARDS", shards.as_str()),
         ("INGEST_BIND", "127.0.0.1:0"),
         ("REDIS_URL", url),
         ("INGEST_WORKERS", "1"),
@@ -248,8 +285,7 @@ pub fn spawn_ingest_at(url: &str, extra: &[(&str, &str)]) -> String {
         LOOPBACK_SINKS,
         // deliver's tests send no producer keys.
         ("INGEST_AUTH", "off"),
-    ];
-    env.extend_from_slice(extra);
+    ]);
     let config = ingest::config::Config::from_source(env.as_slice()).expect("test ingest config");
     let app = ingest::startup::Application::build(&config).expect("ingest builds");
     let base = format!("http://127.0.0.1:{}", app.port());
