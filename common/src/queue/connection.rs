@@ -416,9 +416,8 @@ impl Shared {
         // connection's I/O task on the runtime that created it, and a pooled
         // connection may have been made on another thread (ingest's main
         // thread, say), which would cost two cross-thread wake-ups per
-        // command.
-        // Read first: a switch announced while connecting makes the next
-        // use connect again.
+        // command. The switch count is read first: a switch announced
+        // while connecting makes the next use connect again.
         let switches = self.connector.switches();
         let conn = self.connector.connect().await?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((switches, conn.clone()));
