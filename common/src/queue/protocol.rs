@@ -794,15 +794,18 @@ pub async fn replay<C: ConnectionLike>(
         let mut call = REPLAY.prepare_invoke();
         call.key(&keys.dead).key(&keys.ready).key(&keys.dead_headers);
         let mut any = false;
+        // The values come in the order of the letters that have headers.
+        let mut values = values.into_iter();
         for (stored, letter) in chunk {
-            let Some(job) = &letter.job else { continue };
-            let headers = match with_headers.iter().position(|id| *id == letter.id) {
-                None => crate::headers::Headers::default(),
-                Some(i) => match values[i].as_deref().map(serde_json::from_str) {
+            let headers = if letter.header_names.is_empty() {
+                crate::headers::Headers::default()
+            } else {
+                match values.next().flatten().as_deref().map(serde_json::from_str) {
                     Some(Ok(headers)) => headers,
                     _ => continue,
-                },
+                }
             };
+            let Some(job) = &letter.job else { continue };
             let job = crate::job::Job {
                 attempt: 1,
                 headers,

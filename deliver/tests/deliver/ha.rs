@@ -305,20 +305,10 @@ async fn each_shard_s_depths_are_a_metric_labelled_with_its_tag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_switch_the_sentinels_announce_is_followed_before_the_next_write() {
-    use common::queue::{Queue, QueueConfig, QueueKeys};
+    use common::queue::QueueKeys;
     use deadpool_redis::redis;
     let set = SentinelSet::start();
-    let queue = Queue::new(&QueueConfig {
-        url: set.url(),
-        name: "default".into(),
-        timeout: Duration::from_secs(2),
-        longest_block: Duration::ZERO,
-        pool_size: 2,
-        shards: 1,
-        replica_acks: 0,
-        replica_timeout: Duration::ZERO,
-    })
-    .unwrap();
+    let queue = crate::support::queue_at(&set.url());
     let follower = queue.handle();
     tokio::spawn(async move { follower.follow_master_switches().await });
     queue

@@ -5,7 +5,7 @@
 //! same store ingest's `keys` commands use.
 
 use common::job::{Job, Method};
-use common::queue::{Queue, QueueConfig};
+use common::queue::Queue;
 use deliver::config::Config;
 use deliver::deliverer::Deliverer;
 use deliver::delivery_log::DeliveryLog;
@@ -66,17 +66,7 @@ async fn setup(redis: &RedisServer, overlap: &str) -> Setup {
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let config = Config::from_source(env.as_slice()).unwrap();
-    let queue = Queue::new(&QueueConfig {
-        url: redis.url(),
-        name: "default".into(),
-        timeout: Duration::from_secs(2),
-        longest_block: Duration::ZERO,
-        pool_size: 2,
-        shards: 1,
-        replica_acks: 0,
-        replica_timeout: Duration::ZERO,
-    })
-    .unwrap();
+    let queue = crate::support::queue_at(&redis.url());
     let signer = Arc::new(Signer::new(None, config.secret_overlap));
     tokio::spawn(deliver::signing::refresh(signer.clone(), queue.handle()));
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -68,6 +68,22 @@ pub fn unsigned() -> std::sync::Arc<deliver::signing::Signer> {
     std::sync::Arc::new(deliver::signing::Signer::new(None, Duration::from_secs(1)))
 }
 
+/// A queue handle of the test's own on the queue at `url` (any
+/// `REDIS_URL`): queue "default", one shard, a 2 s deadline.
+pub fn queue_at(url: &str) -> common::queue::Queue {
+    common::queue::Queue::new(&common::queue::QueueConfig {
+        url: url.to_string(),
+        name: "default".into(),
+        timeout: Duration::from_secs(2),
+        longest_block: Duration::ZERO,
+        pool_size: 2,
+        shards: 1,
+        replica_acks: 0,
+        replica_timeout: Duration::ZERO,
+    })
+    .expect("a queue handle for the test")
+}
+
 /// Replaces or adds `key` in an environment list.
 pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.retain(|(k, _)| k != key);
