@@ -306,7 +306,6 @@ async fn each_shard_s_depths_are_a_metric_labelled_with_its_tag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_switch_the_sentinels_announce_is_followed_before_the_next_write() {
     use common::queue::QueueKeys;
-    use deadpool_redis::redis;
     let set = SentinelSet::start();
     let queue = crate::support::queue_at(&set.url());
     let follower = queue.handle();
@@ -335,13 +334,7 @@ async fn a_master_switch_the_sentinels_announce_is_followed_before_the_next_writ
         .await
         .expect("the first write after the switch");
     let mut new_master = set.replica.connection().await;
-    let ready: Vec<String> = redis::cmd("LRANGE")
-        .arg(&QueueKeys::new("default").ready)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut new_master)
-        .await
-        .unwrap();
+    let ready = crate::support::list(&mut new_master, &QueueKeys::new("default").ready).await;
     assert!(
         ready.contains(&"after".to_string()),
         "the write went to the new master: {ready:?}"

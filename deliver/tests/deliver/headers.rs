@@ -44,13 +44,7 @@ async fn endpoint_headers_are_sent_kept_out_of_logs_and_letters_and_replayed() {
     assert!(first.header("content-type").is_some());
 
     let mut conn = redis.connection().await;
-    let stored: Vec<String> = redis::cmd("LRANGE")
-        .arg(&keys.dead)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let stored = crate::support::list(&mut conn, &keys.dead).await;
     assert!(
         !stored[0].contains(SECRET),
         "a value in the stored letter: {}",

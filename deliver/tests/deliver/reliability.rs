@@ -24,13 +24,7 @@ fn numbered_jobs(sink: &Sink, n: usize) -> (Vec<common::job::Job>, HashSet<Strin
 async fn dead_letters(conn: &mut redis::aio::MultiplexedConnection, keys: &QueueKeys) -> Vec<DeadLetter> {
     let mut letters = Vec::new();
     for shard in crate::support::shards_of(keys) {
-        let raw: Vec<String> = redis::cmd("LRANGE")
-            .arg(&shard.dead)
-            .arg(0)
-            .arg(-1)
-            .query_async(conn)
-            .await
-            .unwrap();
+        let raw = crate::support::list(conn, &shard.dead).await;
         letters.extend(raw.iter().map(|r| serde_json::from_str::<DeadLetter>(r).unwrap()));
     }
     letters

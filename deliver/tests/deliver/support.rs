@@ -244,6 +244,17 @@ pub async fn enqueue_raw(conn: &mut MultiplexedConnection, keys: &QueueKeys, raw
         .unwrap();
 }
 
+/// Every element of the list at `key`, head first.
+pub async fn list(conn: &mut MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 /// Queue depths, of every shard.
 pub async fn depths(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> common::queue::Depths {
     let mut total = common::queue::Depths::default();
