@@ -128,6 +128,11 @@ impl Headers {
         Headers::new(pairs)
     }
 
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Whether there are none (the usual case).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

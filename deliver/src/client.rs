@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::error::Error as _;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,33 +161,40 @@ impl HttpClient {
     /// Sends one request and reads the answer, all within the timeout.
     /// Redirects are not followed: a 3xx is an answer like any other.
     pub async fn send(&self, method: Method, url: &str, body: Option<Bytes>) -> Attempt {
-        self.send_to(method, parse_url(url), body, &[]).await
+        let headers = request_headers(0, body.is_some());
+        self.send_to(method, parse_url(url), body, headers).await
     }
 
     /// [`send`](Self::send) to a URL already parsed (`Err`: it did not
-    /// parse), with extra request headers.
-    pub async fn send_to(
+    /// parse), with `headers` as they are (see [`request_headers`]).
+    ///
+    /// Not an `async fn`: its future is part of every delivery task, which
+    /// tokio copies when it spawns and completes one, and an `async fn`'s
+    /// future keeps room for its arguments beside its own state. Here they
+    /// go straight into the boxed exchange; the future holds a pointer.
+    pub fn send_to(
         &self,
         method: Method,
         uri: Result<http::Uri, Failure>,
         body: Option<Bytes>,
-        headers: &[(http::HeaderName, http::HeaderValue)],
-    ) -> Attempt {
-        let started = Instant::now();
+        headers: http::HeaderMap,
+    ) -> impl Future<Output = Attempt> + '_ {
         // Boxed: hyper's request future was a quarter of a delivery's
-        // 2.6 KB of state, which tokio copies when it spawns and completes
-        // the task; boxed, the task holds only a pointer to it.
+        // 2.6 KB of state.
         let exchange = Box::pin(self.exchange(method, uri, body, headers));
-        let result = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure {
-                kind: FailureKind::Timeout,
-                message: format!("no complete answer within {} ms", self.timeout.as_millis()),
-            }),
-        };
-        Attempt {
-            result,
-            elapsed: started.elapsed(),
+        async move {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(self.timeout, exchange).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure {
+                    kind: FailureKind::Timeout,
+                    message: format!("no complete answer within {} ms", self.timeout.as_millis()),
+                }),
+            };
+            Attempt {
+                result,
+                elapsed: started.elapsed(),
+            }
         }
     }
 
@@ -195,28 +203,14 @@ impl HttpClient {
         method: Method,
         uri: Result<http::Uri, Failure>,
         body: Option<Bytes>,
-        headers: &[(http::HeaderName, http::HeaderValue)],
+        headers: http::HeaderMap,
     ) -> Result<Answer, Failure> {
-        const USER_AGENT: http::HeaderValue =
-            http::HeaderValue::from_static(concat!("postback-deliver/", env!("CARGO_PKG_VERSION")));
-        const JSON: http::HeaderValue = http::HeaderValue::from_static("application/json");
         // Built in place rather than through http's request builder, whose
         // conversions copy every value and grow the header map one by one.
-        let has_body = body.is_some();
         let mut request = http::Request::new(Full::new(body.unwrap_or_default()));
         *request.method_mut() = method.as_http();
         *request.uri_mut() = uri?;
-        let map = request.headers_mut();
-        map.reserve(headers.len() + 2);
-        map.insert(http::header::USER_AGENT, USER_AGENT);
-        if has_body {
-            map.insert(http::header::CONTENT_TYPE, JSON);
-        }
-        // Inserted, not appended: a producer's User-Agent or Content-Type
-        // replaces ours (the names are otherwise distinct).
-        for (name, value) in headers {
-            map.insert(name.clone(), value.clone());
-        }
+        *request.headers_mut() = headers;
 
         let response = self.client.request(request).await.map_err(classify)?;
         let status = response.status().as_u16();
@@ -247,6 +241,23 @@ impl HttpClient {
             retry_after,
         })
     }
+}
+
+/// A request's header map with room for `more` headers beside deliver's
+/// own `User-Agent` (and `Content-Type: application/json` for a request
+/// with a body), which are in it already. The caller inserts its headers
+/// by value (no copy of a value, no growth of the map); a producer's
+/// `User-Agent` or `Content-Type` replaces ours.
+pub fn request_headers(more: usize, has_body: bool) -> http::HeaderMap {
+    const USER_AGENT: http::HeaderValue =
+        http::HeaderValue::from_static(concat!("postback-deliver/", env!("CARGO_PKG_VERSION")));
+    const JSON: http::HeaderValue = http::HeaderValue::from_static("application/json");
+    let mut map = http::HeaderMap::with_capacity(more + 2);
+    map.insert(http::header::USER_AGENT, USER_AGENT);
+    if has_body {
+        map.insert(http::header::CONTENT_TYPE, JSON);
+    }
+    map
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), ClientError> {

@@ -428,7 +428,7 @@ impl Starter<'_> {
             let deliverer = deliverer.clone();
             let settle_tx = self.settle_tx.clone();
             deliveries.spawn(async move {
-                let settlement = deliverer.deliver_gated(job, url, gate).await;
+                let settlement = deliverer.deliver_gated(&job, url, &gate).await;
                 let _ = settle_tx.send((Settled { taken, settlement }, slot)).await;
             });
         }

@@ -7,8 +7,9 @@
 //! consumers of every shard share one, so the limits hold across shards.
 //! Tests call [`Deliverer::deliver_one`] directly against a real sink.
 
-use crate::client::{parse_url, HttpClient};
+use crate::client::{parse_url, Attempt, HttpClient};
 use crate::config::Config;
+use crate::credentials::Target;
 use crate::delivery_log::{DeliveryLog, Record};
 use crate::hosts::{Gate, Hosts};
 use crate::metrics::{AttemptRecord, Metrics};
@@ -17,6 +18,7 @@ use crate::signing::Signer;
 use bytes::Bytes;
 use common::job::{DeadLetter, DeadReason, Job};
 use common::queue::Settlement;
+use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -95,20 +97,32 @@ impl Deliverer {
 
     /// The consumer's way: waits for a request slot of the job's host
     /// (`gate`) and a global one, then makes the attempt at `url`.
-    pub async fn deliver_gated(&self, job: Job, url: String, gate: Arc<Gate>) -> Settlement {
+    pub async fn deliver_gated(&self, job: &Job, url: String, gate: &Gate) -> Settlement {
         let _host = gate.enter().await;
         // Never closed: an error would only mean no limit.
         let _running = self.running.acquire().await.ok();
         let _in_flight = self.metrics.start_delivery();
-        self.attempt(&job, url).await
+        self.attempt(job, url).await
     }
 
+    /// The attempt itself. Only what the request needs is held while it
+    /// runs (its future is part of every delivery task, which tokio copies
+    /// when it spawns and completes one): the request is made ready, and
+    /// its outcome dealt with, in plain functions either side.
     async fn attempt(&self, job: &Job, url: String) -> Settlement {
+        let (target, request) = self.prepare(job, url);
+        let outcome = request.await;
+        self.conclude(job, &target, outcome)
+    }
+
+    /// The request for `job` at `url`, ready to send, and its target (the
+    /// URL with any credentials taken out).
+    fn prepare(&self, job: &Job, url: String) -> (Target, impl Future<Output = Attempt> + '_) {
         let body = job
             .method
             .has_body()
             .then(|| Bytes::copy_from_slice(job.data.get().as_bytes()));
-        let target = crate::credentials::extract(url);
+        let mut target = crate::credentials::extract(url);
         let uri = parse_url(&target.url);
         // Signed: the body as sent, or for a request without one, its
         // target (path and query) as sent.
@@ -121,30 +135,30 @@ impl Deliverer {
             (None, Err(_)) => None,
         };
         let signed = payload.and_then(|p| self.signer.headers(job, p, now.as_secs(), now.as_millis() as u64));
-        // No allocation in the usual case: signed, no credentials, no
-        // headers of the producer's.
-        let more: Vec<_>;
-        let headers = match (&signed, &target.authorization, job.headers.is_empty()) {
-            (Some(signed), None, true) => &signed[..],
-            (None, None, true) => &[][..],
-            (signed, basic, _) => {
-                // The producer's own Authorization wins over the URL's
-                // credentials (ingest refuses a request with both).
-                let basic = basic
-                    .as_ref()
-                    .filter(|_| !job.headers.contains("authorization"))
-                    .map(|b| (http::header::AUTHORIZATION, b.clone()));
-                more = signed
-                    .iter()
-                    .flatten()
-                    .cloned()
-                    .chain(basic)
-                    .chain(producer_headers(job))
-                    .collect();
-                &more[..]
+        // Every header goes into the request's map by value: no copy of a
+        // value (a copy of a signature's bytes cost an allocation), and
+        // room for all of them from the start.
+        let more =
+            signed.as_ref().map_or(0, |s| s.len()) + usize::from(target.authorization.is_some()) + job.headers.len();
+        let mut headers = crate::client::request_headers(more, body.is_some());
+        for (name, value) in signed.into_iter().flatten() {
+            headers.insert(name, value);
+        }
+        // The producer's own Authorization wins over the URL's credentials
+        // (ingest refuses a request with both).
+        if let Some(basic) = target.authorization.take() {
+            if !job.headers.contains("authorization") {
+                headers.insert(http::header::AUTHORIZATION, basic);
             }
-        };
-        let outcome = self.client.send_to(job.method, uri, body, headers).await;
+        }
+        for (name, value) in producer_headers(job) {
+            headers.insert(name, value);
+        }
+        (target, self.client.send_to(job.method, uri, body, headers))
+    }
+
+    /// What becomes of `job` after `outcome`: logged, counted, decided.
+    fn conclude(&self, job: &Job, target: &Target, outcome: Attempt) -> Settlement {
         // From here on the URL is the one to show: no password in it.
         let url = target.shown();
         let verdict = self.policy.decide(job.attempt, &outcome);
