@@ -6,9 +6,12 @@
 # deliver processes drain them to postback-sink, started first and waiting
 # on empty queues, as in scripts/bench. It reports each master's share of
 # the jobs (balance: max/min), each Redis' CPU per job (INFO cpu, user +
-# system) and both drains' rates. On one machine the cluster cannot be
+# system) and the drains' rates. On one machine the cluster cannot be
 # faster (the masters share its cores); the figure that shows the scale-out
-# is Redis CPU per job per master, which falls as 1/N. BENCH_SHARDS=N sets
+# is Redis CPU per job per master, which falls as 1/N. A third case runs
+# the cluster's sharded work (the same POSTBACK_SHARDS) on the one Redis:
+# sharding alone makes each call move fewer jobs, and that case separates
+# what the shards cost from how the masters share them. BENCH_SHARDS=N sets
 # POSTBACK_SHARDS (default 6). Everything it starts
 # is stopped by PID on exit. Writes target/bench/cluster-<time>.json.
 set -euo pipefail
@@ -65,7 +68,7 @@ run_case() {
   local name=$1 url=$2 n
   shift 2
   local ports=("$@") case_shards=1
-  [ "$name" = cluster ] && case_shards=$shards
+  [ "$name" = single ] || case_shards=$shards
   local ingest_port admin_port
   ingest_port=$(free_port) admin_port=$(free_port 2)
   say "== $name: queueing $jobs jobs"
@@ -140,6 +143,11 @@ single_port=$(free_port)
 redis_node "$tmp/single" "$single_port"
 run_case single "redis://127.0.0.1:$single_port" "$single_port"
 single_queue=$queue_per_s single_drain=$drain_per_s single_cpu=${cpu_us[$single_port]}
+# The same Redis with the cluster's shards (a fresh one: no keys left over).
+sharded_port=$(free_port)
+redis_node "$tmp/sharded" "$sharded_port"
+run_case sharded "redis://127.0.0.1:$sharded_port" "$sharded_port"
+sharded_drain=$drain_per_s sharded_cpu=${cpu_us[$sharded_port]}
 
 # --- a cluster of three masters -----------------------------------------------
 cluster_ports=()
@@ -165,19 +173,21 @@ cpu_sum=$(printf '%s\n' "${cpus[@]}" | awk '{ s += $1 } END { printf "%.2f", s }
 cpu_max=$(printf '%s\n' "${cpus[@]}" | sort -n | tail -n1)
 mkdir -p "$repo/target/bench"
 json="$repo/target/bench/cluster-$(date -u +%Y%m%dT%H%M%SZ).json"
-printf '{"jobs":%s,"masters":%s,"shards":%s,"single_queue_per_s":%s,"single_drain_per_s":%s,"single_redis_cpu_us_per_job":%s,"cluster_queue_per_s":%s,"cluster_drain_per_s":%s,"cluster_shares":[%s],"cluster_balance_max_min":%s,"cluster_redis_cpu_us_per_job":[%s],"cluster_redis_cpu_us_per_job_all_masters":%s}\n' \
-  "$jobs" "$masters" "$shards" "$single_queue" "$single_drain" "$single_cpu" "$queue_per_s" "$drain_per_s" \
+printf '{"jobs":%s,"masters":%s,"shards":%s,"single_queue_per_s":%s,"single_drain_per_s":%s,"single_redis_cpu_us_per_job":%s,"sharded_single_drain_per_s":%s,"sharded_single_redis_cpu_us_per_job":%s,"cluster_queue_per_s":%s,"cluster_drain_per_s":%s,"cluster_shares":[%s],"cluster_balance_max_min":%s,"cluster_redis_cpu_us_per_job":[%s],"cluster_redis_cpu_us_per_job_all_masters":%s}\n' \
+  "$jobs" "$masters" "$shards" "$single_queue" "$single_drain" "$single_cpu" "$sharded_drain" "$sharded_cpu" "$queue_per_s" "$drain_per_s" \
   "$(IFS=,; echo "${shares[*]}")" "$balance" "$(IFS=,; echo "${cpus[*]}")" "$cpu_sum" >"$json"
 {
   echo "postback cluster benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $jobs jobs"
   printf '%-52s %s\n' "one Redis: queued / drained, jobs/s" "$single_queue / $single_drain"
   printf '%-52s %s\n' "one Redis: Redis CPU per job, us" "$single_cpu"
+  printf '%-52s %s / %s\n' "one Redis, $shards shards: drained, jobs/s / CPU per job, us" "$sharded_drain" "$sharded_cpu"
   printf '%-52s %s\n' "cluster ($masters masters, $shards shards): queued / drained, jobs/s" "$queue_per_s / $drain_per_s"
   printf '%-52s %s (max/min %s, target <= 1.2)\n' "cluster: each master's share of the jobs" "${shares[*]}" "$balance"
   printf '%-52s %s (all masters %s)\n' "cluster: Redis CPU per job, per master, us" "${cpus[*]}" "$cpu_sum"
-  awk -v one="$single_cpu" -v most="$cpu_max" -v n="$masters" 'BEGIN {
+  awk -v one="$single_cpu" -v most="$cpu_max" -v n="$masters" -v sharded="$sharded_cpu" 'BEGIN {
     printf "one Redis core saturates near %.0f jobs/s; the busiest master here at %.0f jobs/s,\n", 1e6 / one, 1e6 / most
     printf "so %d masters on %d hosts carry about %.1fx what one Redis does (ingest and deliver scale out on their own hosts)\n", n, n, one / most
+    printf "the same shards on one Redis cost %.2f us per job; the busiest master spends %.2f of that (1/N = %.2f)\n", sharded, most / sharded, 1 / n
   }'
 } | tee "$tmp/table.txt"
 [ "$(awk -v b="$balance" 'BEGIN { print (b <= 1.2) }')" = 1 ] || say "note: the masters' shares are uneven (max/min $balance > 1.2)"
