@@ -11,7 +11,9 @@
 # is Redis CPU per job per master, which falls as 1/N. A third case runs
 # the cluster's sharded work (the same POSTBACK_SHARDS) on the one Redis:
 # sharding alone makes each call move fewer jobs, and that case separates
-# what the shards cost from how the masters share them. BENCH_SHARDS=N sets
+# what the shards cost from how the masters share them, and each node's
+# read events per job (INFO stats) says how many wake-ups its work came
+# in. BENCH_SHARDS=N sets
 # POSTBACK_SHARDS (default 6). Everything it starts
 # is stopped by PID on exit. Writes target/bench/cluster-<time>.json.
 set -euo pipefail
@@ -60,10 +62,18 @@ redis_node() {
 cpu_seconds() { # cpu_seconds PORT : the node's user + system CPU so far
   redis-cli -p "$1" INFO cpu | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "%.6f", s }'
 }
+# events PORT : "reads commands" so far: the read events the node handled
+# (each costs it a wake-up and a system call, whatever it carries) and the
+# commands they carried.
+events() {
+  redis-cli -p "$1" INFO stats | tr -d '\r' | awk -F: '/^total_reads_processed:/ { r = $2 } /^total_commands_processed:/ { c = $2 } END { print r, c }'
+}
 
 # run_case NAME URL PORTS... : queue, drain, measure. Sets queue_per_s,
-# drain_per_s and, per port, share[port] and cpu_us[port] (per job of all).
-declare -A share cpu_us
+# drain_per_s and, per port, share[port], cpu_us[port] (per job of all),
+# reads[port] (read events per 1,000 jobs of all) and per_read[port]
+# (commands per read event), the last two over the drain.
+declare -A share cpu_us reads per_read
 run_case() {
   local name=$1 url=$2 n
   shift 2
@@ -121,8 +131,8 @@ run_case() {
   for n in 0 1; do
     wait_for 30 "deliver_0$n" curl -fsS -o /dev/null "http://127.0.0.1:$((admin_port + n))/health" || die "deliver did not start"
   done
-  declare -A cpu_before
-  for port in "${ports[@]}"; do cpu_before[$port]=$(cpu_seconds "$port"); done
+  declare -A cpu_before events_before
+  for port in "${ports[@]}"; do cpu_before[$port]=$(cpu_seconds "$port") events_before[$port]=$(events "$port"); done
   local before
   before=$(curl -fsS "$sink/_sink/count")
   started=$(date +%s%6N)
@@ -133,6 +143,8 @@ run_case() {
   drain_per_s=$(awk -v n="$jobs" -v a="$started" -v b="$finished" 'BEGIN { printf "%.0f", n / ((b - a) / 1e6) }')
   for port in "${ports[@]}"; do
     cpu_us[$port]=$(awk -v a="${cpu_before[$port]}" -v b="$(cpu_seconds "$port")" -v n="$jobs" 'BEGIN { printf "%.2f", (b - a) * 1e6 / n }')
+    read -r "reads[$port]" "per_read[$port]" < <(echo "${events_before[$port]} $(events "$port")" |
+      awk -v n="$jobs" '{ r = $3 - $1; c = $4 - $2; printf "%.0f %.1f\n", r * 1000 / n, (r > 0 ? c / r : 0) }')
   done
   for n in "${deliver_pids[@]}"; do kill "$n"; done
   for n in "${deliver_pids[@]}"; do wait "$n" 2>/dev/null || true; done
@@ -143,11 +155,13 @@ single_port=$(free_port)
 redis_node "$tmp/single" "$single_port"
 run_case single "redis://127.0.0.1:$single_port" "$single_port"
 single_queue=$queue_per_s single_drain=$drain_per_s single_cpu=${cpu_us[$single_port]}
+single_events="${reads[$single_port]} / ${per_read[$single_port]}"
 # The same Redis with the cluster's shards (a fresh one: no keys left over).
 sharded_port=$(free_port)
 redis_node "$tmp/sharded" "$sharded_port"
 run_case sharded "redis://127.0.0.1:$sharded_port" "$sharded_port"
 sharded_drain=$drain_per_s sharded_cpu=${cpu_us[$sharded_port]}
+sharded_events="${reads[$sharded_port]} / ${per_read[$sharded_port]}"
 
 # --- a cluster of three masters -----------------------------------------------
 cluster_ports=()
@@ -166,8 +180,10 @@ done
 run_case cluster "redis-cluster://$(printf '127.0.0.1:%s,' "${cluster_ports[@]}" | sed 's/,$//')" "${cluster_ports[@]}"
 
 # --- report --------------------------------------------------------------------
-shares=() cpus=()
-for port in "${cluster_ports[@]}"; do shares+=("${share[$port]}"); cpus+=("${cpu_us[$port]}"); done
+shares=() cpus=() cluster_events=()
+for port in "${cluster_ports[@]}"; do
+  shares+=("${share[$port]}") cpus+=("${cpu_us[$port]}") cluster_events+=("${reads[$port]}/${per_read[$port]}")
+done
 balance=$(printf '%s\n' "${shares[@]}" | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f", (lo > 0 ? hi / lo : 0) }')
 cpu_sum=$(printf '%s\n' "${cpus[@]}" | awk '{ s += $1 } END { printf "%.2f", s }')
 cpu_max=$(printf '%s\n' "${cpus[@]}" | sort -n | tail -n1)
@@ -184,6 +200,7 @@ printf '{"jobs":%s,"masters":%s,"shards":%s,"single_queue_per_s":%s,"single_drai
   printf '%-52s %s\n' "cluster ($masters masters, $shards shards): queued / drained, jobs/s" "$queue_per_s / $drain_per_s"
   printf '%-52s %s (max/min %s, target <= 1.2)\n' "cluster: each master's share of the jobs" "${shares[*]}" "$balance"
   printf '%-52s %s (all masters %s)\n' "cluster: Redis CPU per job, per master, us" "${cpus[*]}" "$cpu_sum"
+  printf '%-52s %s | %s | %s\n' "read events per 1000 jobs / commands per read:" "one Redis $single_events" "$shards shards $sharded_events" "masters ${cluster_events[*]}"
   awk -v one="$single_cpu" -v most="$cpu_max" -v n="$masters" -v sharded="$sharded_cpu" 'BEGIN {
     printf "one Redis core saturates near %.0f jobs/s; the busiest master here at %.0f jobs/s,\n", 1e6 / one, 1e6 / most
     printf "so %d masters on %d hosts carry about %.1fx what one Redis does (ingest and deliver scale out on their own hosts)\n", n, n, one / most
