@@ -318,11 +318,18 @@ fn pool(
 /// flood. Before Redis has answered once, a failure is a start-up wait
 /// (supervisord starts every program at once, so the services often come
 /// up before Redis), logged as information; once it has, an error.
+///
+/// A connection made before an outage began can still fail after it
+/// ended (one that sat unused through it, say): that is the same outage,
+/// already logged as over, so it is not logged again
+/// ([`Outage::failed_on`]).
 #[derive(Debug)]
 pub(crate) struct Outage {
     down: AtomicBool,
     /// Whether an operation has succeeded yet.
     answered: AtomicBool,
+    /// How many outages have begun.
+    starts: AtomicU64,
     /// Where Redis was looked for, without credentials: an error such as
     /// "No such file or directory" means little without the socket's path.
     address: String,
@@ -334,15 +341,37 @@ impl Outage {
         Outage {
             down: AtomicBool::new(false),
             answered: AtomicBool::new(false),
+            starts: AtomicU64::new(0),
             address: format!(" at {}", target.describe()),
         }
     }
 
+    /// How many outages have begun so far; a connection made now has
+    /// lived through none of them.
+    pub(crate) fn starts(&self) -> u64 {
+        self.starts.load(Ordering::Relaxed)
+    }
+
+    /// Records an operation that failed on a connection made when
+    /// [`starts`](Self::starts) was `made_after` (`None`: no connection
+    /// was had). A connection older than the last outage's start is a
+    /// leftover of it: it is replaced without a word. (If that outage is
+    /// over and a new one is beginning, the next operation, on a new
+    /// connection, says so.)
+    pub(crate) fn failed_on(&self, what: &str, error: &dyn std::fmt::Display, made_after: Option<u64>) {
+        if made_after.is_some_and(|made| made < self.starts()) {
+            log::debug!("a connection from before redis came back failed ({what}: {error}); replaced");
+            return;
+        }
+        self.failed(what, error);
+    }
+
     /// Records a failed operation; logs only the first of an outage.
-    pub(crate) fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
         if self.down.swap(true, Ordering::Relaxed) {
             return;
         }
+        self.starts.fetch_add(1, Ordering::Relaxed);
         if self.answered.load(Ordering::Relaxed) {
             log::error!(
                 "redis unavailable{} ({what}: {error}); retrying with back-off until it answers",
@@ -376,9 +405,9 @@ impl Outage {
 /// task that needs it, and replaced after an error that may have broken it.
 pub(crate) struct Shared {
     connector: std::sync::Arc<Connector>,
-    /// The connection, with the count of announced master switches when
-    /// it was made.
-    current: std::sync::Mutex<Option<(u64, Connection)>>,
+    /// The connection, with the count of announced master switches and
+    /// of outages begun ([`Outage::starts`]) when it was made.
+    current: std::sync::Mutex<Option<(u64, u64, Connection)>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -394,23 +423,25 @@ impl Shared {
 
     /// The connection, unless a master switch was announced since it was
     /// made.
-    fn cached(&self) -> Option<Connection> {
+    fn cached(&self) -> Option<(Connection, u64)> {
         let switches = self.connector.switches();
         match &*self.current.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((made_at, conn)) if *made_at == switches => Some(conn.clone()),
+            Some((made_at, starts, conn)) if *made_at == switches => Some((conn.clone(), *starts)),
             _ => None,
         }
     }
 
-    /// A handle on the connection (cheap: a clone), connecting if needed.
-    pub(crate) async fn get(&self) -> Result<Connection, RedisError> {
-        if let Some(conn) = self.cached() {
-            return Ok(conn);
+    /// A handle on the connection (cheap: a clone), connecting if needed,
+    /// and how many outages had begun when it was made (`starts`: the
+    /// current count, for a new one).
+    pub(crate) async fn get(&self, starts: u64) -> Result<(Connection, u64), RedisError> {
+        if let Some(cached) = self.cached() {
+            return Ok(cached);
         }
         // One task connects; the others wait for its result.
         let _connecting = self.connecting.lock().await;
-        if let Some(conn) = self.cached() {
-            return Ok(conn);
+        if let Some(cached) = self.cached() {
+            return Ok(cached);
         }
         // A new connection, not one from the pool: redis-rs runs a
         // connection's I/O task on the runtime that created it, and a pooled
@@ -420,8 +451,8 @@ impl Shared {
         // while connecting makes the next use connect again.
         let switches = self.connector.switches();
         let conn = self.connector.connect().await?;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((switches, conn.clone()));
-        Ok(conn)
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((switches, starts, conn.clone()));
+        Ok((conn, starts))
     }
 
     /// Drops the connection after an error that may have broken it (see
@@ -437,6 +468,30 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_from_before_an_outage_failing_after_it_is_no_new_outage() {
+        let outage = Outage::new(&Target::parse("redis://127.0.0.1:6390").unwrap());
+        outage.succeeded();
+        // Made before the outage: an idle connection, and the one in use.
+        let idle = outage.starts();
+        outage.failed_on("take", &"connection reset", Some(outage.starts()));
+        assert!(outage.is_down());
+        // Reconnected during the outage, and it answers: the end.
+        let made_during = outage.starts();
+        outage.succeeded();
+        assert!(!outage.is_down());
+        // The idle one fails now: the same outage, already over.
+        outage.failed_on("producer keys", &"broken pipe", Some(idle));
+        assert!(!outage.is_down(), "a leftover of the last outage started a new one");
+        // The one made during it fails later: a new outage.
+        outage.failed_on("take", &"connection reset", Some(made_during));
+        assert!(outage.is_down());
+        // No connection at all (connecting failed): an outage too.
+        outage.succeeded();
+        outage.failed_on("take", &"connection refused", None);
+        assert!(outage.is_down());
+    }
 
     #[test]
     fn an_outage_names_where_redis_was_looked_for_without_the_password() {

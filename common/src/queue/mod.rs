@@ -171,8 +171,11 @@ impl Queue {
         Fut: Future<Output = RedisResult<T>>,
     {
         let deadline = self.shared.timeout + extra;
+        // When the connection was made, in outages begun (see Outage).
+        let mut made_after = None;
         let attempt = async {
-            let conn = self.conn.get().await?;
+            let (conn, made) = self.conn.get(self.shared.outage.starts()).await?;
+            made_after = Some(made);
             op(conn).await
         };
         let result = match tokio::time::timeout(deadline, attempt).await {
@@ -184,7 +187,7 @@ impl Queue {
             Ok(_) => self.shared.outage.succeeded(),
             Err(e) => {
                 self.conn.failed(e);
-                self.shared.outage.failed(what, e);
+                self.shared.outage.failed_on(what, e, made_after);
             }
         }
         result
