@@ -360,7 +360,7 @@ impl Outage {
     /// connection, says so.)
     pub(crate) fn failed_on(&self, what: &str, error: &dyn std::fmt::Display, made_after: Option<u64>) {
         if made_after.is_some_and(|made| made < self.starts()) {
-            log::debug!("a connection from before redis came back failed ({what}: {error}); replaced");
+            log::debug!("a connection from before the last outage failed ({what}: {error}); replaced");
             return;
         }
         self.failed(what, error);
