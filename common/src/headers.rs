@@ -29,7 +29,15 @@ pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
 /// Names deliver sets itself or that frame the request (compared without
 /// regard to case). Every name starting with `webhook-` is refused too.
-const RESERVED: [&str; 9] = [
+///
+/// The hop-by-hop ones are RFC 9110's: the fields §7.6.1 has an
+/// intermediary remove (`Connection`, `Proxy-Connection`, `Keep-Alive`,
+/// `TE`, `Transfer-Encoding`, `Upgrade`), the proxy credentials of §11.7
+/// that apply to the next proxy only (`Proxy-Authorization`,
+/// `Proxy-Authenticate`), and `Trailer` (§6.6.2, with RFC 2616's spelling
+/// `Trailers`), which announces fields a request without a chunked body
+/// cannot have.
+const RESERVED: [&str; 12] = [
     "host",
     "content-length",
     "transfer-encoding",
@@ -38,7 +46,10 @@ const RESERVED: [&str; 9] = [
     "upgrade",
     "te",
     "trailer",
+    "trailers",
     "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
 ];
 
 /// An endpoint's headers, in the order the producer gave them. Every
@@ -49,7 +60,7 @@ pub struct Headers(Vec<(String, String)>);
 /// Why a set of headers was refused; the message names the header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderProblem {
-    /// More than [`MAX_HEADERS`].
+    /// More than [`MAX_HEADERS`] (how many there are).
     #[error("`endpoint.headers` has {0} headers; at most {MAX_HEADERS} are allowed")]
     TooMany(usize),
     /// Names and values over [`MAX_HEADER_BYTES`].
@@ -62,7 +73,7 @@ pub enum HeaderProblem {
     #[error("the value of header `{0}` holds a line break, a control character or a non-ASCII character; send printable ASCII")]
     Value(String),
     /// One deliver owns.
-    #[error("header `{0}` is set by deliver and cannot be given (nor Host, Content-Length, Transfer-Encoding, Connection, webhook-*)")]
+    #[error("header `{0}` is set by deliver or applies to one hop only, and cannot be given (nor Host, Content-Length, Transfer-Encoding, Connection, Proxy-*, webhook-*)")]
     Reserved(String),
     /// The same name twice, in any letter case.
     #[error("header `{0}` is given twice; give it once")]
@@ -114,9 +125,9 @@ impl Headers {
         Headers::from_pairs(pairs)
     }
 
-    fn from_pairs(pairs: Vec<(String, serde_json::Value)>) -> Result<Headers, HeaderProblem> {
-        if pairs.len() > MAX_HEADERS {
-            return Err(HeaderProblem::TooMany(pairs.len()));
+    fn from_pairs((pairs, count): (Vec<(String, serde_json::Value)>, usize)) -> Result<Headers, HeaderProblem> {
+        if count > MAX_HEADERS {
+            return Err(HeaderProblem::TooMany(count));
         }
         let pairs = pairs
             .into_iter()
@@ -179,11 +190,13 @@ impl Serialize for Headers {
 }
 
 /// An object's entries in order, duplicates included (so that they can be
-/// refused), up to one past the limit (so that a huge object is not read).
+/// refused), with how many there are in all: past the limit the rest are
+/// only counted, not kept, so that the refusal says how many there are
+/// without a huge object being stored.
 struct Pairs;
 
 impl<'de> Visitor<'de> for Pairs {
-    type Value = Vec<(String, serde_json::Value)>;
+    type Value = (Vec<(String, serde_json::Value)>, usize);
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object of header names to string values")
@@ -193,15 +206,18 @@ impl<'de> Visitor<'de> for Pairs {
         let mut pairs = Vec::new();
         while let Some(pair) = map.next_entry::<String, serde_json::Value>()? {
             pairs.push(pair);
-            if pairs.len() > MAX_HEADERS {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
+            if pairs.len() == MAX_HEADERS {
                 break;
             }
         }
-        Ok(pairs)
+        let mut count = pairs.len();
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {
+            count += 1;
+        }
+        Ok((pairs, count))
     }
 }
 
@@ -251,6 +267,13 @@ mod tests {
             "content-length",
             "Transfer-Encoding",
             "CONNECTION",
+            "Keep-Alive",
+            "Upgrade",
+            "TE",
+            "Trailer",
+            "Proxy-Connection",
+            "Proxy-Authorization",
+            "proxy-authenticate",
             "webhook-signature",
             "Webhook-Id",
         ] {
@@ -295,6 +318,16 @@ mod tests {
         let many: Vec<String> = (0..40).map(|i| format!(r#""X-{i}":"v""#)).collect();
         assert_eq!(
             Headers::parse(&format!("{{{}}}", many.join(","))),
+            Err(HeaderProblem::TooMany(40)),
+            "the refusal says how many there are"
+        );
+        let hundred: Vec<String> = (0..100).map(|i| format!(r#""X-{i}":"v""#)).collect();
+        let problem = Headers::parse(&format!("{{{}}}", hundred.join(","))).unwrap_err();
+        assert_eq!(problem, HeaderProblem::TooMany(100));
+        assert!(problem.to_string().contains("has 100 headers"), "{problem}");
+        let seventeen: Vec<String> = (0..17).map(|i| format!(r#""X-{i}":"v""#)).collect();
+        assert_eq!(
+            Headers::parse(&format!("{{{}}}", seventeen.join(","))),
             Err(HeaderProblem::TooMany(17))
         );
     }
