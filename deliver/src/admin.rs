@@ -46,7 +46,21 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) {
     }
 }
 
+/// GET and HEAD (hyper leaves the body out of a HEAD answer) serve a
+/// page; any other method is a JSON 405.
 fn answer<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
+    if !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        let body = format!(
+            r#"{{"error":{{"code":"method_not_allowed","message":"{} is not allowed here; admin pages answer GET (and HEAD)"}}}}"#,
+            req.method()
+        );
+        let mut refusal = response(StatusCode::METHOD_NOT_ALLOWED, "application/json", body);
+        refusal.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return refusal;
+    }
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
@@ -84,10 +98,15 @@ fn answer<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
             r#"{"error":{"code":"not_found","message":"admin pages: /metrics, /health, /stats"}}"#.to_string(),
         ),
     };
+    response(status, content_type, body)
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
-    }
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     response
 }

@@ -79,11 +79,18 @@ pub enum ApiError {
     /// The Idempotency-Key was used before with another body.
     #[error("this Idempotency-Key was used before for a different request body; nothing was queued. Use a new key for a new request")]
     IdempotencyKeyReused,
-    /// A method other than POST on an ingest route.
-    #[error("{method} is not allowed here; send POST with the JSON request as body")]
+    /// A method the route does not serve: anything but POST on an ingest
+    /// route, anything but GET and HEAD on a page.
+    #[error("{method} is not allowed here; {}", if *allow == "POST" {
+        "send POST with the JSON request as body"
+    } else {
+        "this page answers GET (and HEAD)"
+    })]
     MethodNotAllowed {
         /// The method used.
         method: String,
+        /// The methods the route serves, as the `Allow` header says them.
+        allow: &'static str,
     },
     /// No such route.
     #[error("no such route: {path}; post postbacks to /ingest")]
@@ -167,8 +174,8 @@ impl ResponseError for ApiError {
             ApiError::MissingKey | ApiError::InvalidKey => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"postback\""));
             }
-            ApiError::MethodNotAllowed { .. } => {
-                response.insert_header((header::ALLOW, "POST"));
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }

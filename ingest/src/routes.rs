@@ -90,12 +90,33 @@ where
                     .route(web::post().to(ingest))
                     .default_service(web::to(method_not_allowed)),
             ),
-            Page::Health => app.route(path, web::get().to(health)),
-            Page::Metrics => app.route(path, web::get().to(metrics)),
-            Page::Stats => app.route(path, web::get().to(stats)),
-            Page::Dashboard => app.route(path, web::get().to(dashboard)),
+            Page::Health => app.service(get_page(path, health)),
+            Page::Metrics => app.service(get_page(path, metrics)),
+            Page::Stats => app.service(get_page(path, stats)),
+            Page::Dashboard => app.service(get_page(path, dashboard)),
         })
         .default_service(web::to(not_found))
+}
+
+/// A page's resource: GET, and HEAD as GET without the body (actix leaves
+/// the body out of a HEAD answer and keeps its headers), which monitors
+/// use to probe; any other method gets a JSON 405.
+fn get_page<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|req: HttpRequest| async move {
+            ApiError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allow: "GET, HEAD",
+            }
+            .error_response()
+        }))
 }
 
 /// `POST /ingest` (also `/ingest.php` and `/i`): validate, queue one job per
@@ -298,6 +319,7 @@ fn unhealthy(redis: &str, keys: &str, error: String) -> HttpResponse {
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     ApiError::MethodNotAllowed {
         method: req.method().to_string(),
+        allow: "POST",
     }
     .error_response()
 }

@@ -103,6 +103,20 @@ async fn metrics_and_stats_match_a_load_of_successes_retries_and_dead_letters() 
     );
     let admin = get(&format!("{}/health", a.admin_url().expect("admin address logged"))).await;
     assert_eq!((admin.status, admin.json()["redis"].clone()), (200, json!("up")));
+    // HEAD is GET without the body (monitors probe with it); nothing else.
+    for page in ["/metrics", "/health", "/stats"] {
+        let url = format!("{}{page}", a.admin_url().unwrap());
+        let head = http("HEAD", &url, &[], "").await;
+        assert_eq!(head.status, 200, "HEAD {page}");
+        assert!(head.body.is_empty(), "HEAD {page} has a body");
+        let refused = http("POST", &url, &[], "").await;
+        assert_eq!(
+            (refused.status, refused.header("allow")),
+            (405, Some("GET, HEAD")),
+            "POST {page}"
+        );
+        assert_eq!(refused.json()["error"]["code"], "method_not_allowed");
+    }
 
     let ingest_metrics = get(&format!("{ingest}/metrics")).await.body;
     assert_eq!(
