@@ -91,6 +91,10 @@ pub enum TemplateError {
     /// There is no host after the scheme.
     #[error("`url` has no host")]
     NoHost,
+    /// The host or port names no place to send to (a port out of range,
+    /// an IPv6 zone id, a host that is no name or address).
+    #[error("`url` cannot be sent to: {0}")]
+    Authority(crate::url_parts::AuthorityProblem),
 }
 
 /// Checks that `template` is an absolute http(s) URL with a host once its
@@ -114,8 +118,16 @@ pub fn check(template: &str) -> Result<(), TemplateError> {
         _ => return Err(TemplateError::Scheme),
     }
     match uri.host() {
-        Some(host) if !host.is_empty() => Ok(()),
-        _ => Err(TemplateError::NoHost),
+        Some(host) if !host.is_empty() => {}
+        _ => return Err(TemplateError::NoHost),
+    }
+    // The rule deliver applies to the filled-in URL, so that what ingest
+    // accepts has somewhere to go (a placeholder in the host is checked
+    // as the letter it was filled with here, and again by deliver).
+    match crate::url_parts::host_port(&probe) {
+        Ok(_) => Ok(()),
+        Err(crate::url_parts::AuthorityProblem::NoHost) => Err(TemplateError::NoHost),
+        Err(problem) => Err(TemplateError::Authority(problem)),
     }
 }
 
@@ -229,6 +241,18 @@ fn push_value(out: &mut String, value: &RawValue, default: &str) {
                 encode_str(out, inner);
             } else if let Ok(unescaped) = serde_json::from_str::<String>(text) {
                 encode_str(out, &unescaped);
+            } else {
+                // Only a lone surrogate escape fails here (serde_json
+                // checked the rest), which ingest refuses since it can't be
+                // text; a job queued before that renders it as U+FFFD, as a
+                // lossy decoder would, rather than as nothing.
+                let mut mended = text.to_string();
+                while let Some(at) = lone_surrogate_at(&mended) {
+                    mended.replace_range(at..at + 6, "\\uFFFD");
+                }
+                if let Ok(unescaped) = serde_json::from_str::<String>(&mended) {
+                    encode_str(out, &unescaped);
+                }
             }
         }
         Some(b'n') => encode_str(out, default),
@@ -241,6 +265,35 @@ fn push_value(out: &mut String, value: &RawValue, default: &str) {
         // A number as written: digits, signs, `.`, `e` and `E`.
         _ => encode_str(out, text),
     }
+}
+
+/// The byte offset of the first `\uXXXX` escape in JSON `text` that is a
+/// lone UTF-16 surrogate (a high one not followed by a low one, or a low
+/// one alone): JSON's grammar allows it, but it stands for no character,
+/// so no string can hold it. Escaped backslashes are skipped, so `\\u`
+/// is no escape.
+pub fn lone_surrogate_at(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        if bytes.get(at..at + 2)? != b"\\u" {
+            return None;
+        }
+        u16::from_str_radix(text.get(at + 2..at + 6)?, 16).ok()
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(i) {
+            Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => return Some(i),
+            Some(_) => i += 6,
+            None => i += 2,
+        }
+    }
+    None
 }
 
 /// Percent-encodes JSON `text` without the whitespace between its tokens
@@ -492,5 +545,54 @@ mod tests {
         assert!(matches!(check("not a url"), Err(TemplateError::Invalid(_))));
         assert!(check("http://").is_err());
         assert!(check("").is_err());
+    }
+
+    #[test]
+    fn lone_surrogates_are_found_and_pairs_and_escaped_backslashes_are_not() {
+        assert_eq!(lone_surrogate_at(r#""\ud800""#), Some(1));
+        assert_eq!(lone_surrogate_at(r#"{"a":"x\uDC00"}"#), Some(7));
+        assert_eq!(
+            lone_surrogate_at(r#""\ud800\u0041""#),
+            Some(1),
+            "a high one before a non-low one"
+        );
+        assert_eq!(
+            lone_surrogate_at(r#""\ud83d\ude00 ok""#),
+            None,
+            "a pair is one character"
+        );
+        assert_eq!(
+            lone_surrogate_at(r#""\\ud800""#),
+            None,
+            "an escaped backslash, then text"
+        );
+        assert_eq!(lone_surrogate_at(r#""\u00e9\n\"""#), None);
+        assert_eq!(lone_surrogate_at(r#""\ud83d\ude00\udc00""#), Some(13));
+    }
+
+    #[test]
+    fn a_lone_surrogate_renders_as_the_replacement_character_not_as_nothing() {
+        let data = RawValue::from_string(r#"{"a":"x\ud800y"}"#.to_string()).unwrap();
+        let url = render("http://h/?v={a}", &Fields::parse(&data).unwrap(), "");
+        assert_eq!(url, "http://h/?v=x%EF%BF%BDy");
+    }
+
+    #[test]
+    fn check_refuses_what_deliver_could_only_send_elsewhere_or_nowhere() {
+        use crate::url_parts::AuthorityProblem;
+        for url in ["http://127.0.0.1:84313/x", "http://h:65536/", "http://h:80018777/{k}"] {
+            assert!(
+                matches!(check(url), Err(TemplateError::Authority(AuthorityProblem::Port(_)))),
+                "{url}"
+            );
+        }
+        for url in ["http://[::1%25lo]:9/x", "http://[fe80::1%25lo]/", "http://[::1%lo]:9/x"] {
+            assert!(
+                matches!(check(url), Err(TemplateError::Authority(AuthorityProblem::ZoneId(_)))),
+                "{url}: {:?}",
+                check(url)
+            );
+        }
+        assert_eq!(check("http://{h}:18778/x"), Ok(()), "the placeholder may fill the host");
     }
 }

@@ -294,7 +294,7 @@ fn classify(error: hyper_util::client::legacy::Error) -> Failure {
                 ConnectFailure::Blocked { .. } => FailureKind::Blocked,
                 ConnectFailure::Dns { .. } => FailureKind::Dns,
                 ConnectFailure::Timeout(_) => FailureKind::Timeout,
-                ConnectFailure::NoHost => FailureKind::InvalidUrl,
+                ConnectFailure::NoHost | ConnectFailure::Url(_) => FailureKind::InvalidUrl,
                 ConnectFailure::Connect { .. } => FailureKind::Connect,
             };
         } else if is_tls(cause) {
@@ -313,13 +313,17 @@ fn classify(error: hyper_util::client::legacy::Error) -> Failure {
     Failure { kind, message }
 }
 
-/// A postback URL as a request URI; a URL that does not parse is an
-/// `invalid_url` failure (a value made the host invalid, say).
+/// A postback URL as a request URI; a URL that does not parse, or whose
+/// host and port name no place to send to (`common::url_parts::host_port`:
+/// an empty host, a port out of range, a zone id), is an `invalid_url`
+/// failure, final: a placeholder's value made it so, and no retry helps.
 pub fn parse_url(url: &str) -> Result<http::Uri, Failure> {
-    url.parse().map_err(|e: http::uri::InvalidUri| Failure {
+    let invalid = |message: String| Failure {
         kind: FailureKind::InvalidUrl,
-        message: e.to_string(),
-    })
+        message,
+    };
+    common::url_parts::host_port(url).map_err(|problem| invalid(problem.to_string()))?;
+    url.parse().map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))
 }
 
 /// Whether `error` is a rustls error, possibly wrapped in `io::Error`s

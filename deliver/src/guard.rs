@@ -27,6 +27,10 @@ pub enum ConnectFailure {
     /// The URL has no host.
     #[error("the URL has no host")]
     NoHost,
+    /// The URL's host or port names no place to connect to (a port out
+    /// of range is never read as the default one).
+    #[error("{0}")]
+    Url(common::url_parts::AuthorityProblem),
     /// The name did not resolve.
     #[error("dns error: {host} did not resolve ({source})")]
     Dns {
@@ -124,11 +128,13 @@ impl GuardedConnector {
     }
 
     async fn connect(self, uri: Uri) -> Result<TokioIo<TcpStream>, ConnectFailure> {
-        let host = uri.host().ok_or(ConnectFailure::NoHost)?;
-        let default_port = if uri.scheme_str() == Some("https") { 443 } else { 80 };
-        let port = uri.port_u16().unwrap_or(default_port);
+        // `Uri::port_u16` reads `:65536` as no port at all; the one rule
+        // of what a URL's port is decides here too. (Once per connection,
+        // not per request: the string is of no cost beside a handshake.)
+        let url = uri.to_string();
+        let target = common::url_parts::host_port(&url).map_err(ConnectFailure::Url)?;
         let mut last = None;
-        for addr in self.allowed_addresses(host, port).await? {
+        for addr in self.allowed_addresses(target.host, target.port).await? {
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     // Best effort, as hyper's own connector does.

@@ -205,6 +205,25 @@ pub fn parse(
                 format!("`data[{index}].{key}` is given twice; give it once"),
             ));
         }
+        // JSON lets a string escape half a UTF-16 pair; no text holds one,
+        // so it could only be delivered mangled. (Most items have no
+        // escape at all: one memchr for them.)
+        let text = item.get();
+        if let Some(at) = text
+            .as_bytes()
+            .contains(&b'\\')
+            .then(|| common::template::lone_surrogate_at(text))
+            .flatten()
+        {
+            return Err(ApiError::invalid(
+                "invalid_item",
+                format!(
+                    "`data[{index}]` holds {}, half of a UTF-16 surrogate pair, which is no character; \
+                     send the character itself (UTF-8) or its whole pair",
+                    &text[at..at + 6]
+                ),
+            ));
+        }
     }
 
     let encoder = JobEncoder::new(method, url, &headers, common::now_ms(), request_id, producer);
@@ -223,19 +242,17 @@ pub fn parse(
 /// with no placeholder in it. Hosts that are names, or that a placeholder
 /// fills in, are checked by deliver when it connects.
 fn literal_destination(url: &str) -> Option<SocketAddr> {
-    let (scheme, rest) = common::url_parts::split_scheme(url)?;
-    let authority = common::url_parts::authority(rest);
-    if authority.contains('{') {
+    let (_, rest) = common::url_parts::split_scheme(url)?;
+    if common::url_parts::authority(rest).contains('{') {
         return None;
     }
-    let authority: actix_web::http::uri::Authority = authority.parse().ok()?;
-    let host = authority.host();
-    let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => IpAddr::V6(v6.parse::<Ipv6Addr>().ok()?),
-        None => IpAddr::V4(common::destination::parse_ipv4_loose(host)?),
+    // The template check has passed: the port is one deliver would use.
+    let target = common::url_parts::host_port(url).ok()?;
+    let ip = match target.host.parse::<Ipv6Addr>() {
+        Ok(v6) => IpAddr::V6(v6),
+        Err(_) => IpAddr::V4(common::destination::parse_ipv4_loose(target.host)?),
     };
-    let default_port = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
-    Some(SocketAddr::new(ip, authority.port_u16().unwrap_or(default_port)))
+    Some(SocketAddr::new(ip, target.port))
 }
 
 /// A field that is not one of the struct's, or one that comes twice, as the
@@ -368,6 +385,55 @@ mod tests {
             ["{}"; 11].join(",")
         );
         assert_eq!(code(&many), "too_many_items");
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_refused_naming_its_item() {
+        let urls = UrlCheck::new(Default::default());
+        let err = parse(
+            br#"{"endpoint":{"method":"GET","url":"http://h/?x={a}"},"data":[{"a":"\ud83d\ude00"},{"a":"\ud800"}]}"#,
+            10,
+            None,
+            None,
+            &urls,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_item");
+        assert!(err.to_string().starts_with("`data[1]` holds \\ud800"), "{err}");
+        let pair = br#"{"endpoint":{"method":"GET","url":"http://h/?x={a}"},"data":[{"a":"\ud83d\ude00 \\ud800"}]}"#;
+        assert!(
+            parse(pair, 10, None, None, &urls).is_ok(),
+            "a pair, and an escaped backslash"
+        );
+    }
+
+    #[test]
+    fn a_port_out_of_range_or_a_zone_id_is_refused_never_sent_elsewhere() {
+        let body = |url: &str| format!(r#"{{"endpoint":{{"method":"GET","url":"{url}"}},"data":[{{"k":"v"}}]}}"#);
+        let open = UrlCheck::new(Arc::new(DestinationPolicy::parse("127.0.0.0/8,::1", "").unwrap()));
+        for url in [
+            "http://127.0.0.1:84313/x",
+            "http://127.0.0.1:65536/",
+            "http://127.0.0.1:80018777/",
+            "http://[::1%25lo]:9/x",
+            "http://[fe80::1%25lo]/",
+            "http://[::1%lo]:9/x",
+        ] {
+            let err = parse(body(url).as_bytes(), 10, None, None, &open).unwrap_err();
+            assert_eq!(err.code(), "invalid_url", "{url}");
+            assert!(!err.to_string().contains(":80"), "{url}: {err}");
+        }
+        // With the default guard, too: the port is the problem, not port 80.
+        let err = parse(
+            body("http://127.0.0.1:84313/x").as_bytes(),
+            10,
+            None,
+            None,
+            &UrlCheck::new(Default::default()),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_url");
+        assert!(err.to_string().contains("84313"), "{err}");
     }
 
     #[test]

@@ -168,6 +168,38 @@ async fn bad_input_gets_a_json_error_and_queues_nothing() {
             400,
             "duplicate_key",
         ),
+        // A port out of range was once read as no port, and sent to 80.
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h:84313/x"},"data":[{}]}"#.into(),
+            400,
+            "invalid_url",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h:65536/"},"data":[{}]}"#.into(),
+            400,
+            "invalid_url",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://[::1%25lo]:9/x"},"data":[{}]}"#.into(),
+            400,
+            "invalid_url",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://[fe80::1%lo]/"},"data":[{}]}"#.into(),
+            400,
+            "invalid_url",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h/?a={a}"},"data":[{"a":"\ud800"}]}"#.into(),
+            400,
+            "invalid_item",
+        ),
+        (
+            r#"{"endpoint":{"method":"GET","url":"http://h/","headers":{"Proxy-Authorization":"Basic eDp5"}},"data":[{}]}"#
+                .into(),
+            400,
+            "invalid_header",
+        ),
         (
             r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},{},{}]}"#.into(),
             413,

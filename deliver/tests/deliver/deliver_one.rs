@@ -178,3 +178,36 @@ async fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
     assert!(url.contains("shop:***@") && !url.contains("s3cret"), "{url}");
     assert!(!log_line(&log, &missing.id).contains("s3cret"));
 }
+
+#[tokio::test]
+async fn a_url_with_no_place_to_go_is_final_and_never_sent_to_another_port() {
+    let sink = Sink::start(by_path()).await;
+    let dir = TempDir::new("deliver-one-invalid-url");
+    let (deliverer, log) = deliverer(&dir, &[]);
+    let port = sink
+        .url("")
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<u32>()
+        .unwrap();
+    for url in [
+        // An empty placeholder empties the host; a value that is no host
+        // name (`a b`, escaped) makes one no resolver reads.
+        format!("http://{{missing}}:{port}/ok"),
+        format!("http://{{v}}:{port}/ok"),
+        // Out of range: once read as "no port", and sent to port 80.
+        format!("http://127.0.0.1:{}/ok", port + 65536),
+        "http://127.0.0.1:65536/ok".to_string(),
+        // A zone id names an interface of this machine, not a destination.
+        format!("http://[::1%25lo]:{port}/ok"),
+    ] {
+        let job = job(&url, 1);
+        let settlement = deliverer.deliver_one(&job).await;
+        assert_eq!(kind(&settlement), "dead final_status", "{url}");
+        let line = log_line(&log, &job.id);
+        assert!(line.contains(" status=invalid_url "), "{url}: {line}");
+    }
+    assert_eq!(sink.count(), 0, "no request was sent anywhere");
+}
