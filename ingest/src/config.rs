@@ -44,6 +44,12 @@ pub struct Config {
     pub workers: usize,
     /// `INGEST_MAX_BODY_BYTES`: largest request body accepted.
     pub max_body_bytes: usize,
+    /// `INGEST_BODY_TIMEOUT_MS`: longest time a request body may take to
+    /// arrive, from its first piece; checked as each piece arrives, so a
+    /// body still arriving past it is cut at its next piece (nginx's own
+    /// timeout counts only the gaps between reads, so a trickle never
+    /// trips it; a gap is nginx's to cut).
+    pub body_timeout: Duration,
     /// `INGEST_MAX_ITEMS`: most data items in one request.
     pub max_items: usize,
     /// `INGEST_MAX_QUEUE`: above this many ready jobs, answer 503.
@@ -99,6 +105,12 @@ pub const MAX_QUEUE: Setting = Setting::new(
     "INGEST_MAX_QUEUE",
     "10000000",
     "ready jobs above which requests get 503",
+);
+/// `INGEST_BODY_TIMEOUT_MS`.
+pub const BODY_TIMEOUT_MS: Setting = Setting::new(
+    "INGEST_BODY_TIMEOUT_MS",
+    "10000",
+    "longest time for a request body to arrive (408 after it)",
 );
 /// `INGEST_REDIS_TIMEOUT_MS`.
 pub const REDIS_TIMEOUT_MS: Setting =
@@ -159,6 +171,7 @@ pub const SETTINGS: &[Setting] = &[
     WORKERS,
     PROCS,
     MAX_BODY_BYTES,
+    BODY_TIMEOUT_MS,
     MAX_ITEMS,
     MAX_QUEUE,
     REDIS_TIMEOUT_MS,
@@ -204,6 +217,7 @@ impl Config {
             },
             workers: config::count_or(src, &WORKERS, config::threads_per_process(src, &PROCS)?, 1)?,
             max_body_bytes: config::count(src, &MAX_BODY_BYTES, MAX_BODY_BYTES_MIN)?,
+            body_timeout: config::millis(src, &BODY_TIMEOUT_MS)?,
             max_items: config::count(src, &MAX_ITEMS, 1)?,
             max_queue: config::parsed(src, &MAX_QUEUE, "a whole number")?,
             redis_timeout: config::millis(src, &REDIS_TIMEOUT_MS)?,

@@ -28,6 +28,12 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The body did not arrive within `INGEST_BODY_TIMEOUT_MS`.
+    #[error("the request body did not arrive within {} ms; send the whole request at once", timeout.as_millis())]
+    BodyTimeout {
+        /// The limit.
+        timeout: std::time::Duration,
+    },
     /// `data` has more items than `INGEST_MAX_ITEMS`.
     #[error("`data` has {count} items, more than the limit of {limit}; split it into several requests")]
     TooManyItems {
@@ -114,6 +120,7 @@ impl ApiError {
         match self {
             ApiError::Invalid { code, .. } => code,
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::TooManyItems { .. } => "too_many_items",
             ApiError::QueueUnavailable(_) => "queue_unavailable",
             ApiError::RedisFull(_) => "redis_full",
@@ -145,6 +152,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueUnavailable(_)
             | ApiError::RedisFull(_)
             | ApiError::NotReplicated(_)

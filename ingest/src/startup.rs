@@ -31,6 +31,8 @@ pub struct AppState {
     pub backlog: Arc<Backlog>,
     /// See [`Config::max_body_bytes`].
     pub max_body_bytes: usize,
+    /// See [`Config::body_timeout`].
+    pub body_timeout: std::time::Duration,
     /// See [`Config::max_items`].
     pub max_items: usize,
     /// What ingest counts.
@@ -100,14 +102,19 @@ impl Application {
                 (Some(log), Some(writer))
             }
         };
-        let (max_body_bytes, max_items, idempotency_ttl) =
-            (config.max_body_bytes, config.max_items, config.idempotency_ttl);
+        let (max_body_bytes, body_timeout, max_items, idempotency_ttl) = (
+            config.max_body_bytes,
+            config.body_timeout,
+            config.max_items,
+            config.idempotency_ttl,
+        );
         let destinations = Arc::new(config.destinations.clone());
         let app = move || {
             let state = actix_web::web::Data::new(AppState {
                 queue: queue.handle(),
                 backlog: backlog.clone(),
                 max_body_bytes,
+                body_timeout,
                 max_items,
                 metrics: metrics.clone(),
                 urls: crate::request::UrlCheck::new(destinations.clone()),

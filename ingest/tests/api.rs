@@ -236,6 +236,80 @@ async fn other_methods_get_405_and_unknown_routes_404_in_json() {
     let response = get(&app.url("/nope")).await;
     assert_eq!(response.status, 404);
     assert_eq!(response.json()["error"]["code"], "not_found");
+    // The pages answer HEAD as GET, without the body; other methods 405.
+    for path in ["/metrics", "/health", "/stats", "/dashboard"] {
+        let got = get(&app.url(path)).await;
+        let head = http("HEAD", &app.url(path), &[], "").await;
+        assert_eq!((head.status, got.status), (200, 200), "HEAD {path}: {}", head.body);
+        assert!(head.body.is_empty(), "HEAD {path} has a body: {}", head.body);
+        assert_eq!(head.header("content-type"), got.header("content-type"), "{path}");
+        let refused = http("POST", &app.url(path), &[], "").await;
+        assert_eq!(refused.status, 405, "POST {path}");
+        assert_eq!(refused.header("allow"), Some("GET, HEAD"), "{path}");
+        assert_eq!(refused.json()["error"]["code"], "method_not_allowed", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_at_the_body_deadline_with_a_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(&[("INGEST_BODY_TIMEOUT_MS", "1000")]).await;
+    let stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut from_ingest, mut to_ingest) = stream.into_split();
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        SAMPLE.len()
+    );
+    to_ingest.write_all(head.as_bytes()).await.unwrap();
+    // A byte every 200 ms: no gap between reads is long, but the whole
+    // body would take about a minute.
+    let trickle = tokio::spawn(async move {
+        for byte in SAMPLE.as_bytes() {
+            if to_ingest.write_all(std::slice::from_ref(byte)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"}") {
+            match from_ingest.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("ingest answers before the body is in");
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"body_timeout""#), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "cut off at the deadline, not at the body's end"
+    );
+    assert!(app.queued().await.is_empty(), "nothing of the cut request was queued");
+}
+
+#[tokio::test]
+async fn a_refusal_of_too_many_headers_says_how_many_there_are() {
+    let app = spawn_app(&[]).await;
+    let headers: Vec<String> = (0..100).map(|i| format!(r#""X-H{i}":"v""#)).collect();
+    let body = format!(
+        r#"{{"endpoint":{{"method":"GET","url":"http://h/","headers":{{{}}}}},"data":[{{}}]}}"#,
+        headers.join(",")
+    );
+    let response = post(&app.url("/ingest"), body).await;
+    assert_eq!(response.status, 400, "{}", response.body);
+    let message = response.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("has 100 headers"), "{message}");
 }
 
 #[tokio::test]

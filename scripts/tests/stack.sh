@@ -62,6 +62,7 @@ DELIVER_RETRY_SCHEDULE=100ms,200ms
 DELIVER_HEARTBEAT_MS=200
 DELIVER_HEARTBEAT_TTL_MS=1000
 INGEST_MAX_BODY_BYTES=65536
+INGEST_BODY_TIMEOUT_MS=2000
 POSTBACK_ADMIN_ALLOW="192.0.2.1"
 POSTBACK_MONITORING=1
 COLLECTD_INTERVAL=1
@@ -217,35 +218,81 @@ raw_http() {
 }
 
 test_every_error_a_client_can_cause_is_json_through_nginx() {
-  local answer text
+  local answer text big_header
+  big_header="X-Big: $(head -c 9000 /dev/zero | tr '\0' a)"
   for text in 'POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n' 'GARBAGE\r\n\r\n' \
     'GET / HTTP/9.9\r\n\r\n' 'POST /ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n' \
     "GET /$(head -c 20000 /dev/zero | tr '\0' a) HTTP/1.1\r\nHost: x\r\n\r\n" \
-    'POST /ingest HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}' 'GET /stats?seconds=abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'; do
+    'POST /ingest HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}' 'GET /stats?seconds=abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' \
+    "POST /ingest HTTP/1.1\r\nHost: x\r\n$big_header\r\nContent-Length: 2\r\n\r\n{}" \
+    'POST /ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n' \
+    'POST /ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n'; do
     answer=$(raw_http "$text" | tr -d '\r')
     grep -q '^{"error":{"code":"[a-z_]*"' <<<"$answer" ||
       fail "no JSON error for $(head -c 60 <<<"$text"): $(head -c 300 <<<"$answer")" || return 1
+    # The client's fault is a 4xx, never a 5xx (505 aside: the version).
+    grep -qE '^HTTP/1\.[01] (4[0-9][0-9]|505) ' <<<"$answer" ||
+      fail "not a 4xx for $(head -c 60 <<<"$text"): $(head -n1 <<<"$answer")" || return 1
   done
+  raw_http "POST /ingest HTTP/1.1\r\nHost: x\r\n$big_header\r\n\r\n" | tr -d '\r' | grep -q '^HTTP/1.1 431 ' ||
+    fail "a header too large is not a 431" || return 1
   # HTTP/1.0 without Host reaches ingest, which asks for a key.
   raw_http 'POST /ingest HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}' | grep -q '"missing_key"' ||
     fail "HTTP/1.0 without Host was not served by ingest"
 }
 
+test_a_key_in_the_query_string_reaches_no_log() {
+  local secret=pk_0123456789ab_QUERYSECRETVALUEQUERYSECRETVALUE code
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$base/ingest?key=$secret&x=1" -d '{}')
+  [ "$code" = 401 ] || fail "a key in the query string got $code" || return 1
+  wait_for 10 "nginx's access line of the request" grep -qF '"POST /ingest?... HTTP/1.1" 401 ' "$POSTBACK_LOG_DIR/nginx-access.log" ||
+    fail "no access line: $(tail -n3 "$POSTBACK_LOG_DIR/nginx-access.log")" || return 1
+  ! grep -rqF QUERYSECRETVALUE "$POSTBACK_LOG_DIR" || fail "the secret is in: $(grep -rlF QUERYSECRETVALUE "$POSTBACK_LOG_DIR")"
+}
+
+# A body sent a byte a second: no gap between reads reaches nginx's 10 s,
+# but ingest cuts the whole at INGEST_BODY_TIMEOUT_MS (2 s here).
+test_a_body_that_trickles_in_is_cut_off_with_a_json_408() {
+  local port=${base##*:} started=$SECONDS answer="" line length=0 trickle
+  exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+  printf 'POST /ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 100\r\n\r\n' "$key" >&3
+  (for _ in $(seq 1 40); do printf ' ' >&3 2>/dev/null || exit 0; sleep 1; done) &
+  trickle=$!
+  # The answer's head, then exactly its Content-Length bytes: the
+  # connection itself may stay open while nginx discards the rest.
+  while IFS= read -r -t 30 line <&3; do
+    line=${line%$'\r'}
+    answer+="$line"$'\n'
+    [[ "$line" =~ ^[Cc]ontent-[Ll]ength:\ *([0-9]+) ]] && length=${BASH_REMATCH[1]}
+    [ -n "$line" ] || break
+  done
+  [ "$length" -gt 0 ] && answer+=$(timeout 10 head -c "$length" <&3)
+  kill "$trickle" 2>/dev/null
+  exec 3>&-
+  grep -q '^HTTP/1.1 408 ' <<<"$answer" && grep -q '"code":"body_timeout"' <<<"$answer" ||
+    fail "a trickled body got: $(head -c 300 <<<"$answer")" || return 1
+  [ $((SECONDS - started)) -lt 20 ] || fail "cut after $((SECONDS - started)) s"
+}
+
 # --- request ids --------------------------------------------------------------
 # request_id_of METHOD PATH [CURL_ARGS...] : the one X-Request-Id of the
 # answer (fails if there is none or more than one), after checking that
-# nginx's access line of that request logged the same id.
+# nginx's access line of that request logged the same id (with the path's
+# query string, if any, shown as `?...`).
 request_id_of() {
-  local method=$1 path=$2 headers=$tmp/rid.headers ids
+  local method=$1 path=$2 headers=$tmp/rid.headers ids status logged
   shift 2
   curl -sS -o /dev/null -D "$headers" -X "$method" "$@" "$base$path" || return 1
   ids=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([^[:space:]]*\).*/\1/p' "$headers")
   [ "$(wc -l <<<"$ids")" -eq 1 ] && [ -n "$ids" ] ||
     fail "$method $path: X-Request-Id headers: '$ids'" || return 1
-  wait_for 10 "nginx's access line of $method $path" \
-    grep -qF "\"$method $path HTTP/1.1\" $(sed -n 's/^HTTP[^ ]* \([0-9]*\).*/\1/p' "$headers" | tail -n1) " "$POSTBACK_LOG_DIR/nginx-access.log" || return 1
-  grep -F "\"$method $path HTTP/1.1\"" "$POSTBACK_LOG_DIR/nginx-access.log" | tail -n1 | grep -qF "request_id=$ids " ||
-    fail "nginx logged $(grep -F "\"$method $path " "$POSTBACK_LOG_DIR/nginx-access.log" | tail -n1), answered $ids" || return 1
+  status=$(sed -n 's/^HTTP[^ ]* \([0-9]*\).*/\1/p' "$headers" | tail -n1)
+  logged=${path%%\?*}
+  [ "$logged" = "$path" ] || logged="$logged?..."
+  wait_for 10 "nginx's access line of $method $path" grep -qF "request_id=$ids " "$POSTBACK_LOG_DIR/nginx-access.log" ||
+    fail "no access line with request_id=$ids" || return 1
+  grep -F "request_id=$ids " "$POSTBACK_LOG_DIR/nginx-access.log" | grep -qF "\"$method $logged HTTP/1.1\" $status " ||
+    fail "nginx logged $(grep -F "request_id=$ids " "$POSTBACK_LOG_DIR/nginx-access.log"), answered $status $ids to $method $path" || return 1
   echo "$ids"
 }
 
@@ -462,6 +509,8 @@ check "with monitoring on, collectd's host data and delivery counts can be queri
 check "nginx answers 413 over the body limit and guards /metrics with the allowlist" test_nginx_limits_body_and_admin_pages
 check "every answer carries one X-Request-Id, the one nginx logs and deliveries carry" test_every_answer_carries_one_request_id_that_nginx_logs
 check "every error a client can cause is a JSON body through nginx, HTTP/1.0 without Host served" test_every_error_a_client_can_cause_is_json_through_nginx
+check "a producer key in the query string reaches no log" test_a_key_in_the_query_string_reaches_no_log
+check "a body that trickles in is cut off at INGEST_BODY_TIMEOUT_MS with a JSON 408" test_a_body_that_trickles_in_is_cut_off_with_a_json_408
 check "every read-only command of docs/RUNBOOK.md works on the running stack" test_runbook_read_only_commands_work
 check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
 check "bench --runs: each target is checked on the median of its per-run values" test_bench_medians_are_of_per_run_ratios
