@@ -19,6 +19,11 @@ pub const FAILURES_KEPT: isize = 100;
 /// Upper bounds (ms) of the response-time buckets; a last bucket holds
 /// everything slower.
 pub const RESPONSE_BUCKETS_MS: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
+/// A process keeps the exact response times of a second while that second
+/// has at most this many answered attempts. A window whose every answer
+/// was kept so (light traffic: a test, a quiet hour) gets exact
+/// percentiles; a bucket's estimate of a single 2 ms answer said 5.
+pub const EXACT_KEPT: usize = 16;
 
 /// The outcome of an attempt, as counted. The discriminants index arrays
 /// of per-outcome counters.
@@ -61,6 +66,14 @@ pub struct Second {
     /// Response-time histogram of the answered attempts: one count per
     /// [`RESPONSE_BUCKETS_MS`] bound, plus the overflow bucket.
     pub buckets: Vec<u64>,
+    /// The answered attempts' exact response times (ms), while there are
+    /// at most [`EXACT_KEPT`] of them; past that, none (`exact_dropped`).
+    /// Times are exact for a window when there are as many as answers.
+    #[serde(default)]
+    pub exact: Vec<u64>,
+    /// Whether this second had more answers than [`EXACT_KEPT`].
+    #[serde(default)]
+    pub exact_dropped: bool,
 }
 
 impl Second {
@@ -84,6 +97,14 @@ impl Second {
             .position(|&le| response_ms <= le)
             .unwrap_or(RESPONSE_BUCKETS_MS.len());
         self.buckets[index] += 1;
+        if !self.exact_dropped {
+            if self.exact.len() < EXACT_KEPT {
+                self.exact.push(response_ms);
+            } else {
+                self.exact = Vec::new();
+                self.exact_dropped = true;
+            }
+        }
     }
 
     /// Adds `other`'s counts to these.
@@ -98,17 +119,38 @@ impl Second {
         for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
             *mine += theirs;
         }
+        // Merged times stay exact only if both sides kept all of theirs.
+        self.exact_dropped |= other.exact_dropped;
+        if self.exact_dropped {
+            self.exact = Vec::new();
+        } else {
+            self.exact.extend_from_slice(&other.exact);
+        }
+    }
+
+    /// Whether every answered attempt's exact time is known, so that
+    /// [`percentile_ms`](Self::percentile_ms) is exact.
+    pub fn is_exact(&self) -> bool {
+        !self.exact_dropped && self.exact.len() as u64 == self.buckets.iter().sum::<u64>()
     }
 
     /// The response time (ms) below which `quantile` of the answered
-    /// attempts fell, or `None` without any: an estimate, linear within
-    /// the bucket it falls in (as Prometheus' `histogram_quantile`), so it
-    /// always lies within that bucket's bounds. Past the last bound it is
-    /// that bound: the histogram knows no more.
+    /// attempts fell, or `None` without any. Exact (the nearest rank) when
+    /// every answer's time is known ([`is_exact`](Self::is_exact));
+    /// otherwise an estimate, linear within the bucket it falls in (as
+    /// Prometheus' `histogram_quantile`), so it always lies within that
+    /// bucket's bounds. Past the last bound it is that bound: the histogram
+    /// knows no more.
     pub fn percentile_ms(&self, quantile: f64) -> Option<u64> {
         let total: u64 = self.buckets.iter().sum();
         if total == 0 {
             return None;
+        }
+        if self.is_exact() {
+            let mut times = self.exact.clone();
+            times.sort_unstable();
+            let rank = (quantile.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as usize;
+            return times.get(rank - 1).copied();
         }
         let rank = quantile.clamp(0.0, 1.0) * total as f64;
         let mut below = 0u64;
@@ -171,6 +213,18 @@ pub async fn flush<C: ConnectionLike>(
                 pipe.cmd("HINCRBY").arg(&key).arg(format!("b{i}")).arg(*n).ignore();
             }
         }
+        // Exact times as `x<ms>` counts: processes and flushes add up.
+        if !counts.exact_dropped {
+            let mut times = counts.exact.clone();
+            times.sort_unstable();
+            for run in times.chunk_by(|a, b| a == b) {
+                pipe.cmd("HINCRBY")
+                    .arg(&key)
+                    .arg(format!("x{}", run[0]))
+                    .arg(run.len())
+                    .ignore();
+            }
+        }
         pipe.cmd("EXPIRE").arg(&key).arg(RETENTION_SECS).ignore();
     }
     if let Some((second, d)) = depths {
@@ -219,6 +273,10 @@ pub struct Point {
     pub p90_ms: Option<u64>,
     /// 99th percentile.
     pub p99_ms: Option<u64>,
+    /// Whether the percentiles are exact: every answer's time was kept
+    /// (at most [`EXACT_KEPT`] a second in each process), rather than
+    /// estimated within its bucket.
+    pub exact: bool,
     /// Ready jobs last recorded in the point.
     pub ready: Option<u64>,
     /// Jobs waiting for a retry, last recorded in the point.
@@ -330,9 +388,19 @@ fn parse_second(fields: &HashMap<String, u64>) -> Second {
         dead: fields.get("dead").copied().unwrap_or(0),
         transport: fields.get("transport").copied().unwrap_or(0),
         buckets: vec![0; RESPONSE_BUCKETS_MS.len() + 1],
+        exact: Vec::new(),
+        exact_dropped: false,
     };
     for (i, slot) in s.buckets.iter_mut().enumerate() {
         *slot = fields.get(&format!("b{i}")).copied().unwrap_or(0);
+    }
+    let answered: u64 = s.buckets.iter().sum();
+    for (field, count) in fields {
+        if let Some(ms) = field.strip_prefix('x').and_then(|ms| ms.parse::<u64>().ok()) {
+            // Never more than the answers: a count out of line is no time.
+            let room = answered.saturating_sub(s.exact.len() as u64);
+            s.exact.extend(std::iter::repeat_n(ms, (*count).min(room) as usize));
+        }
     }
     s
 }
@@ -345,6 +413,7 @@ fn finish((counts, mut point): (Second, Point)) -> Point {
     point.p50_ms = counts.percentile_ms(0.50);
     point.p90_ms = counts.percentile_ms(0.90);
     point.p99_ms = counts.percentile_ms(0.99);
+    point.exact = counts.is_exact() && point.p99_ms.is_some();
     point
 }
 
@@ -353,8 +422,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn few_answers_give_exact_percentiles() {
+        let mut one = Second::default();
+        one.add(Outcome::Delivered, Some(2));
+        assert!(one.is_exact());
+        assert_eq!((one.percentile_ms(0.5), one.percentile_ms(0.99)), (Some(2), Some(2)));
+        let mut few = Second::default();
+        for ms in [9, 1, 30, 2] {
+            few.add(Outcome::Delivered, Some(ms));
+        }
+        few.add(Outcome::Retry, None);
+        assert_eq!(few.percentile_ms(0.5), Some(2), "the 2nd of 4 by rank");
+        assert_eq!(few.percentile_ms(0.9), Some(30));
+        // Merged seconds stay exact while every answer was kept...
+        let mut merged = one.clone();
+        merged.merge(&few);
+        assert!(merged.is_exact());
+        assert_eq!(merged.percentile_ms(0.99), Some(30));
+        // ...and not past EXACT_KEPT answers in a second.
+        let mut busy = Second::default();
+        for _ in 0..=EXACT_KEPT {
+            busy.add(Outcome::Delivered, Some(2));
+        }
+        assert!(!busy.is_exact() && busy.exact.is_empty());
+        assert_eq!(busy.percentile_ms(0.99), Some(5), "estimated within (0, 5] ms");
+        merged.merge(&busy);
+        assert!(!merged.is_exact());
+    }
+
+    #[test]
+    fn exact_times_are_read_back_from_their_counts() {
+        let fields: HashMap<String, u64> = [("delivered", 3), ("b0", 3), ("x2", 2), ("x4", 1)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let second = parse_second(&fields);
+        assert!(second.is_exact());
+        assert_eq!(second.percentile_ms(0.99), Some(4));
+        let missing: HashMap<String, u64> = [("delivered", 3), ("b0", 3), ("x2", 2)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        assert!(!parse_second(&missing).is_exact(), "one answer's time is not known");
+    }
+
+    /// A second past [`EXACT_KEPT`] answers: its percentiles are estimated.
+    fn busy_second() -> Second {
+        Second {
+            exact_dropped: true,
+            ..Second::default()
+        }
+    }
+
+    #[test]
     fn percentiles_are_estimated_within_their_buckets() {
-        let mut s = Second::default();
+        let mut s = busy_second();
         for ms in [1, 2, 3, 4, 7, 7, 7, 30, 30, 900] {
             s.add(Outcome::Delivered, Some(ms));
         }
@@ -367,14 +487,14 @@ mod tests {
         assert_eq!(s.percentile_ms(0.99), Some(950));
         assert_eq!(Second::default().percentile_ms(0.5), None);
 
-        let mut halves = Second::default();
+        let mut halves = busy_second();
         for _ in 0..50 {
             halves.add(Outcome::Delivered, Some(2));
             halves.add(Outcome::Delivered, Some(400));
         }
         assert_eq!(halves.percentile_ms(0.5), Some(5));
         assert_eq!(halves.percentile_ms(0.99), Some(495), "49 of the 50 in (250, 500] ms");
-        let mut slow = Second::default();
+        let mut slow = busy_second();
         slow.add(Outcome::Delivered, Some(60_000));
         assert_eq!(
             slow.percentile_ms(0.99),

@@ -310,3 +310,46 @@ async fn a_client_request_id_is_in_the_delivery_log_of_each_of_its_jobs() {
         assert_eq!(field(&line, "request_id").as_deref(), Some("trace-me-123"), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_answer_shows_as_a_point_with_its_exact_time_on_the_dashboard() {
+    let redis = RedisServer::start();
+    let sink = Sink::start(Arc::new(|_, _| Reply::status(200).after(Duration::from_millis(30)))).await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let _deliver = Deliver::start(&fast_env(&redis));
+    let body = json!({"endpoint": {"method": "GET", "url": sink.url("/one")}, "data": [{}]});
+    assert_eq!(post(&format!("{ingest}/ingest"), body.to_string()).await.status, 202);
+    wait_until(LIMIT, "the one answer in /stats", || async {
+        get(&format!("{ingest}/stats")).await.json()["window"]["totals"]["delivered"] == json!(1)
+    })
+    .await;
+    let totals = get(&format!("{ingest}/stats")).await.json()["window"]["totals"].clone();
+    assert_eq!(totals["exact"], json!(true), "{totals}");
+    let p99 = totals["p99_ms"].as_u64().expect("a p99 of one answer");
+    assert!((30..1000).contains(&p99), "the sink answered after 30 ms: {totals}");
+    assert_eq!(
+        (totals["p50_ms"].as_u64(), totals["p90_ms"].as_u64()),
+        (Some(p99), Some(p99))
+    );
+
+    let dom = chromium(format!("{ingest}/dashboard"), vec!["--dump-dom".into()]).await;
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        html.contains(r#"data-state="ok""#),
+        "the dashboard did not load:\n{html}"
+    );
+    assert!(
+        html.contains(&format!(r#"id="t-p99">{p99} ms<"#)),
+        "the p99 tile does not show the exact {p99} ms:\n{html}"
+    );
+    // p50, p90 and p99 of the one point: three values drawn.
+    let canvas = html
+        .split("<canvas ")
+        .find(|tag| tag.contains(r#"id="c-latency""#))
+        .and_then(|tag| tag.split('>').next())
+        .expect("the response-time chart");
+    assert!(
+        canvas.contains(r#"data-drawn="3""#),
+        "the response-time chart draws nothing for one point: <canvas {canvas}>"
+    );
+}
