@@ -40,6 +40,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `DELIVER_LOG_FILE`: where the delivery log goes; stdout when unset.
     pub log_file: Option<PathBuf>,
+    /// `DELIVER_LOG_DIR`: the folder of the delivery logs, for `deliver
+    /// job` when `DELIVER_LOG_FILE` is not set (the stack writes it into
+    /// postback.env, where each worker's own `DELIVER_LOG_FILE` is not).
+    pub log_dir: Option<PathBuf>,
     /// `DELIVER_LOG_BODY_MAX`: bytes of response body kept in the log.
     pub log_body_max: usize,
     /// `DELIVER_EXTRA_CA_FILE`: PEM file of extra trusted CAs.
@@ -101,6 +105,8 @@ settings! {
     LOG_FORMAT = "DELIVER_LOG_FORMAT", "logfmt", "delivery log format: logfmt or json";
     /// `DELIVER_LOG_FILE`.
     LOG_FILE = "DELIVER_LOG_FILE", "" shown "stdout", "delivery log file, rotated at 200 MiB, 10 kept";
+    /// `DELIVER_LOG_DIR`.
+    LOG_DIR = "DELIVER_LOG_DIR", "" shown "unset", "folder `deliver job` reads delivery logs from when DELIVER_LOG_FILE is unset";
     /// `DELIVER_LOG_BODY_MAX`.
     LOG_BODY_MAX = "DELIVER_LOG_BODY_MAX", "1024", "bytes of response body kept in the log";
     /// `DELIVER_EXTRA_CA_FILE`.
@@ -222,6 +228,7 @@ impl Config {
             unmatched_default: config::string(src, &UNMATCHED_DEFAULT),
             log_format,
             log_file: path(&LOG_FILE),
+            log_dir: path(&LOG_DIR),
             log_body_max: config::parsed(src, &LOG_BODY_MAX, "a whole number of bytes")?,
             extra_ca_file,
             retry_schedule: config::durations(src, &RETRY_SCHEDULE)?,

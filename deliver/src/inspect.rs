@@ -115,20 +115,52 @@ pub enum JobError {
     Unknown(String, String),
 }
 
+/// Where `deliver job` reads a job's attempts: every `*.delivery.log*`
+/// file of a folder, and the file `DELIVER_LOG_FILE` names (with its
+/// rotated `NAME.N`) whatever its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPlace<'a> {
+    /// The folder.
+    pub dir: &'a Path,
+    /// `DELIVER_LOG_FILE`'s file name, when the folder is its.
+    pub file_name: Option<&'a str>,
+}
+
+impl<'a> LogPlace<'a> {
+    /// `--logs DIR` if given, else `DELIVER_LOG_FILE`'s folder, else
+    /// `DELIVER_LOG_DIR` (the stack's postback.env sets it: each worker's
+    /// `DELIVER_LOG_FILE` is set by supervisord, not there).
+    pub fn choose(given: Option<&'a Path>, log_file: Option<&'a Path>, log_dir: Option<&'a Path>) -> Option<Self> {
+        if let Some(dir) = given {
+            return Some(LogPlace { dir, file_name: None });
+        }
+        if let Some(file) = log_file {
+            return Some(LogPlace {
+                dir: file
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+                file_name: file.file_name().and_then(|n| n.to_str()),
+            });
+        }
+        log_dir.map(|dir| LogPlace { dir, file_name: None })
+    }
+}
+
 /// `deliver job ID`.
 pub async fn job_report(
     queue: &Queue,
     id: &str,
-    logs: Option<&Path>,
+    logs: Option<LogPlace<'_>>,
     json: bool,
     out: &mut impl Write,
 ) -> Result<(), JobError> {
     let place = queue.find_job(id).await.map_err(|e| JobError::Queue(e.to_string()))?;
     let (attempts, searched) = match logs {
-        Some(dir) => (attempt_lines(dir, id), dir.display().to_string()),
+        Some(logs) => (attempt_lines(logs, id), logs.dir.display().to_string()),
         None => (
             Vec::new(),
-            "no delivery logs (DELIVER_LOG_FILE is not set: give --logs DIR)".to_string(),
+            "no delivery logs (neither DELIVER_LOG_FILE nor DELIVER_LOG_DIR is set: give --logs DIR)".to_string(),
         ),
     };
     if place.is_none() && attempts.is_empty() {
@@ -194,19 +226,19 @@ fn describe(place: Option<&Place>, now: u64) -> (&'static str, String) {
     }
 }
 
-/// Every delivery log line about job `id` in the `*.delivery.log*` files
-/// of `dir`, oldest first (by the time each line starts with).
-fn attempt_lines(dir: &Path, id: &str) -> Vec<String> {
+/// Every delivery log line about job `id` in the delivery logs `logs`
+/// names, oldest first (by the time each line starts with).
+fn attempt_lines(logs: LogPlace<'_>, id: &str) -> Vec<String> {
     let logfmt = format!(" id={id} ");
     let json = format!("\"id\":{}", serde_json::Value::from(id));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(logs.dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.contains(".delivery.log"))
+                        .is_some_and(|name| is_delivery_log(name, logs.file_name))
                 })
                 .collect()
         })
@@ -227,6 +259,21 @@ fn attempt_lines(dir: &Path, id: &str) -> Vec<String> {
     lines
 }
 
+/// Whether the file `name` is a delivery log: the stack's
+/// `*.delivery.log*`, or `own` (`DELIVER_LOG_FILE`'s name) or one of its
+/// rotated copies, `own.1` to `own.N`.
+fn is_delivery_log(name: &str, own: Option<&str>) -> bool {
+    let rotated_own = |own: &str| {
+        name.strip_prefix(own).is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix('.')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
+    name.contains(".delivery.log") || own.is_some_and(rotated_own)
+}
+
 /// The delivery time of a log line, logfmt or JSON.
 fn time_of(line: &str) -> &str {
     ["delivery_time=", "\"delivery_time\":\""]
@@ -239,6 +286,35 @@ fn time_of(line: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_logs_are_the_stacks_and_deliver_log_files_whatever_its_name() {
+        assert!(is_delivery_log("deliver_00.delivery.log", None));
+        assert!(is_delivery_log("deliver_00.delivery.log.3", None));
+        assert!(!is_delivery_log("deliver_00.log", None));
+        assert!(is_delivery_log("attempts.txt", Some("attempts.txt")));
+        assert!(is_delivery_log("attempts.txt.10", Some("attempts.txt")));
+        assert!(!is_delivery_log("attempts.txt.old", Some("attempts.txt")));
+        assert!(!is_delivery_log("attempts.txt.", Some("attempts.txt")));
+        assert!(!is_delivery_log("attempts.txté", Some("attempts.txt")));
+    }
+
+    #[test]
+    fn the_logs_are_looked_for_where_given_then_by_the_log_file_then_the_log_dir() {
+        let (given, file, dir) = (Path::new("/g"), Path::new("/f/attempts.txt"), Path::new("/d"));
+        let at = |g, f, d| LogPlace::choose(g, f, d).map(|p| (p.dir.to_path_buf(), p.file_name.map(str::to_string)));
+        assert_eq!(at(Some(given), Some(file), Some(dir)), Some(("/g".into(), None)));
+        assert_eq!(
+            at(None, Some(file), Some(dir)),
+            Some(("/f".into(), Some("attempts.txt".into())))
+        );
+        assert_eq!(
+            at(None, Some(Path::new("bare.log")), None),
+            Some((".".into(), Some("bare.log".into())))
+        );
+        assert_eq!(at(None, None, Some(dir)), Some(("/d".into(), None)));
+        assert_eq!(at(None, None, None), None);
+    }
 
     #[test]
     fn times_read_as_words() {

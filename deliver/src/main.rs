@@ -39,7 +39,8 @@ enum Command {
     Job {
         /// The job id (from ingest's answer or any log line).
         id: String,
-        /// The folder of the delivery logs (default: DELIVER_LOG_FILE's).
+        /// The folder of the delivery logs (default: DELIVER_LOG_FILE's,
+        /// else DELIVER_LOG_DIR, which the stack's postback.env sets).
         #[arg(long)]
         logs: Option<std::path::PathBuf>,
         /// As JSON.
@@ -88,13 +89,12 @@ fn main() {
                             ("deliver queue", inspect::queue_report(&queue, *json, &mut out).await)
                         }
                         Command::Job { id, logs, json } => {
-                            let logs = logs.clone().or_else(|| {
-                                config
-                                    .log_file
-                                    .as_ref()
-                                    .and_then(|f| f.parent().map(|d| d.to_path_buf()))
-                            });
-                            let report = inspect::job_report(&queue, id, logs.as_deref(), *json, &mut out).await;
+                            let logs = inspect::LogPlace::choose(
+                                logs.as_deref(),
+                                config.log_file.as_deref(),
+                                config.log_dir.as_deref(),
+                            );
+                            let report = inspect::job_report(&queue, id, logs, *json, &mut out).await;
                             ("deliver job", report.map_err(|e| e.to_string()))
                         }
                     }

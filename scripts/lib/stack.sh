@@ -112,6 +112,27 @@ stack_producer_key() {
   echo "$key"
 }
 
+# env_set FILE VAR VALUE : FILE's line for VAR says VALUE (quoted for the
+# shell that reads the file), where the template put the line, so that the
+# comment above it still applies; appended when FILE has none. Any other
+# line for VAR is removed: one setting, one line. FILE keeps its mode (it
+# holds the Redis password).
+env_set() {
+  local file=$1 var=$2 line
+  line=$(printf '%s=%q' "$var" "$3")
+  (
+    umask 077
+    LINE=$line VAR=$var awk '
+      index($0, ENVIRON["VAR"] "=") == 1 { if (!done) print ENVIRON["LINE"]; done = 1; next }
+      { print }
+      END { if (!done) print ENVIRON["LINE"] }
+    ' "$file" >"$file.new" || exit 1
+    # Unchanged, untouched: provision's second run must change nothing.
+    cmp -s "$file.new" "$file" || cat "$file.new" >"$file"
+    rm -f "$file.new"
+  )
+}
+
 # env_default VAR : VAR's value in the env template, for a postback.env
 # written before VAR existed. Defaults are written once, there.
 env_default() {
@@ -134,8 +155,7 @@ stack_take_settings_from_env() {
   )
   while read -r var; do
     grep -qx "$var" <<<"$known" || continue
-    sed -i "/^$var=/d" "$env_file"
-    printf '%s=%q\n' "$var" "${!var}" >>"$env_file"
+    env_set "$env_file" "$var" "${!var}"
     taken+=("$var")
   done < <(compgen -e | grep -E '^(INGEST|DELIVER|POSTBACK)_')
   [ ${#taken[@]} -eq 0 ] || echo "postback.env: took ${taken[*]} from the environment" >&2
@@ -144,6 +164,11 @@ stack_take_settings_from_env() {
 # POSTBACK_MONITORING=1 or the caller sets POSTBACK_MONITORING_FLAG=1.
 stack_render() {
   stack_take_settings_from_env
+  # A postback.env written before DELIVER_LOG_DIR existed (`deliver job`
+  # finds the delivery logs by it).
+  if [ -f "$POSTBACK_CONF_DIR/postback.env" ] && ! grep -q '^DELIVER_LOG_DIR=' "$POSTBACK_CONF_DIR/postback.env"; then
+    env_set "$POSTBACK_CONF_DIR/postback.env" DELIVER_LOG_DIR "$POSTBACK_LOG_DIR"
+  fi
   : "${POSTBACK_NGINX_USER:=www-data}" "${POSTBACK_USER:=$(id -un)}" "${POSTBACK_REDIS_USER:=$(id -un)}"
   : "${POSTBACK_INFLUX_USER:=$POSTBACK_USER}"
   # scripts/bench adds a location answering 202 without an upstream.
@@ -154,8 +179,6 @@ stack_render() {
     # shellcheck disable=SC1091
     . "$POSTBACK_CONF_DIR/postback.env"
     set +a
-    [ -n "${POSTBACK_HTTP_PORT_OVERRIDE:-}" ] && POSTBACK_HTTP_LISTEN=127.0.0.1:$POSTBACK_HTTP_PORT_OVERRIDE
-    export POSTBACK_HTTP_LISTEN
     NGINX_MAX_BODY=$(( ${INGEST_MAX_BODY_BYTES:-$(env_default INGEST_MAX_BODY_BYTES)} ))
     # supervisord must wait longer than deliver's own grace period.
     SUPERVISOR_STOPWAITSECS=$(( ${DELIVER_SHUTDOWN_GRACE_MS:-$(env_default DELIVER_SHUTDOWN_GRACE_MS)} / 1000 + 10 ))

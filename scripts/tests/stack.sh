@@ -376,6 +376,12 @@ test_runbook_read_only_commands_work() {
     if grep -vE '^\[[0-9]{4}-[0-9]{2}-' <<<"$out" | grep -qiE 'command not found|no such file|unknown command|usage:'; then
       fail "runbook block printed an error: $(cat "$block")"$'\n'"$out" || return 1
     fi
+    # Its URLs are the stack's own, on the port it was given (loopback is
+    # allowed the admin pages by now: test_nginx_limits_body_and_admin_pages).
+    if grep -q 'dashboard answers' "$block"; then
+      grep -qx "dashboard: $base/dashboard" <<<"$out" && grep -qx 'dashboard answers 200' <<<"$out" ||
+        fail "the runbook's dashboard is not the stack's ($base): $out" || return 1
+    fi
   done
 }
 
@@ -478,9 +484,10 @@ test_provision_roles_make_a_sentinel_shape_that_fails_over() {
 test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
   run_var=$tmp/run-var
-  local out line answer id
+  local out line answer id http_port
+  http_port=$(free_port)
   out=$(POSTBACK_VAR_DIR=$run_var POSTBACK_RUN_BIN_DIR=$bin REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) \
-    DELIVER_ADMIN_PORT=$(free_port 2) POSTBACK_HTTP_PORT=$(free_port) POSTBACK_DEMO_SINK_PORT=$(free_port) \
+    DELIVER_ADMIN_PORT=$(free_port 2) POSTBACK_HTTP_PORT=$http_port POSTBACK_DEMO_SINK_PORT=$(free_port) \
     "$repo/scripts/run" --detach 2>&1) || fail "scripts/run --detach failed: $out" || return 1
   # The first curl line it prints, run as a newcomer would paste it.
   line=$(grep -m1 '^  curl ' <<<"$out")
@@ -495,7 +502,48 @@ test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
   loud=$(grep -HE '^\[[^]]* (ERROR|WARN) ' "$run_var"/log/ingest_*.log "$run_var"/log/deliver_[0-9][0-9].log
     grep -HE '\[(warn|error|crit|alert|emerg)\]' "$run_var"/log/nginx-error.log 2>/dev/null)
   [ -z "$loud" ] || fail "a normal start logged warnings or errors: $loud" || return 1
-  POSTBACK_VAR_DIR=$run_var "$repo/scripts/run" stop >/dev/null
+  # The job's story, with the command the banner prints: no --logs needed.
+  line=$(grep -m1 'deliver job ID$' <<<"$out") || fail "no 'deliver job' line in: $out" || return 1
+  answer=$(cd "$repo" && bash -c "${line/ID/$id}" 2>&1) || fail "$line: $answer" || return 1
+  grep -q 'attempts in .*: 1$' <<<"$answer" && grep -q 'status=200' <<<"$answer" ||
+    fail "deliver job without --logs: $answer" || return 1
+  # The dashboard's address is in the banner, on the stack's port.
+  grep -q "^  dashboard: http://127.0.0.1:$http_port/dashboard " <<<"$out" || fail "no dashboard URL in: $out" || return 1
+  # One line per setting in postback.env (the template's own line).
+  local env=$run_var/etc/postback.env
+  [ "$(grep -c '^POSTBACK_ALLOW_DESTINATIONS=' "$env")" = 1 ] || fail "$(grep -n '^POSTBACK_ALLOW' "$env")" || return 1
+  # --detach again while it runs: not an error; the banner again.
+  out=$(POSTBACK_VAR_DIR=$run_var POSTBACK_RUN_BIN_DIR=$bin "$repo/scripts/run" --detach 2>&1) ||
+    fail "a second --detach failed: $out" || return 1
+  grep -q 'running already' <<<"$out" && grep -q '^  curl .*/demo?' <<<"$out" || fail "second --detach said: $out" || return 1
+  POSTBACK_VAR_DIR=$run_var "$repo/scripts/run" stop >/dev/null 2>&1
+
+  # A later start moves every port it is given, and opens a receiver of
+  # one's own beside the demo one.
+  local redis_port ingest_port admin_port demo_port
+  http_port=$(free_port) redis_port=$(free_port) ingest_port=$(free_port) admin_port=$(free_port 2) demo_port=$(free_port)
+  out=$(POSTBACK_VAR_DIR=$run_var POSTBACK_RUN_BIN_DIR=$bin REDIS_PORT=$redis_port INGEST_PORT=$ingest_port \
+    DELIVER_ADMIN_PORT=$admin_port POSTBACK_HTTP_PORT=$http_port POSTBACK_DEMO_SINK_PORT=$demo_port \
+    POSTBACK_ALLOW_DESTINATIONS=127.0.0.1:$sink_port "$repo/scripts/run" --detach 2>&1) ||
+    fail "a start with moved ports failed: $out" || return 1
+  curl -fsS -o /dev/null "http://127.0.0.1:$ingest_port/health" || fail "ingest is not on $ingest_port" || return 1
+  curl -fsS -o /dev/null "http://127.0.0.1:$admin_port/health" || fail "deliver_00 is not on $admin_port" || return 1
+  [ "$(REDISCLI_AUTH=$(sed -n 's/^REDIS_PASSWORD=//p' "$env") redis-cli -p "$redis_port" PING)" = PONG ] ||
+    fail "Redis is not on $redis_port" || return 1
+  [ "$(grep -c '^POSTBACK_ALLOW_DESTINATIONS=' "$env")" = 1 ] || fail "$(grep -n '^POSTBACK_ALLOW' "$env")" || return 1
+  line=$(grep -m1 '^  curl .*/demo?' <<<"$out")
+  grep -q "http://127.0.0.1:$http_port/ingest .*127.0.0.1:$demo_port/demo" <<<"$line" || fail "banner: $line" || return 1
+  answer=$(cd "$repo" && bash -c "$line") || fail "the demo line failed: $answer" || return 1
+  local key2
+  key2=$(cat "$run_var/etc/producer-key")
+  : >"$tmp/sink.log"
+  answer=$(curl -sS -X POST "http://127.0.0.1:$http_port/ingest" -H "Authorization: Bearer $key2" \
+    -d "{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/own?n={n}\"},\"data\":[{\"n\":\"7\"}]}")
+  grep -q '"accepted":1' <<<"$answer" || fail "to one's own receiver: $answer" || return 1
+  wait_for 20 "the postback at one's own receiver" grep -q ' GET /own?n=7' "$tmp/sink.log" || return 1
+  wait_for 20 "the demo postback at the moved demo receiver" bash -c \
+    "grep -h 'url=\"http://127.0.0.1:$demo_port/demo' '$run_var'/log/deliver_*.delivery.log | grep -q status=200" || return 1
+  POSTBACK_VAR_DIR=$run_var "$repo/scripts/run" stop >/dev/null 2>&1
 }
 
 test_shellcheck_is_clean() {
@@ -517,7 +565,7 @@ check "bench --runs: each target is checked on the median of its per-run values"
 check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach postback.env" test_settings_from_the_environment_are_taken_into_postback_env
 check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
 check "provision --role: two Redis hosts and an app host deliver, and follow a failover; each firewall admits only its own" test_provision_roles_make_a_sentinel_shape_that_fails_over
-check "scripts/run: the first curl line it prints is delivered at the first try; a start logs no ERROR or WARN" test_scripts_run_first_postback_arrives_and_a_start_is_quiet
+check "scripts/run: the first curl line it prints is delivered at the first try, its job's story found; a second --detach is no error; ports move on a later start" test_scripts_run_first_postback_arrives_and_a_start_is_quiet
 check "shellcheck is clean" test_shellcheck_is_clean
 
 if [ "$failed" -gt 0 ]; then

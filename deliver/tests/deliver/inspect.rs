@@ -122,6 +122,31 @@ async fn deliver_job_tells_where_a_job_is_and_every_attempt_of_it() {
     assert_eq!(code, Some(1), "an unknown id is an error");
     assert!(err.contains("no such job"), "{err}");
 
+    // Without --logs, as on the stack, whose postback.env sets
+    // DELIVER_LOG_DIR (each worker's DELIVER_LOG_FILE is not there)...
+    let mut stack_env = env.clone();
+    stack_env.retain(|(k, _)| k != "DELIVER_LOG_FILE");
+    set(&mut stack_env, "DELIVER_LOG_DIR", &logs_arg);
+    let (code, out, err) = command(&stack_env, &["job", &delivered.id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out[1].ends_with(": 2"), "DELIVER_LOG_DIR's logs are read: {out:?}");
+    // ...and DELIVER_LOG_FILE itself is read whatever its name.
+    let elsewhere = TempDir::new("inspect-own-log");
+    let own = elsewhere.path().join("attempts.txt");
+    std::fs::write(
+        &own,
+        format!(
+            "delivery_time=2021-01-01T00:00:00.000Z id={} attempt=1 method=GET url=\"x\" status=200 response_ms=1 outcome=delivered\n",
+            ready.id
+        ),
+    )
+    .unwrap();
+    let mut own_env = env.clone();
+    set(&mut own_env, "DELIVER_LOG_FILE", own.to_str().unwrap());
+    let (code, out, err) = command(&own_env, &["job", &ready.id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out[1].ends_with(": 1") && out[2].contains("2021-01-01"), "{out:?}");
+
     // The queue at a glance.
     let (code, out, err) = command(&env, &["queue"]);
     assert_eq!(code, Some(0), "{err}");
