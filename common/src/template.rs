@@ -117,10 +117,6 @@ pub fn check(template: &str) -> Result<(), TemplateError> {
         Some("http") | Some("https") => {}
         _ => return Err(TemplateError::Scheme),
     }
-    match uri.host() {
-        Some(host) if !host.is_empty() => {}
-        _ => return Err(TemplateError::NoHost),
-    }
     // The rule deliver applies to the filled-in URL, so that what ingest
     // accepts has somewhere to go (a placeholder in the host is checked
     // as the letter it was filled with here, and again by deliver).
