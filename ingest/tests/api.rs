@@ -117,7 +117,17 @@ async fn a_thousand_items_are_queued_in_order_with_distinct_ids() {
     let ids: Vec<String> = serde_json::from_value(response.json()["ids"].clone()).unwrap();
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 1000);
-    assert_eq!(app.queued().await.len(), 1000);
+    // Workers take from the right (RPOP, BLMOVE RIGHT), so the list read
+    // right to left is the order of delivery: the items' order, each with
+    // the id the answer gave it at its place.
+    let mut queued = app.queued().await;
+    assert_eq!(queued.len(), 1000);
+    queued.reverse();
+    for (n, (raw, id)) in queued.iter().zip(&ids).enumerate() {
+        let job = Job::decode(raw.as_bytes()).unwrap();
+        assert_eq!(job.data.get(), format!(r#"{{"n":{n}}}"#), "item {n} out of order");
+        assert_eq!(&job.id, id, "item {n} has another item's id");
+    }
 }
 
 #[tokio::test]

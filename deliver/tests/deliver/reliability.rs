@@ -802,8 +802,16 @@ async fn parked_jobs_survive_a_crash_and_a_new_worker_delivers_them() {
     })
     .await;
     first.kill();
+    // Parked jobs live in Redis, not in the worker: the crash left all 35.
+    assert_eq!(depths(&mut conn, &keys).await.parked, 35, "the crash lost parked jobs");
+    // The one request the dead worker had sent (its host's only slot).
+    let sent_before: HashSet<String> = ids_at(&sink).into_iter().collect();
+    assert!(
+        sent_before.len() <= 1,
+        "one slot for the host, yet {sent_before:?} were sent"
+    );
     answering.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _second = Deliver::start(&env);
+    let second = Deliver::start(&env);
     // The parked jobs, and the five the dead worker held (returned once its
     // heartbeat expires).
     wait_until(LIMIT, "every job at the sink", || async {
@@ -816,4 +824,28 @@ async fn parked_jobs_survive_a_crash_and_a_new_worker_delivers_them() {
         d.ready == 0 && d.parked == 0 && in_flight(&mut c, &keys).await == 0
     })
     .await;
+    // Every job not yet sent when the worker died arrived once, at its
+    // first attempt: parking, and the crash, spent no attempt of theirs.
+    let arrivals = ids_at(&sink);
+    let logged = |log: &[String], id: &str| {
+        log.iter()
+            .find(|l| field(l, "url").is_some_and(|u| u.ends_with(&format!("?id={id}"))))
+            .cloned()
+    };
+    // The log is written out every 100 ms: wait for every line.
+    wait_until(LIMIT, "every delivery in the new worker's log", || async {
+        let log = second.log();
+        ids.difference(&sent_before).all(|id| logged(&log, id).is_some())
+    })
+    .await;
+    let log = second.log();
+    for id in ids.difference(&sent_before) {
+        assert_eq!(
+            arrivals.iter().filter(|a| *a == id).count(),
+            1,
+            "{id} arrived more than once"
+        );
+        let attempt = logged(&log, id).and_then(|l| field(&l, "attempt"));
+        assert_eq!(attempt.as_deref(), Some("1"), "{id}'s delivery in the new worker's log");
+    }
 }
