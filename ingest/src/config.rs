@@ -58,6 +58,12 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// `INGEST_REDIS_POOL`: Redis connections.
     pub redis_pool: usize,
+    /// `INGEST_KEEPALIVE_MS`: how long an idle connection is kept open.
+    /// nginx's upstream keep-alive is rendered below it (stack.sh), so
+    /// that nginx, never ingest, closes an idle connection: a request
+    /// nginx sends on one that ingest is closing fails (a 503 from a
+    /// healthy stack).
+    pub keep_alive: Duration,
     /// `INGEST_SHUTDOWN_GRACE_MS`: how long requests in flight may finish
     /// after SIGTERM.
     pub shutdown_grace: Duration,
@@ -117,6 +123,12 @@ pub const REDIS_TIMEOUT_MS: Setting =
     Setting::new("INGEST_REDIS_TIMEOUT_MS", "2000", "longest wait for Redis before a 503");
 /// `INGEST_REDIS_POOL`.
 pub const REDIS_POOL: Setting = Setting::new("INGEST_REDIS_POOL", "16", "Redis connections");
+/// `INGEST_KEEPALIVE_MS`.
+pub const KEEPALIVE_MS: Setting = Setting::new(
+    "INGEST_KEEPALIVE_MS",
+    "75000",
+    "how long an idle connection is kept open (nginx's upstream keep-alive is set below it)",
+);
 /// `INGEST_SHUTDOWN_GRACE_MS`.
 pub const SHUTDOWN_GRACE_MS: Setting = Setting::new(
     "INGEST_SHUTDOWN_GRACE_MS",
@@ -176,6 +188,7 @@ pub const SETTINGS: &[Setting] = &[
     MAX_QUEUE,
     REDIS_TIMEOUT_MS,
     REDIS_POOL,
+    KEEPALIVE_MS,
     SHUTDOWN_GRACE_MS,
     ACCESS_LOG,
     IDEMPOTENCY_TTL_S,
@@ -222,6 +235,7 @@ impl Config {
             max_queue: config::parsed(src, &MAX_QUEUE, "a whole number")?,
             redis_timeout: config::millis(src, &REDIS_TIMEOUT_MS)?,
             redis_pool: config::count(src, &REDIS_POOL, 1)?,
+            keep_alive: config::millis(src, &KEEPALIVE_MS)?,
             shutdown_grace: config::millis(src, &SHUTDOWN_GRACE_MS)?,
             access_log: match config::string(src, &ACCESS_LOG).as_str() {
                 "stdout" => AccessLog::Stdout,

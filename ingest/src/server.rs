@@ -5,7 +5,8 @@
 //! `HttpServer` does, because `HttpServer` serves a Unix socket only with
 //! tokio's `UnixStream`, and that costs a needless wake-up per answer (see
 //! [`crate::unix_stream`]). Everything else is as `HttpServer` sets it: its
-//! timeouts, and idle keep-alive connections closed when the server stops.
+//! timeouts (but the keep-alive, `INGEST_KEEPALIVE_MS`), and idle
+//! keep-alive connections closed when the server stops.
 
 use crate::unix_stream::ReadInterestStream;
 use actix_http::error::DispatchError;
@@ -43,13 +44,15 @@ impl<T, B> AppServices<B> for T where
 }
 
 /// Starts `workers` threads, each serving an app made by `app`, on
-/// `listener` and on `socket`. The server stops on SIGTERM or SIGINT and
-/// lets requests in flight finish within `shutdown_grace`.
+/// `listener` and on `socket`, keeping idle connections open for
+/// `keep_alive`. The server stops on SIGTERM or SIGINT and lets requests
+/// in flight finish within `shutdown_grace`.
 pub fn serve<F, T, B>(
     app: F,
     listener: std::net::TcpListener,
     socket: Option<UnixListener>,
     workers: usize,
+    keep_alive: Duration,
     shutdown_grace: Duration,
 ) -> std::io::Result<Server>
 where
@@ -69,7 +72,7 @@ where
                 let peer = io.peer_addr().ok();
                 Ok::<_, DispatchError>((io, Protocol::Http1, peer))
             })
-            .and_then(http_service(&app, shutdown.clone()))
+            .and_then(http_service(&app, keep_alive, shutdown.clone()))
         }
     };
     let builder = builder.listen("ingest", listener, tcp)?;
@@ -85,7 +88,7 @@ where
                     .map_err(DispatchError::Io)?;
                 Ok::<_, DispatchError>((stream, Protocol::Http1, None))
             })
-            .and_then(http_service(&app, shutdown.clone()))
+            .and_then(http_service(&app, keep_alive, shutdown.clone()))
         })?,
         None => builder,
     };
@@ -93,9 +96,10 @@ where
 }
 
 /// HTTP/1.1 over `Io`, serving an app made by `app`, with `HttpServer`'s
-/// settings.
+/// settings but `keep_alive`.
 fn http_service<Io, F, T, B>(
     app: &F,
+    keep_alive: Duration,
     shutdown: GracefulShutdownSignal,
 ) -> impl ServiceFactory<(Io, Protocol, Option<SocketAddr>), Config = (), Response = (), Error = DispatchError, InitError = ()>
 where
@@ -108,6 +112,7 @@ where
         .into_factory()
         .map_err(|error: actix_web::Error| Response::from(error.error_response()));
     HttpService::build()
+        .keep_alive(keep_alive)
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
         .graceful_shutdown_signal(move || {
             let shutdown = shutdown.clone();

@@ -127,7 +127,14 @@ impl Application {
                 .wrap(Observe::new(metrics.clone(), access_log.clone()));
             routes::register(app)
         };
-        let server = crate::server::serve(app, listener, socket, config.workers, config.shutdown_grace)?;
+        let server = crate::server::serve(
+            app,
+            listener,
+            socket,
+            config.workers,
+            config.keep_alive,
+            config.shutdown_grace,
+        )?;
         Ok(Application {
             port,
             server,

@@ -180,6 +180,9 @@ stack_render() {
     . "$POSTBACK_CONF_DIR/postback.env"
     set +a
     NGINX_MAX_BODY=$(( ${INGEST_MAX_BODY_BYTES:-$(env_default INGEST_MAX_BODY_BYTES)} ))
+    # nginx must close an idle connection to ingest before ingest does
+    # (postback.env says why): 4/5 of ingest's keep-alive.
+    NGINX_UPSTREAM_KEEPALIVE_MS=$(( ${INGEST_KEEPALIVE_MS:-$(env_default INGEST_KEEPALIVE_MS)} * 4 / 5 ))
     # supervisord must wait longer than deliver's own grace period.
     SUPERVISOR_STOPWAITSECS=$(( ${DELIVER_SHUTDOWN_GRACE_MS:-$(env_default DELIVER_SHUTDOWN_GRACE_MS)} / 1000 + 10 ))
     NGINX_ADMIN_RULES=""
@@ -191,7 +194,7 @@ stack_render() {
     hard_files=$(ulimit -Hn)
     [ "$hard_files" = unlimited ] && hard_files=65536
     NGINX_RLIMIT_NOFILE=$((hard_files < 65536 ? hard_files : 65536))
-    export NGINX_MAX_BODY SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES NGINX_RLIMIT_NOFILE
+    export NGINX_MAX_BODY NGINX_UPSTREAM_KEEPALIVE_MS SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES NGINX_RLIMIT_NOFILE
     # postback.env files written before this setting existed do not have it.
     export REDIS_AOF_REWRITE_MIN_SIZE=${REDIS_AOF_REWRITE_MIN_SIZE:-$(env_default REDIS_AOF_REWRITE_MIN_SIZE)}
     # Redis also listens on a Unix socket, for ingest and deliver: Redis'

@@ -63,6 +63,7 @@ DELIVER_HEARTBEAT_MS=200
 DELIVER_HEARTBEAT_TTL_MS=1000
 INGEST_MAX_BODY_BYTES=65536
 INGEST_BODY_TIMEOUT_MS=2000
+INGEST_KEEPALIVE_MS=2000
 POSTBACK_ADMIN_ALLOW="192.0.2.1"
 POSTBACK_MONITORING=1
 COLLECTD_INTERVAL=1
@@ -272,6 +273,23 @@ test_a_body_that_trickles_in_is_cut_off_with_a_json_408() {
   grep -q '^HTTP/1.1 408 ' <<<"$answer" && grep -q '"code":"body_timeout"' <<<"$answer" ||
     fail "a trickled body got: $(head -c 300 <<<"$answer")" || return 1
   [ $((SECONDS - started)) -lt 20 ] || fail "cut after $((SECONDS - started)) s"
+}
+
+# nginx reuses its idle connections to ingest; whichever side closes one
+# first, a request sent on it as it closes fails. Requests after pauses
+# from well within to past both sides' limits (here nginx 1.6 s, ingest
+# 2 s: INGEST_KEEPALIVE_MS=2000), each on a connection nginx reuses or
+# has just closed: every one is answered by ingest.
+test_no_request_fails_on_a_connection_reused_after_a_pause() {
+  grep -q 'keepalive_timeout 1600ms;' "$POSTBACK_CONF_DIR/nginx-site.conf" ||
+    fail "nginx's keep-alive to ingest is not 4/5 of ingest's: $(grep keepalive_timeout "$POSTBACK_CONF_DIR/nginx-site.conf")" || return 1
+  local pause code missed=""
+  for pause in 0.5 1.5 1.55 1.6 1.65 1.9 1.95 2.0 2.05 2.5; do
+    sleep "$pause" # the pause is what is tested, not a wait for a state
+    code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$base/ingest" "${auth[@]}" -d '{}')
+    [ "$code" = 400 ] || missed+=" after ${pause}s: $code"
+  done
+  [ -z "$missed" ] || fail "requests failed:$missed"
 }
 
 # --- request ids --------------------------------------------------------------
@@ -559,6 +577,7 @@ check "every answer carries one X-Request-Id, the one nginx logs and deliveries 
 check "every error a client can cause is a JSON body through nginx, HTTP/1.0 without Host served" test_every_error_a_client_can_cause_is_json_through_nginx
 check "a producer key in the query string reaches no log" test_a_key_in_the_query_string_reaches_no_log
 check "a body that trickles in is cut off at INGEST_BODY_TIMEOUT_MS with a JSON 408" test_a_body_that_trickles_in_is_cut_off_with_a_json_408
+check "nginx closes idle connections to ingest first: no request fails after any pause" test_no_request_fails_on_a_connection_reused_after_a_pause
 check "every read-only command of docs/RUNBOOK.md works on the running stack" test_runbook_read_only_commands_work
 check "provision: --dry-run lists every step; --root installs a startable, idempotent tree" test_provision_dry_run_and_root
 check "bench --runs: each target is checked on the median of its per-run values" test_bench_medians_are_of_per_run_ratios
