@@ -84,7 +84,7 @@ async fn watch_shards(
         if queue.is_down() {
             continue;
         }
-        let Ok(all) = queue.every_shard().await else { continue };
+        let Ok(all) = queue.record_shards().await else { continue };
         for keys in all {
             if !consuming.iter().any(|tag| tag == keys.tag()) {
                 log::info!("consuming shard {{{}}} too: the queue has had it", keys.tag());

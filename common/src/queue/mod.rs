@@ -12,7 +12,7 @@
 //! spread over slots and masters. A push puts all of one request's jobs on
 //! one shard, round robin; operator operations cover every shard; a worker
 //! gets one [`WorkerQueue`] per shard to consume. Every shard a queue has
-//! had is recorded in Redis ([`Queue::every_shard`]), so that after
+//! had is recorded in Redis ([`Queue::record_shards`]), so that after
 //! `POSTBACK_SHARDS` changed the shards no longer pushed to are still
 //! drained and still seen by operators.
 //!
@@ -372,8 +372,9 @@ impl Queue {
     }
 
     /// Records this process's shards in Redis and returns the keys of
-    /// every shard the queue has had: the shards to consume and to look at.
-    pub async fn every_shard(&self) -> Result<Vec<QueueKeys>, QueueError> {
+    /// every shard the queue has had: the shards to consume. A consumer's
+    /// call (a write); the views read with [`Queue::every_shard`].
+    pub async fn record_shards(&self) -> Result<Vec<QueueKeys>, QueueError> {
         let shards = &self.shared.shards;
         let mine: Vec<&str> = shards.iter().map(QueueKeys::tag).collect();
         let tags = self
@@ -381,7 +382,26 @@ impl Queue {
                 protocol::record_shards(&mut conn, &shards[0], &mine).await
             })
             .await?;
-        // This process's shards first, in order, then the others.
+        Ok(self.with_mine_first(tags))
+    }
+
+    /// The keys of every shard the queue has had, as the consumers
+    /// recorded them, and this process's own: the shards to look at. Only
+    /// reads, so the operator's views answer while Redis refuses writes
+    /// (a full disk, too few replicas), when they are needed most.
+    pub async fn every_shard(&self) -> Result<Vec<QueueKeys>, QueueError> {
+        let shards = &self.shared.shards;
+        let tags = self
+            .run("shards", Duration::ZERO, |mut conn| async move {
+                protocol::known_shards(&mut conn, &shards[0]).await
+            })
+            .await?;
+        Ok(self.with_mine_first(tags))
+    }
+
+    /// This process's shards first, in order, then the others of `tags`.
+    fn with_mine_first(&self, tags: Vec<String>) -> Vec<QueueKeys> {
+        let shards = &self.shared.shards;
         let mut all: Vec<QueueKeys> = shards.clone();
         let mut others: Vec<&String> = tags
             .iter()
@@ -389,7 +409,7 @@ impl Queue {
             .collect();
         others.sort();
         all.extend(others.into_iter().map(|tag| QueueKeys::new(tag)));
-        Ok(all)
+        all
     }
 
     /// How many shards pushes go to (`POSTBACK_SHARDS`).

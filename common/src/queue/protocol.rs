@@ -175,6 +175,12 @@ pub async fn record_shards<C: ConnectionLike>(
     SHARDS.key(&keys.shards).arg(tags).invoke_async(conn).await
 }
 
+/// Every shard tag the queue has had, as recorded by [`record_shards`]: a
+/// plain read, which Redis serves while it refuses writes.
+pub async fn known_shards<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys) -> RedisResult<Vec<String>> {
+    redis::cmd("SMEMBERS").arg(&keys.shards).query_async(conn).await
+}
+
 /// Queues encoded jobs in one `LPUSH`: a request's jobs are queued wholly
 /// or not at all. Returns the ready list's new length.
 pub async fn push<C: ConnectionLike>(conn: &mut C, keys: &QueueKeys, jobs: &[String]) -> RedisResult<u64> {

@@ -213,3 +213,58 @@ async fn dead_letters_can_be_shown_filtered_and_replayed_by_host() {
     assert_eq!(code, Some(1));
     assert!(err.contains("no such dead letter"), "{err}");
 }
+
+/// While Redis refuses writes (here `min-replicas-to-write` with no
+/// replica, as a full disk's MISCONF does), the views an operator needs
+/// most still answer: they only read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_only_views_answer_while_redis_refuses_writes() {
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let gone = sink().await;
+    let env = fast_env(&redis);
+    let mut worker = Deliver::start(&env);
+    let dead = job(Method::Get, &gone.url("/gone?n=1"), json!({"n": 1}));
+    enqueue(&mut conn, &keys, std::slice::from_ref(&dead)).await;
+    wait_until(LIMIT, "a dead letter", || async {
+        depths(&mut redis.connection().await, &keys).await.dead == 1
+    })
+    .await;
+    worker.terminate();
+    worker.wait_exit(LIMIT);
+    let ready = job(Method::Get, &gone.url("/ok?n=2"), json!({"n": 2}));
+    enqueue(&mut conn, &keys, std::slice::from_ref(&ready)).await;
+    let ingest = crate::support::spawn_ingest(&redis, &[]);
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refused: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg("1").query_async(&mut conn).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("NOREPLICAS")),
+        "Redis must refuse writes for this test: {refused:?}"
+    );
+
+    let (code, out, err) = command(&env, &["queue"]);
+    assert_eq!(code, Some(0), "deliver queue: {err}");
+    let text = out.join("\n");
+    assert!(text.contains("ready:     1") && text.contains("dead:      1"), "{text}");
+    let (code, out, err) = command(&env, &["dead", "list"]);
+    assert_eq!(code, Some(0), "deliver dead list: {err}");
+    assert!(out.join("\n").contains(&dead.id), "{out:?}");
+    let (code, out, err) = command(&env, &["dead", "show", &dead.id]);
+    assert_eq!(code, Some(0), "deliver dead show: {err}");
+    assert!(out.join("\n").contains("last status: 410"), "{out:?}");
+    let (code, out, err) = command(&env, &["job", &ready.id]);
+    assert_eq!(code, Some(0), "deliver job: {err}");
+    assert!(out[0].contains(": ready"), "{out:?}");
+    for page in ["/stats", "/metrics", "/dashboard"] {
+        let answer = testkit::get(&format!("{ingest}{page}")).await;
+        assert_eq!(answer.status, 200, "{page}: {}", answer.body);
+    }
+}
