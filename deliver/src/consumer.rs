@@ -73,6 +73,9 @@ pub struct Settings {
     pub batch: usize,
     /// `DELIVER_HEARTBEAT_MS`.
     pub heartbeat_every: Duration,
+    /// `DELIVER_HEARTBEAT_TTL_MS`: also how long this worker's own writes
+    /// must have gone through before it may take a silent worker for dead.
+    pub heartbeat_ttl: Duration,
     /// `DELIVER_POLL_MS`: how often due retries are promoted.
     pub poll_every: Duration,
     /// `DELIVER_SHUTDOWN_GRACE_MS`.
@@ -94,6 +97,7 @@ impl Settings {
             concurrency: config.concurrency,
             batch: config.batch,
             heartbeat_every: config.heartbeat_every,
+            heartbeat_ttl: config.heartbeat_ttl,
             poll_every: config.poll_every,
             shutdown_grace: config.shutdown_grace,
             fill_wait: if config.shards > 1 { FILL_WAIT } else { Duration::ZERO },
@@ -521,20 +525,32 @@ async fn settler(ctx: Arc<Context>, mut rx: mpsc::Receiver<Handed>, batch_max: u
 }
 
 /// Heartbeat, recovery of dead workers' jobs, and promotion of due retries.
+///
+/// A worker whose heartbeat has expired is taken for dead only once this
+/// worker's own housekeeping has gone through, without a failure, for a
+/// whole heartbeat TTL: every live worker has then had as long to renew
+/// its heartbeat. After Redis refused writes (a full disk, too few
+/// replicas) or was away for longer than the TTL, every heartbeat has
+/// expired at once, and the first worker able to write again would
+/// otherwise hand the live workers' jobs to be delivered a second time.
+/// Who crashed meanwhile is recovered one TTL later.
 async fn housekeeping(ctx: Arc<Context>, settings: Settings, stop: CancellationToken) {
     let mut tick = tokio::time::interval(settings.poll_every.min(settings.heartbeat_every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_heartbeat = Instant::now() + settings.heartbeat_every;
-    // Recover right away at start: a predecessor may have crashed.
     let mut next_reclaim = Instant::now();
+    // Since when every housekeeping has gone through (None: the last failed).
+    let mut writing_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        let (beat, reclaim) = (now >= next_heartbeat, now >= next_reclaim);
+        let writing_long_enough = writing_since.is_some_and(|since| now - since >= settings.heartbeat_ttl);
+        let (beat, reclaim) = (now >= next_heartbeat, now >= next_reclaim && writing_long_enough);
         if ctx.queue.housekeeping(beat, reclaim).await.is_ok() {
+            writing_since.get_or_insert(now);
             if beat {
                 next_heartbeat = now + settings.heartbeat_every;
             }
@@ -542,6 +558,8 @@ async fn housekeeping(ctx: Arc<Context>, settings: Settings, stop: CancellationT
                 next_reclaim = now + settings.heartbeat_every;
                 ctx.deliverer.hosts().prune();
             }
+        } else {
+            writing_since = None;
         }
     }
 }

@@ -849,3 +849,92 @@ async fn parked_jobs_survive_a_crash_and_a_new_worker_delivers_them() {
         assert_eq!(attempt.as_deref(), Some("1"), "{id}'s delivery in the new worker's log");
     }
 }
+
+/// Redis refusing writes for longer than the heartbeat TTL (a full disk's
+/// MISCONF; here min-replicas-to-write with no replica) lets every
+/// heartbeat expire at once. When writes come back, a worker quick to
+/// write must not take a live worker, one that had jobs in flight all
+/// along, for dead: no job is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_longer_than_the_heartbeat_ttl_deliver_nothing_twice() {
+    let redis = RedisServer::start();
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    // Every answer takes 8 s: the jobs are in flight across the refusal.
+    let sink = Sink::start(Arc::new(|_, _| Reply::status(200).after(Duration::from_secs(8)))).await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_TIMEOUT_MS", "30000");
+    set(&mut env, "DELIVER_HEARTBEAT_TTL_MS", "2000");
+    // The holder's housekeeping ticks once a second, the other's every
+    // 20 ms: once writes come back, the other writes, and looks for dead
+    // workers, well before the holder renews its heartbeat.
+    let mut holder_env = env.clone();
+    set(&mut holder_env, "DELIVER_HEARTBEAT_MS", "1000");
+    set(&mut holder_env, "DELIVER_POLL_MS", "1000");
+    set(&mut env, "DELIVER_HEARTBEAT_MS", "100");
+    let (jobs, ids) = numbered_jobs(&sink, 5);
+    let holder = Deliver::start(&holder_env);
+    enqueue(&mut conn, &keys, &jobs).await;
+    wait_until(LIMIT, "the holder's five requests at the sink", || async {
+        sink.count() == 5
+    })
+    .await;
+    let _other = Deliver::start(&env);
+    let heartbeats = |mut c: redis::aio::MultiplexedConnection| async move {
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg("*:heartbeat:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        found.len()
+    };
+    wait_until(LIMIT, "both workers' heartbeats", || async {
+        heartbeats(redis.connection().await).await >= 2 * crate::support::test_shards()
+    })
+    .await;
+
+    let min_replicas = |n: &'static str| {
+        let redis = &redis;
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("min-replicas-to-write")
+                .arg(n)
+                .query_async(&mut redis.connection().await)
+                .await
+                .unwrap();
+        }
+    };
+    min_replicas("1").await;
+    wait_until(LIMIT, "every heartbeat to expire while writes are refused", || async {
+        heartbeats(redis.connection().await).await == 0
+    })
+    .await;
+    min_replicas("0").await;
+
+    // The holder's five answers come 8 s after their requests; a job handed
+    // to the other worker meanwhile would have reached the sink again by then.
+    wait_until(LIMIT, "the holder's five deliveries", || async {
+        holder
+            .log()
+            .iter()
+            .filter(|l| field(l, "outcome").as_deref() == Some("delivered"))
+            .count()
+            == 5
+    })
+    .await;
+    wait_until(LIMIT, "the queue to empty", || async {
+        let mut c = redis.connection().await;
+        let d = depths(&mut c, &keys).await;
+        d.ready == 0 && in_flight(&mut c, &keys).await == 0
+    })
+    .await;
+    let arrivals = ids_at(&sink);
+    for id in &ids {
+        assert_eq!(
+            arrivals.iter().filter(|a| *a == id).count(),
+            1,
+            "{id} was delivered twice: {arrivals:?}"
+        );
+    }
+}
