@@ -62,16 +62,23 @@ fn answer<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
         return refusal;
     }
     let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
-        ),
+        "/metrics" => {
+            state.metrics.set_redis_writable(!state.queue.refusing_writes());
+            (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.encode(),
+            )
+        }
         "/health" => {
-            let up = !state.queue.is_down();
+            // Redis refusing writes stops deliveries as surely as its
+            // absence: nothing can be taken or settled.
+            let (answers, writes) = (!state.queue.is_down(), !state.queue.refusing_writes());
+            let up = answers && writes;
             let body = serde_json::json!({
                 "status": if up { "ok" } else { "unavailable" },
-                "redis": if up { "up" } else { "down" },
+                "redis": if answers { "up" } else { "down" },
+                "writes": if writes { "accepted" } else { "refused" },
                 "worker": state.worker,
                 "in_flight": state.metrics.in_flight(),
             });

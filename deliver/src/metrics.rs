@@ -63,6 +63,7 @@ pub struct Metrics {
     response: Histogram,
     end_to_end: Histogram,
     in_flight: Gauge,
+    redis_writable: Gauge,
     queue: Family<StateLabels, Gauge>,
     shard_queue: Family<ShardStateLabels, Gauge>,
     /// Attempts by outcome (delivered, retry, dead), for `/stats`.
@@ -152,6 +153,12 @@ impl Metrics {
             "Deliveries in progress in this process",
             in_flight.clone(),
         );
+        let redis_writable = Gauge::default();
+        registry.register(
+            "redis_writable",
+            "1 while Redis accepts this process's writes, 0 while it refuses them (full disk, too few replicas, maxmemory), as the last write found",
+            redis_writable.clone(),
+        );
         let queue = Family::<StateLabels, Gauge>::default();
         registry.register(
             "queue_jobs",
@@ -174,6 +181,7 @@ impl Metrics {
             response,
             end_to_end,
             in_flight,
+            redis_writable,
             queue,
             shard_queue,
             totals: Default::default(),
@@ -287,6 +295,11 @@ impl Metrics {
             r.load(Ordering::Relaxed),
             x.load(Ordering::Relaxed),
         )
+    }
+
+    /// Records whether Redis accepts writes (`Queue::refusing_writes`).
+    pub fn set_redis_writable(&self, writable: bool) {
+        self.redis_writable.set(i64::from(writable));
     }
 
     /// The Prometheus text exposition of every metric.

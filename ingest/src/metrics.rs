@@ -35,6 +35,7 @@ pub struct Metrics {
     duration: Family<RouteLabels, Histogram>,
     accepted: Counter,
     queue: Family<StateLabels, Gauge>,
+    redis_writable: Gauge,
 }
 
 impl Default for Metrics {
@@ -67,12 +68,19 @@ impl Metrics {
             "Jobs in the queue by state (ready, retry, dead, parked)",
             queue.clone(),
         );
+        let redis_writable = Gauge::default();
+        registry.register(
+            "redis_writable",
+            "1 while Redis accepts this process's writes, 0 while it refuses them (full disk, too few replicas, maxmemory), as the last write found",
+            redis_writable.clone(),
+        );
         Metrics {
             registry,
             requests,
             duration,
             accepted,
             queue,
+            redis_writable,
         }
     }
 
@@ -94,6 +102,11 @@ impl Metrics {
         for (state, n) in d.by_state() {
             self.queue.get_or_create(&StateLabels { state }).set(n as i64);
         }
+    }
+
+    /// Records whether Redis accepts writes (`Queue::refusing_writes`).
+    pub fn set_redis_writable(&self, writable: bool) {
+        self.redis_writable.set(i64::from(writable));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -237,6 +237,7 @@ fn replay(kept: &str, body_hash: &str) -> Result<HttpResponse, ApiError> {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.set_redis_writable(!state.queue.refusing_writes());
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.encode())
@@ -302,17 +303,28 @@ pub async fn dashboard() -> HttpResponse {
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let ping = state.queue.ping().await;
     let keys = state.producers.state();
+    let writes = if state.queue.refusing_writes() {
+        "refused"
+    } else {
+        "accepted"
+    };
     match ping {
-        Ok(_) if keys != "loading" => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up", "keys": keys})),
-        Ok(_) => unhealthy("up", keys, "the producer keys have not been read yet".into()),
-        Err(e) => unhealthy("down", keys, e.to_string()),
+        Ok(_) if keys == "loading" => unhealthy("up", writes, keys, "the producer keys have not been read yet".into()),
+        Ok(_) if writes == "refused" => unhealthy(
+            "up",
+            writes,
+            keys,
+            "redis answers but refuses writes (a full disk? see RUNBOOK): nothing can be queued".into(),
+        ),
+        Ok(_) => HttpResponse::Ok().json(json!({"status": "ok", "redis": "up", "writes": writes, "keys": keys})),
+        Err(e) => unhealthy("down", writes, keys, e.to_string()),
     }
 }
 
-fn unhealthy(redis: &str, keys: &str, error: String) -> HttpResponse {
+fn unhealthy(redis: &str, writes: &str, keys: &str, error: String) -> HttpResponse {
     HttpResponse::ServiceUnavailable()
         .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
-        .json(json!({"status": "unavailable", "redis": redis, "keys": keys, "error": error}))
+        .json(json!({"status": "unavailable", "redis": redis, "writes": writes, "keys": keys, "error": error}))
 }
 
 /// Any method but POST on an ingest route.

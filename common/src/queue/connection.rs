@@ -323,9 +323,17 @@ fn pool(
 /// ended (one that sat unused through it, say): that is the same outage,
 /// already logged as over, so it is not logged again
 /// ([`Outage::failed_on`]).
+///
+/// Redis refusing writes while it answers (a full disk's `MISCONF`, too
+/// few replicas, `maxmemory`) is no outage: it is logged apart, once when
+/// a write is first refused and once when that same operation, a write,
+/// goes through again. A read that succeeds meanwhile says nothing of it.
 #[derive(Debug)]
 pub(crate) struct Outage {
     down: AtomicBool,
+    /// The operation a write was first refused to, while they are (empty:
+    /// writes are accepted).
+    refused: std::sync::Mutex<String>,
     /// Whether an operation has succeeded yet.
     answered: AtomicBool,
     /// How many outages have begun.
@@ -340,6 +348,7 @@ impl Outage {
     pub(crate) fn new(target: &Target) -> Self {
         Outage {
             down: AtomicBool::new(false),
+            refused: std::sync::Mutex::new(String::new()),
             answered: AtomicBool::new(false),
             starts: AtomicU64::new(0),
             address: format!(" at {}", target.describe()),
@@ -380,6 +389,37 @@ impl Outage {
         } else {
             log::info!("waiting for redis{} to answer ({what}: {error})", self.address);
         }
+    }
+
+    /// Records that Redis refused `what`, a write, while it answers; logs
+    /// the first refusal of a stretch.
+    pub(crate) fn writes_refused(&self, what: &str, error: &dyn std::fmt::Display) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.is_empty() {
+            refused.push_str(what);
+            log::error!(
+                "redis{} refuses writes ({what}: {error}); reads still work, writes are tried again until it accepts them",
+                self.address
+            );
+        }
+    }
+
+    /// Whether writes are being refused (see [`writes_refused`](Self::writes_refused)).
+    pub(crate) fn refusing_writes(&self) -> bool {
+        !self.refused.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Records that `what` succeeded; logs the end of an outage, and the
+    /// end of refused writes when `what` is the write first refused.
+    pub(crate) fn succeeded_on(&self, what: &str) {
+        {
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            if !refused.is_empty() && *refused == what {
+                refused.clear();
+                log::info!("redis accepts writes again ({what})");
+            }
+        }
+        self.succeeded();
     }
 
     /// Records a successful operation; logs the end of an outage.

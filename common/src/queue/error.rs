@@ -37,6 +37,11 @@ pub enum QueueError {
     /// Redis answered something this version cannot read.
     #[error("unexpected answer from redis ({0})")]
     BadReply(#[source] RedisError),
+    /// Redis answers, but refuses every write: it cannot persist them
+    /// (`MISCONF`: a full disk, a failed save) or has too few replicas
+    /// (`NOREPLICAS`: `min-replicas-to-write`). Reads still work.
+    #[error("redis refuses writes, reads still work ({0})")]
+    WritesRefused(#[source] RedisError),
     /// Redis refused the command for another reason (wrong password, ACL,
     /// a wrong key type).
     #[error("redis refused the command ({0})")]
@@ -64,6 +69,9 @@ impl QueueError {
         }
         if error.code() == Some("OOM") {
             return QueueError::OutOfMemory(error);
+        }
+        if matches!(error.code(), Some("MISCONF" | "NOREPLICAS")) {
+            return QueueError::WritesRefused(error);
         }
         // A blocked command (deliver's BLMOVE) let go because its master
         // was just made a replica: the master moved, as for READONLY.
@@ -103,6 +111,7 @@ impl QueueError {
             QueueError::Cluster(_) => "cluster",
             QueueError::ScriptMissing(_) => "script_missing",
             QueueError::BadReply(_) => "bad_reply",
+            QueueError::WritesRefused(_) => "writes_refused",
             QueueError::Refused(_) => "refused",
             QueueError::NotReplicated { .. } => "not_replicated",
             QueueError::BadUrl(_) => "bad_url",
@@ -117,6 +126,7 @@ impl QueueError {
         !matches!(
             self,
             QueueError::OutOfMemory(_)
+                | QueueError::WritesRefused(_)
                 | QueueError::Refused(_)
                 | QueueError::BadReply(_)
                 | QueueError::NotReplicated { .. }

@@ -148,6 +148,13 @@ impl Queue {
         self.shared.outage.is_down()
     }
 
+    /// Whether Redis refuses writes while it answers (`MISCONF`: a full
+    /// disk; `NOREPLICAS`; `maxmemory`), as the last write found: from the
+    /// first refused write until that operation goes through again.
+    pub fn refusing_writes(&self) -> bool {
+        self.shared.outage.refusing_writes()
+    }
+
     /// The ready list's key, for messages to operators.
     pub fn ready_key(&self) -> &str {
         &self.shared.shards[0].ready
@@ -184,7 +191,11 @@ impl Queue {
             Err(_) => Err(QueueError::Timeout(deadline)),
         };
         match &result {
-            Ok(_) => self.shared.outage.succeeded(),
+            Ok(_) => self.shared.outage.succeeded_on(what),
+            // Redis answers: no outage, and the connection is fine.
+            Err(e @ (QueueError::WritesRefused(_) | QueueError::OutOfMemory(_))) => {
+                self.shared.outage.writes_refused(what, e);
+            }
             Err(e) => {
                 self.conn.failed(e);
                 self.shared.outage.failed_on(what, e, made_after);

@@ -353,3 +353,101 @@ async fn one_answer_shows_as_a_point_with_its_exact_time_on_the_dashboard() {
         "the response-time chart draws nothing for one point: <canvas {canvas}>"
     );
 }
+
+/// Redis answering but refusing writes (a full disk's MISCONF; here
+/// min-replicas-to-write with no replica) is named as such by both
+/// services, in /health and /metrics, and logged as a refusal of writes,
+/// not as an outage; its end is logged once writes go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_are_seen_in_health_metrics_and_the_log() {
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let deliver = Deliver::start(&fast_env(&redis));
+    let body = json!({"endpoint": {"method": "GET", "url": sink.url("/w")}, "data": [{}]}).to_string();
+    assert_eq!(post(&format!("{ingest}/ingest"), body.clone()).await.status, 202);
+    sink.wait_for(1, LIMIT).await;
+    wait_until(LIMIT, "deliver's admin address", || async {
+        deliver.admin_url().is_some()
+    })
+    .await;
+    let admin = deliver.admin_url().unwrap();
+    let min_replicas = |n: &'static str| {
+        let redis = &redis;
+        async move {
+            let _: () = deadpool_redis::redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("min-replicas-to-write")
+                .arg(n)
+                .query_async(&mut redis.connection().await)
+                .await
+                .unwrap();
+        }
+    };
+    let writable = |url: String, name: &'static str| async move { metric(&get(&url).await.body, name, &[]) };
+
+    min_replicas("1").await;
+    let refused = post(&format!("{ingest}/ingest"), body.clone()).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "queue_unavailable");
+    let health = get(&format!("{ingest}/health")).await;
+    assert_eq!(
+        (
+            health.status,
+            health.json()["redis"].clone(),
+            health.json()["writes"].clone()
+        ),
+        (503, json!("up"), json!("refused"))
+    );
+    assert_eq!(
+        writable(format!("{ingest}/metrics"), "postback_ingest_redis_writable").await,
+        0.0
+    );
+    // deliver finds out at its next take or heartbeat.
+    wait_until(LIMIT, "deliver's /health to name refused writes", || async {
+        get(&format!("{admin}/health")).await.json()["writes"] == json!("refused")
+    })
+    .await;
+    let health = get(&format!("{admin}/health")).await;
+    assert_eq!((health.status, health.json()["redis"].clone()), (503, json!("up")));
+    assert_eq!(
+        writable(format!("{admin}/metrics"), "postback_deliver_redis_writable").await,
+        0.0
+    );
+
+    min_replicas("0").await;
+    assert_eq!(post(&format!("{ingest}/ingest"), body).await.status, 202);
+    assert_eq!(get(&format!("{ingest}/health")).await.status, 200);
+    assert_eq!(
+        writable(format!("{ingest}/metrics"), "postback_ingest_redis_writable").await,
+        1.0
+    );
+    sink.wait_for(2, LIMIT).await;
+    wait_until(LIMIT, "deliver's /health back to ok", || async {
+        get(&format!("{admin}/health")).await.status == 200
+    })
+    .await;
+    assert_eq!(
+        writable(format!("{admin}/metrics"), "postback_deliver_redis_writable").await,
+        1.0
+    );
+    wait_until(LIMIT, "deliver to log that writes are accepted again", || async {
+        deliver
+            .messages()
+            .iter()
+            .any(|m| m.contains("redis accepts writes again"))
+    })
+    .await;
+    let messages = deliver.messages();
+    assert_eq!(
+        messages.iter().filter(|m| m.contains("refuses writes")).count(),
+        1,
+        "{messages:#?}"
+    );
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m.contains("redis unavailable") || m.contains("redis is back")),
+        "a refusal of writes is no outage: {messages:#?}"
+    );
+}
