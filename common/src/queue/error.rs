@@ -60,6 +60,17 @@ pub enum QueueError {
     BadUrl(#[from] super::TargetError),
 }
 
+/// The error code Redis answered (`OOM`, `MISCONF`, ...), also of a failed
+/// pipeline (its first failure), for which redis-rs gives no code of its own
+/// when the code is not one it knows.
+fn server_code(error: &RedisError) -> Option<String> {
+    if let Some(code) = error.code() {
+        return Some(code.to_string());
+    }
+    let failures = error.clone().into_server_errors()?;
+    failures.first().map(|(_, failure)| failure.code().to_string())
+}
+
 impl QueueError {
     /// Sorts a redis-rs error by what a caller should do about it.
     /// `deadline` is what a timeout reported by redis-rs itself waited.
@@ -67,16 +78,13 @@ impl QueueError {
         if error.is_timeout() {
             return QueueError::Timeout(deadline);
         }
-        if error.code() == Some("OOM") {
-            return QueueError::OutOfMemory(error);
-        }
-        if matches!(error.code(), Some("MISCONF" | "NOREPLICAS")) {
-            return QueueError::WritesRefused(error);
-        }
-        // A blocked command (deliver's BLMOVE) let go because its master
-        // was just made a replica: the master moved, as for READONLY.
-        if error.code() == Some("UNBLOCKED") {
-            return QueueError::ReadOnly(error);
+        match server_code(&error).as_deref() {
+            Some("OOM") => return QueueError::OutOfMemory(error),
+            Some("MISCONF" | "NOREPLICAS") => return QueueError::WritesRefused(error),
+            // A blocked command (deliver's BLMOVE) let go because its master
+            // was just made a replica: the master moved, as for READONLY.
+            Some("UNBLOCKED") => return QueueError::ReadOnly(error),
+            _ => {}
         }
         match error.kind() {
             ErrorKind::Server(ServerErrorKind::ReadOnly) => QueueError::ReadOnly(error),
