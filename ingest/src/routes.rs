@@ -281,7 +281,14 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     let depths = state.queue.depths().await?;
     let until = common::now_ms() / 1000;
     let window = state.queue.stats_window(until, seconds, step, STATS_FAILURES).await?;
-    Ok(HttpResponse::Ok().json(json!({"queue": depths, "window": window})))
+    // As this process's last write found it: the statistics are reads,
+    // which Redis serves while it refuses writes.
+    let writes = if state.queue.refusing_writes() {
+        "refused"
+    } else {
+        "accepted"
+    };
+    Ok(HttpResponse::Ok().json(json!({"queue": depths, "window": window, "redis_writes": writes})))
 }
 
 /// `GET /dashboard`: one self-contained page (no external resources) that

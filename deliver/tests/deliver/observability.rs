@@ -356,10 +356,11 @@ async fn one_answer_shows_as_a_point_with_its_exact_time_on_the_dashboard() {
 
 /// Redis answering but refusing writes (a full disk's MISCONF; here
 /// min-replicas-to-write with no replica) is named as such by both
-/// services, in /health and /metrics, and logged as a refusal of writes,
+/// services, in /health and /metrics and on the dashboard, and logged as a
+/// refusal of writes,
 /// not as an outage; its end is logged once writes go through again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_writes_are_seen_in_health_metrics_and_the_log() {
+async fn refused_writes_are_seen_in_health_metrics_the_dashboard_and_the_log() {
     let redis = RedisServer::start();
     let sink = Sink::ok().await;
     let ingest = spawn_ingest(&redis, &[]);
@@ -387,6 +388,9 @@ async fn refused_writes_are_seen_in_health_metrics_and_the_log() {
     let writable = |url: String, name: &'static str| async move { metric(&get(&url).await.body, name, &[]) };
 
     min_replicas("1").await;
+    // The refusal lasts 2 s: deliver's once-a-second statistics flush (a
+    // pipeline, whose error redis-rs reports apart) is refused too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let refused = post(&format!("{ingest}/ingest"), body.clone()).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.json()["error"]["code"], "queue_unavailable");
@@ -413,6 +417,17 @@ async fn refused_writes_are_seen_in_health_metrics_and_the_log() {
     assert_eq!(
         writable(format!("{admin}/metrics"), "postback_deliver_redis_writable").await,
         0.0
+    );
+    // The dashboard says so, above everything else.
+    let dom = chromium(format!("{ingest}/dashboard"), vec!["--dump-dom".into()]).await;
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        html.contains(r#"data-state="ok""#),
+        "the dashboard did not load:\n{html}"
+    );
+    assert!(
+        html.contains(r#"data-writes="refused""#) && html.contains(r#"<p id="writes-banner" role="alert">"#),
+        "no banner for refused writes:\n{html}"
     );
 
     min_replicas("0").await;
