@@ -63,8 +63,6 @@ wait_for 30 "the replica's first sync" replica_synced || show
 post ha-before || show
 wait_for 20 "a job through the Sentinel stack" grep -q 'GET /ha?id=ha-before' "$sink_log" || show
 stack_ctl stop redis >/dev/null
-# down-after is 12 s (redis/sentinel.conf.template), then a quorum and an
-# election: 40 s is a bound for hangs.
 wait_for 40 "the sentinels to promote the replica" bash -c "[ \"\$(redis-cli -p $sentinel SENTINEL get-master-addr-by-name postback | tail -n1)\" = $replica ]" || show
 say "    the sentinels promoted the replica (port $(sentinel_master))"
 wait_for 20 "ingest to accept through the new master" post ha-after || show

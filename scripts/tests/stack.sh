@@ -477,9 +477,27 @@ test_settings_from_the_environment_are_taken_into_postback_env() {
 }
 
 # --- 9 ----------------------------------------------------------------------
+# failover_test SCRIPT ARGS... : runs a Sentinel failover test; if it failed
+# with a Sentinel "-failover-abort-..." in what it showed, once
+# more on a fresh set-up, saying so. Sentinel now and then abandons a
+# failover with its replica in sync (seen 2026-12-07 in both failover
+# tests, cause not yet found) and tries again only after twice its
+# failover-timeout; any other failure fails at once.
+failover_test() {
+  local out
+  if out=$("$@" 2>&1); then
+    printf '%s\n' "$out"
+    return 0
+  fi
+  printf '%s\n' "$out"
+  grep -q -- '-failover-abort-' <<<"$out" || return 1
+  say "    Sentinel abandoned the failover (no replica fit); once more, on a fresh set-up"
+  "$@"
+}
+
 test_sentinel_stack_follows_a_failover() {
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
-  "$repo/scripts/tests/ha-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+  failover_test "$repo/scripts/tests/ha-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
 }
 
 test_provision_roles_make_a_sentinel_shape_that_fails_over() {
@@ -496,7 +514,7 @@ test_provision_roles_make_a_sentinel_shape_that_fails_over() {
   grep -qF "would firewall: allow 80/tcp" <<<"$out" || fail "an app host must open HTTP: $out" || return 1
   ! grep -qE "6379|redis-server" <<<"$out" || fail "an app host opens or installs Redis: $out" || return 1
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
-  "$repo/scripts/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+  failover_test "$repo/scripts/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
 }
 
 test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
