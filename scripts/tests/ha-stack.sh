@@ -33,7 +33,7 @@ stack_use_ha
 
 show() {
   stack_ctl status
-  tail -n 5 "$POSTBACK_LOG_DIR"/sentinel_00.log "$POSTBACK_LOG_DIR"/deliver_00.log "$POSTBACK_LOG_DIR"/ingest_00.log
+  tail -n 5 "$POSTBACK_LOG_DIR"/sentinel_0*.log "$POSTBACK_LOG_DIR"/deliver_00.log "$POSTBACK_LOG_DIR"/ingest_00.log
   exit 1
 }
 stack_render || exit 1
