@@ -237,13 +237,7 @@ async fn the_read_only_views_answer_while_redis_refuses_writes() {
     enqueue(&mut conn, &keys, std::slice::from_ref(&ready)).await;
     let ingest = crate::support::spawn_ingest(&redis, &[]);
 
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("min-replicas-to-write")
-        .arg("1")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    crate::support::refuse_writes(&redis, true).await;
     let refused: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg("1").query_async(&mut conn).await;
     assert!(
         refused.as_ref().is_err_and(|e| e.to_string().contains("NOREPLICAS")),

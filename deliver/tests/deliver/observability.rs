@@ -2,7 +2,7 @@
 //! statistics in Redis, the dashboard in a real headless Chromium, and the
 //! request id that traces a postback through the logs.
 
-use crate::support::{fast_env, field, metric, spawn_ingest, Deliver};
+use crate::support::{fast_env, field, metric, refuse_writes, spawn_ingest, Deliver};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -373,21 +373,9 @@ async fn refused_writes_are_seen_in_health_metrics_the_dashboard_and_the_log() {
     })
     .await;
     let admin = deliver.admin_url().unwrap();
-    let min_replicas = |n: &'static str| {
-        let redis = &redis;
-        async move {
-            let _: () = deadpool_redis::redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("min-replicas-to-write")
-                .arg(n)
-                .query_async(&mut redis.connection().await)
-                .await
-                .unwrap();
-        }
-    };
     let writable = |url: String, name: &'static str| async move { metric(&get(&url).await.body, name, &[]) };
 
-    min_replicas("1").await;
+    refuse_writes(&redis, true).await;
     // The refusal lasts 2 s: deliver's once-a-second statistics flush (a
     // pipeline, whose error redis-rs reports apart) is refused too.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -430,7 +418,7 @@ async fn refused_writes_are_seen_in_health_metrics_the_dashboard_and_the_log() {
         "no banner for refused writes:\n{html}"
     );
 
-    min_replicas("0").await;
+    refuse_writes(&redis, false).await;
     assert_eq!(post(&format!("{ingest}/ingest"), body).await.status, 202);
     assert_eq!(get(&format!("{ingest}/health")).await.status, 200);
     assert_eq!(

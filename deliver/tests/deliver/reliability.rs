@@ -1,7 +1,9 @@
 //! Nothing accepted is ever lost: crashes, signals, Redis restarts, retries
 //! and dead letters, with real processes, real signals and a real Redis.
 
-use crate::support::{data_id, depths, enqueue, enqueue_raw, fast_env, field, ids_at, in_flight, job, set, Deliver};
+use crate::support::{
+    data_id, depths, enqueue, enqueue_raw, fast_env, field, ids_at, in_flight, job, refuse_writes, set, Deliver,
+};
 use common::job::{DeadLetter, DeadReason, Method};
 use common::queue::QueueKeys;
 use deadpool_redis::redis;
@@ -893,24 +895,12 @@ async fn refused_writes_longer_than_the_heartbeat_ttl_deliver_nothing_twice() {
     })
     .await;
 
-    let min_replicas = |n: &'static str| {
-        let redis = &redis;
-        async move {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("min-replicas-to-write")
-                .arg(n)
-                .query_async(&mut redis.connection().await)
-                .await
-                .unwrap();
-        }
-    };
-    min_replicas("1").await;
+    refuse_writes(&redis, true).await;
     wait_until(LIMIT, "every heartbeat to expire while writes are refused", || async {
         heartbeats(redis.connection().await).await == 0
     })
     .await;
-    min_replicas("0").await;
+    refuse_writes(&redis, false).await;
 
     // The holder's five answers come 8 s after their requests; a job handed
     // to the other worker meanwhile would have reached the sink again by then.

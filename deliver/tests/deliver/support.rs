@@ -394,3 +394,16 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// Makes Redis refuse writes while it answers (`refuse`), or accept them
+/// again: `min-replicas-to-write 1` with no replica, so that every write
+/// gets NOREPLICAS, as a full disk's MISCONF would refuse it.
+pub async fn refuse_writes(redis: &RedisServer, refuse: bool) {
+    let _: () = deadpool_redis::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg(if refuse { "1" } else { "0" })
+        .query_async(&mut redis.connection().await)
+        .await
+        .expect("CONFIG SET min-replicas-to-write");
+}
