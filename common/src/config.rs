@@ -279,9 +279,8 @@ fn at_least(setting: &Setting, n: usize, min: usize) -> Result<usize, ConfigErro
 
 /// The default thread count of one of the `procs` processes of a service
 /// that share this machine (supervisord's `numprocs`): the CPUs divided
-/// among them, at least one. On two cores, two deliver processes of one
-/// runtime thread each drained faster, at less CPU per job, than two of two
-/// threads (docs/PERFORMANCE.md).
+/// among them, at least one: more runtime threads than cores only take
+/// turns on them.
 pub fn threads_per_process(src: &(impl Source + ?Sized), procs: &Setting) -> Result<usize, ConfigError> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     Ok((cpus / count(src, procs, 1)?).max(1))

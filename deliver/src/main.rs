@@ -126,8 +126,8 @@ async fn run_worker(config: Config) -> i32 {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     // Not spawned: the consumers' fetchers then run on this thread, taking
-    // and handing out the next batch while the runtime's threads deliver
-    // (a spawned worker drained slower on two cores; docs/PERFORMANCE.md).
+    // and handing out the next batch while the runtime's threads deliver,
+    // with no hop between threads for each batch.
     let result = startup::run(&config, log, shutdown).await;
     // Every log handle is gone once the worker returns: let the writer
     // flush the last lines before exiting.

@@ -11,12 +11,8 @@
 //! practically never find the socket's buffer (~200 KB) full, so this stream
 //! asks the event loop for readability alone and writes straight away; only
 //! a write that does find the buffer full registers a second descriptor of
-//! the same socket for writability, for as long as it waits.
-//!
-//! Measured with the 1-item ingest phase of `scripts/bench` alone, ten
-//! alternating pairs against tokio's stream (medians; CPU time per request):
-//! ingest 15.8 → 14.1 µs, nginx 17.4 → 16.2 µs, the whole machine 51.6 →
-//! 49.0 µs, 36,900 → 38,600 requests/s.
+//! the same socket for writability, for as long as it waits (what that
+//! saves is in docs/PERFORMANCE.md, "What made it fast").
 
 use std::io::{self, Write as _};
 use std::os::fd::{AsRawFd, OwnedFd};

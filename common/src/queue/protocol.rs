@@ -556,9 +556,9 @@ pub struct Settled {
 ///
 /// An acknowledgement is a plain `LREM`, pipelined, not a step of the
 /// script: it only removes, so it needs no atomic company, and Redis hashes
-/// every string that enters Lua, byte by byte (its strings are interned).
-/// Passing each delivered job through the script cost Redis about 1 µs per
-/// delivery, a fifth of its CPU in a drain. `LREM` is also allowed when
+/// every string that enters Lua, byte by byte (its strings are interned),
+/// which made the script a large part of Redis' work in a drain. `LREM` is
+/// also allowed when
 /// Redis is full, like the scripts (see the note at the top).
 pub async fn settle<C: ConnectionLike>(
     conn: &mut C,
