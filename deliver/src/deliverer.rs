@@ -1,17 +1,21 @@
-//! One delivery: fill the job's URL, make the request, log the attempt,
-//! count it, and decide what becomes of the job.
+//! One delivery: decide what a taken job is to become, fill its URL, make
+//! the request, log the attempt, count it, and say how to settle the job.
 //!
 //! A [`Deliverer`] holds everything an attempt needs and nothing of the
 //! queue: the HTTP client, the retry policy, the host gates and the global
 //! limit on requests in flight, the delivery log and the metrics. The
 //! consumers of every shard share one, so the limits hold across shards.
-//! Tests call [`Deliverer::deliver_one`] directly against a real sink.
+//!
+//! A taken job goes [`Deliverer::dispatch`] → [`Dispatch::Run`] →
+//! [`Deliverer::run`] → a [`Settlement`]; parked and malformed jobs get
+//! theirs from `dispatch` directly. Tests call [`Deliverer::deliver_one`],
+//! which takes the same way, against a real sink.
 
 use crate::client::{parse_url, Attempt, HttpClient};
 use crate::config::Config;
 use crate::credentials::Target;
 use crate::delivery_log::{DeliveryLog, Record};
-use crate::hosts::{Gate, Hosts};
+use crate::hosts::{Hosts, Place};
 use crate::metrics::{AttemptRecord, Metrics};
 use crate::retry::{RetryPolicy, Verdict};
 use crate::signing::Signer;
@@ -25,6 +29,25 @@ use tokio::sync::Semaphore;
 /// Room reserved in a URL beyond its template for the filled-in values, so
 /// that most fills do not grow the string.
 const URL_SLACK: usize = 64;
+
+/// What is to become of a job just taken, decided before any request.
+pub enum Dispatch {
+    /// Deliver it: its host's gate has a place for it.
+    Run(Delivery),
+    /// Its host has all it may have in flight and waiting: the job waits
+    /// in Redis ([`Settlement::Park`]), not in memory.
+    Park(Settlement),
+    /// Not a job: a dead letter ([`Settlement::Dead`]), never retried.
+    Malformed(Settlement),
+}
+
+/// A job admitted by its host's gate, ready for [`Deliverer::run`]. Holds
+/// its place in the gate until it has run or is dropped.
+pub struct Delivery {
+    job: Job,
+    url: String,
+    place: Place,
+}
 
 /// What an attempt needs: client, policy, limits, log and metrics.
 pub struct Deliverer {
@@ -71,38 +94,67 @@ impl Deliverer {
         })
     }
 
-    /// The per-host gates (the consumer parks jobs of a full host).
-    pub fn hosts(&self) -> &Hosts {
-        &self.hosts
+    /// Decides what becomes of `taken`, a job as the queue handed it over:
+    /// delivered, parked (its host is full) or dead (not a job).
+    pub fn dispatch(&self, taken: &[u8]) -> Dispatch {
+        let job = match Job::decode(taken) {
+            Ok(job) => job,
+            Err(error) => return Dispatch::Malformed(self.malformed(taken, &error.to_string())),
+        };
+        let url = self.url_of(&job);
+        let host = crate::hosts::host_of(&url);
+        let Some(place) = self.hosts.admit(host) else {
+            self.metrics.parked();
+            return Dispatch::Park(Settlement::Park { host: host.to_string() });
+        };
+        Dispatch::Run(Delivery { job, url, place })
     }
 
-    /// The metrics it counts into.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    /// Of the hosts with parked jobs, how many each may have back now,
+    /// `free` in all at most: the `(host, n)` pairs to unpark.
+    pub fn room_for_parked(&self, hosts: Vec<String>, mut free: usize) -> Vec<(String, usize)> {
+        let mut wanted = Vec::new();
+        for host in hosts {
+            let n = self.hosts.room(&host).min(free);
+            if n > 0 {
+                free -= n;
+                wanted.push((host, n));
+            }
+        }
+        wanted
     }
 
-    /// The job's URL with its data filled in.
-    pub fn url_of(&self, job: &Job) -> String {
-        let mut url = String::with_capacity(job.url.len() + URL_SLACK);
-        common::template::render_into(&mut url, &job.url, &job.fields(), &self.unmatched_default);
-        url
+    /// Counts jobs taken back from parking.
+    pub fn unparked(&self, n: usize) {
+        self.metrics.unparked(n);
     }
 
-    /// Makes one attempt at `job`, with no wait for a host's or a global
-    /// slot, and returns what is to become of it: logged, counted, decided.
-    pub async fn deliver_one(&self, job: &Job) -> Settlement {
-        let url = self.url_of(job);
-        self.attempt(job, url).await
-    }
-
-    /// The consumer's way: waits for a request slot of the job's host
-    /// (`gate`) and a global one, then makes the attempt at `url`.
-    pub async fn deliver_gated(&self, job: &Job, url: String, gate: &Gate) -> Settlement {
-        let _host = gate.enter().await;
+    /// Delivers an admitted job: waits for a request slot of its host and a
+    /// global one, makes the attempt, and returns what is to become of the
+    /// job: logged, counted, decided.
+    pub async fn run(&self, delivery: Delivery) -> Settlement {
+        let Delivery { job, url, place } = delivery;
+        let _host = place.enter().await;
         // Never closed: an error would only mean no limit.
         let _running = self.running.acquire().await.ok();
         let _in_flight = self.metrics.start_delivery();
-        self.attempt(job, url).await
+        self.attempt(&job, url).await
+    }
+
+    /// Delivers `job` the way the consumer does ([`Deliverer::dispatch`],
+    /// then [`Deliverer::run`]), for tests and `deliver job`.
+    pub async fn deliver_one(&self, job: &Job) -> Settlement {
+        match self.dispatch(job.encode().as_bytes()) {
+            Dispatch::Run(delivery) => self.run(delivery).await,
+            Dispatch::Park(settlement) | Dispatch::Malformed(settlement) => settlement,
+        }
+    }
+
+    /// The job's URL with its data filled in.
+    fn url_of(&self, job: &Job) -> String {
+        let mut url = String::with_capacity(job.url.len() + URL_SLACK);
+        common::template::render_into(&mut url, &job.url, &job.fields(), &self.unmatched_default);
+        url
     }
 
     /// The attempt itself. Only what the request needs is held while it
@@ -232,7 +284,7 @@ impl Deliverer {
     }
 
     /// A queued string that is not a job: keep it aside, never retry it.
-    pub fn malformed(&self, raw: &[u8], error: &str) -> Settlement {
+    fn malformed(&self, raw: &[u8], error: &str) -> Settlement {
         let text = String::from_utf8_lossy(raw).into_owned();
         // Keep the producer's id when there is one, so it can be traced.
         let id = serde_json::from_str::<serde_json::Value>(&text)

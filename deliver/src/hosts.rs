@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// How many jobs of one host may wait in memory, per allowed request.
@@ -53,16 +53,17 @@ impl Gate {
     }
 
     /// Reserves a place for one more job of this host, unless as many wait
-    /// already as the gate allows. The job must then call [`Gate::enter`].
-    pub fn try_queue(&self) -> bool {
+    /// already as the gate allows.
+    fn try_queue(self: Arc<Self>) -> Option<Place> {
         let allowed = self.allowed();
         self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < allowed).then_some(n + 1))
-            .is_ok()
+            .ok()?;
+        Some(Place { gate: self })
     }
 
-    /// How many more jobs [`Gate::try_queue`] would admit now.
-    pub fn room(&self) -> usize {
+    /// How many more jobs [`Hosts::admit`] would admit now.
+    fn room(&self) -> usize {
         self.allowed().saturating_sub(self.queued.load(Ordering::Acquire))
     }
 
@@ -102,18 +103,32 @@ impl Gate {
         }
         self.done_now.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Waits for one of the host's request slots (after [`Gate::try_queue`]).
+/// A job's place in its host's gate, from [`Hosts::admit`] until the job's
+/// request has ended (or it was dropped before it ran).
+pub struct Place {
+    gate: Arc<Gate>,
+}
+
+impl Place {
+    /// Waits for one of the host's request slots.
     pub async fn enter(&self) -> HostSlot<'_> {
-        let permit = self.running.acquire().await.expect("host gates are never closed");
+        let permit = self.gate.running.acquire().await.expect("host gates are never closed");
         HostSlot {
-            gate: self,
+            gate: &self.gate,
             _permit: permit,
         }
     }
 }
 
-/// A running request of a host; frees its place on drop.
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.gate.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A running request of a host; counts it finished on drop.
 pub struct HostSlot<'a> {
     gate: &'a Gate,
     _permit: SemaphorePermit<'a>,
@@ -122,14 +137,22 @@ pub struct HostSlot<'a> {
 impl Drop for HostSlot<'_> {
     fn drop(&mut self) {
         self.gate.finished();
-        self.gate.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// How often, at most, the gates of idle hosts are forgotten, when a new
+/// host comes along (the only time the map grows).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// The gates of every host seen recently.
 pub struct Hosts {
     limit: usize,
-    gates: Mutex<HashMap<String, Arc<Gate>>>,
+    gates: Mutex<Gates>,
+}
+
+struct Gates {
+    by_host: HashMap<String, Arc<Gate>>,
+    pruned_at: Instant,
 }
 
 impl Hosts {
@@ -137,18 +160,33 @@ impl Hosts {
     pub fn new(limit: usize) -> Self {
         Hosts {
             limit: limit.max(1),
-            gates: Mutex::new(HashMap::new()),
+            gates: Mutex::new(Gates {
+                by_host: HashMap::new(),
+                pruned_at: Instant::now(),
+            }),
         }
     }
 
-    /// The gate of `host`.
-    pub fn gate(&self, host: &str) -> Arc<Gate> {
+    /// A place for one more job of `host`, unless its gate has as many
+    /// running and waiting as it allows.
+    pub fn admit(&self, host: &str) -> Option<Place> {
+        self.gate(host).try_queue()
+    }
+
+    /// The gate of `host`, made on its first job. A new host is also when
+    /// idle hosts' gates are forgotten, so the map does not grow with every
+    /// host ever seen.
+    fn gate(&self, host: &str) -> Arc<Gate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(gate) = gates.get(host) {
+        if let Some(gate) = gates.by_host.get(host) {
             return gate.clone();
         }
+        if gates.pruned_at.elapsed() >= PRUNE_EVERY {
+            gates.by_host.retain(|_, gate| Arc::strong_count(gate) > 1);
+            gates.pruned_at = Instant::now();
+        }
         let gate = Arc::new(Gate::new(self.limit));
-        gates.insert(host.to_string(), gate.clone());
+        gates.by_host.insert(host.to_string(), gate.clone());
         gate
     }
 
@@ -156,16 +194,10 @@ impl Hosts {
     /// a gate has all the room a new gate has).
     pub fn room(&self, host: &str) -> usize {
         let gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        match gates.get(host) {
+        match gates.by_host.get(host) {
             Some(gate) => gate.room(),
             None => fixed_room(self.limit),
         }
-    }
-
-    /// Forgets idle hosts, so the map does not grow with every host ever seen.
-    pub fn prune(&self) {
-        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        gates.retain(|_, gate| Arc::strong_count(gate) > 1 || gate.queued.load(Ordering::Acquire) > 0);
     }
 }
 
@@ -184,43 +216,50 @@ mod tests {
     #[test]
     fn a_full_gate_refuses_more_waiting_jobs() {
         let hosts = Hosts::new(2);
-        let gate = hosts.gate("h:80");
-        for _ in 0..2 * (WAITING_PER_SLOT + 1) {
-            assert!(gate.try_queue());
-        }
-        assert!(!gate.try_queue(), "the gate holds its limit plus the waiting room");
+        let places: Vec<Place> = (0..2 * (WAITING_PER_SLOT + 1))
+            .map(|_| hosts.admit("h:80").expect("room"))
+            .collect();
+        assert!(
+            hosts.admit("h:80").is_none(),
+            "the gate holds its limit plus the waiting room"
+        );
         assert_eq!(hosts.room("h:80"), 0);
         assert_eq!(hosts.room("unseen:80"), 2 * (WAITING_PER_SLOT + 1));
-        assert!(hosts.gate("other:80").try_queue(), "other hosts are not affected");
+        assert!(hosts.admit("other:80").is_some(), "other hosts are not affected");
+        drop(places);
+        assert_eq!(
+            hosts.room("h:80"),
+            2 * (WAITING_PER_SLOT + 1),
+            "dropped places are given back"
+        );
     }
 
-    /// Has `gate` finish `n` requests in each of three windows.
-    async fn steady(gate: &Gate, n: usize) {
+    /// Has `host` finish `n` requests in each of three windows.
+    async fn steady(hosts: &Hosts, host: &str, n: usize) {
         for _ in 0..3 {
             for _ in 0..n {
-                assert!(gate.try_queue());
-                drop(gate.enter().await);
+                let place = hosts.admit(host).expect("room");
+                drop(place.enter().await);
             }
             std::thread::sleep(std::time::Duration::from_millis(WINDOW_MS + 5));
         }
-        assert!(gate.try_queue());
-        drop(gate.enter().await);
+        let place = hosts.admit(host).expect("room");
+        drop(place.enter().await);
     }
 
-    fn admitted(gate: &Gate) -> usize {
-        let mut n = 0;
-        while gate.try_queue() {
-            n += 1;
+    fn admitted(hosts: &Hosts, host: &str) -> usize {
+        let mut held = Vec::new();
+        while let Some(place) = hosts.admit(host) {
+            held.push(place);
         }
-        n
+        held.len()
     }
 
     #[tokio::test]
     async fn a_host_that_drains_fast_may_keep_more_jobs_waiting() {
         let hosts = Hosts::new(1);
-        let gate = hosts.gate("fast:80");
-        steady(&gate, 50).await;
-        let n = admitted(&gate);
+        steady(&hosts, "fast:80", 50).await;
+        let n = admitted(&hosts, "fast:80");
         assert!(
             n > WAITING_PER_SLOT + 1,
             "only {n} admitted for a host finishing ~50 per window"
@@ -230,27 +269,36 @@ mod tests {
     #[tokio::test]
     async fn a_host_that_stopped_finishing_loses_its_extra_room() {
         let hosts = Hosts::new(1);
-        let gate = hosts.gate("stalled:80");
-        steady(&gate, 50).await;
+        steady(&hosts, "stalled:80", 50).await;
         std::thread::sleep(std::time::Duration::from_millis(3 * WINDOW_MS));
-        assert_eq!(admitted(&gate), WAITING_PER_SLOT + 1);
+        assert_eq!(admitted(&hosts, "stalled:80"), WAITING_PER_SLOT + 1);
     }
 
     #[tokio::test]
     async fn entering_and_leaving_frees_the_place() {
         let hosts = Hosts::new(1);
-        let gate = hosts.gate("h:80");
-        assert!(gate.try_queue());
+        let place = hosts.admit("h:80").expect("room");
         {
-            let _slot = gate.enter().await;
-            assert_eq!(gate.queued.load(Ordering::Acquire), 1);
-            assert_eq!(gate.room(), WAITING_PER_SLOT);
+            let _slot = place.enter().await;
+            assert_eq!(hosts.room("h:80"), WAITING_PER_SLOT);
         }
-        assert_eq!(gate.queued.load(Ordering::Acquire), 0);
-        assert_eq!(gate.room(), WAITING_PER_SLOT + 1);
-        drop(gate);
-        hosts.prune();
-        assert!(hosts.gates.lock().unwrap().is_empty());
+        assert_eq!(hosts.room("h:80"), WAITING_PER_SLOT, "the place is held until dropped");
+        drop(place);
+        assert_eq!(hosts.room("h:80"), WAITING_PER_SLOT + 1);
+    }
+
+    #[test]
+    fn idle_hosts_are_forgotten_when_a_new_one_comes_after_a_while() {
+        let hosts = Hosts::new(1);
+        let busy = hosts.admit("busy:80").expect("room");
+        drop(hosts.admit("idle:80"));
+        hosts.gates.lock().unwrap().pruned_at -= PRUNE_EVERY;
+        drop(hosts.admit("new:80"));
+        let gates = hosts.gates.lock().unwrap();
+        let mut known: Vec<&str> = gates.by_host.keys().map(String::as_str).collect();
+        known.sort();
+        assert_eq!(known, ["busy:80", "new:80"], "idle:80 is forgotten, busy:80 is kept");
+        drop(busy);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! `deliver`: takes postback jobs from the Redis queue and delivers them.
 //!
-//! One job's way: a [`consumer`] takes it from its shard of the queue
-//! (through `common::queue`, the only door to Redis) and hands it to the
-//! [`deliverer`], which fills its URL, makes the request with the
-//! [`client`] (within the limits of [`hosts`], and only to destinations
-//! the [`guard`] allows), logs the attempt
-//! ([`delivery_log`]), counts it ([`metrics`]) and decides what follows
-//! ([`retry`]); the consumer settles that outcome in the queue.
+//! One job's way ([`consumer::step`]): a [`consumer`] takes it from its
+//! shard of the queue (through `common::queue`, the only door to Redis);
+//! the [`deliverer`] dispatches it (to run, to park while its host in
+//! [`hosts`] is full, or to the dead letters if it is not a job), fills
+//! its URL, makes the request with the [`client`] (only to destinations
+//! the [`guard`] allows), logs the attempt ([`delivery_log`]), counts it
+//! ([`metrics`]) and decides what follows ([`retry`]); the consumer
+//! settles that outcome in the queue.
 //! [`signing`] signs every request (Standard Webhooks);
 //! [`startup`] wires a worker process together; [`admin`] serves its
 //! metrics; [`dead`] and [`inspect`] are the operator's commands (dead

@@ -13,4 +13,5 @@ mod pipeline;
 mod reliability;
 mod signing;
 mod sink;
+mod step;
 mod support;
