@@ -12,6 +12,5 @@ mod observability;
 mod pipeline;
 mod reliability;
 mod signing;
-mod sink;
 mod step;
 mod support;

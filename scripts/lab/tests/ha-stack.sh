@@ -4,13 +4,15 @@
 # is delivered; the master is stopped; the sentinels promote the replica
 # and a job is delivered through the new master; the old master, started
 # again, comes back as the new master's replica. Called by
-# scripts/tests/stack.sh with the binaries' folder, the port of a
+# scripts/lab/tests/stack.sh with the binaries' folder, the port of a
 # postback-sink it runs and that sink's record file. Everything it starts
 # is stopped on exit, also on failure.
 set -uo pipefail
-repo=$(cd "$(dirname "$0")/../.." && pwd)
+repo=$(cd "$(dirname "$0")/../../.." && pwd)
 # shellcheck source=scripts/lib/common.sh
 . "$repo/scripts/lib/common.sh"
+# shellcheck source=scripts/lab/lab.sh
+. "$repo/scripts/lab/lab.sh"
 # shellcheck source=scripts/lib/stack.sh
 . "$repo/scripts/lib/stack.sh"
 

@@ -1,4 +1,4 @@
-//! The benchmark's `postback-sink`, run as its real binary: counting, and
+//! `postback-sink`, run as its real binary: counting, and
 //! `/_sink/wait`, which the benchmark waits on instead of polling.
 
 use std::io::{BufRead, BufReader};

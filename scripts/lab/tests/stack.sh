@@ -5,9 +5,11 @@
 # postback-sink as the endpoint). Called by scripts/test after the cargo
 # build; everything it starts is stopped by PID on exit, also on failure.
 set -uo pipefail
-repo=$(cd "$(dirname "$0")/../.." && pwd)
+repo=$(cd "$(dirname "$0")/../../.." && pwd)
 # shellcheck source=scripts/lib/common.sh
 . "$repo/scripts/lib/common.sh"
+# shellcheck source=scripts/lab/lab.sh
+. "$repo/scripts/lab/lab.sh"
 # shellcheck source=scripts/lib/stack.sh
 . "$repo/scripts/lib/stack.sh"
 
@@ -447,7 +449,7 @@ test_bench_medians_are_of_per_run_ratios() {
     printf '{"mode":"full","ingest1_rps":%s,"nginx_ceiling_rps":%s,"ingest10_rps":30,"drain_per_s":4490,"sink_ceiling_rps":10000,"healthy_next_to_dead_per_s":6,"healthy_alone_per_s":10,"ingest1_peak_rss_mb":9.1,"ingest10_peak_rss_mb":9.4,"ingest1_errors":0,"ingest10_errors":%s,"ingest1_p99_ms":3.5,"e2e_p99_ms":1.2,"deliver_peak_rss_mb":11,"redis_bytes_per_job":294}\n' \
       "${ingest[i - 1]}" "${ceiling[i - 1]}" "${errors10[i - 1]}" >"$dir/$i.json"
   done
-  out=$(bash -c '. "$1/scripts/lib/bench-targets.sh"; bench_medians "$2" 3 full "$2/median.json"' _ "$repo" "$dir") || return 1
+  out=$(bash -c '. "$1/scripts/lab/bench-targets.sh"; bench_medians "$2" 3 full "$2/median.json"' _ "$repo" "$dir") || return 1
   grep -Eq '^ingest 1 item, req/s / nginx ceiling +0\.300/0\.400/0\.360 +0\.36 +>= 0\.35 +ok$' <<<"$out" ||
     fail "1 item: want the median of the per-run ratios, 0.36: $out" || return 1
   grep -Eq '^drain, deliveries/s / sink ceiling +0\.449/0\.449/0\.449 +0\.449 +>= 0\.45 +MISSED$' <<<"$out" ||
@@ -500,7 +502,7 @@ failover_test() {
 
 test_sentinel_stack_follows_a_failover() {
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
-  failover_test "$repo/scripts/tests/ha-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+  failover_test "$repo/scripts/lab/tests/ha-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
 }
 
 test_provision_roles_make_a_sentinel_shape_that_fails_over() {
@@ -517,7 +519,7 @@ test_provision_roles_make_a_sentinel_shape_that_fails_over() {
   grep -qF "would firewall: allow 80/tcp" <<<"$out" || fail "an app host must open HTTP: $out" || return 1
   ! grep -qE "6379|redis-server" <<<"$out" || fail "an app host opens or installs Redis: $out" || return 1
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
-  failover_test "$repo/scripts/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+  failover_test "$repo/scripts/lab/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
 }
 
 test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
@@ -586,7 +588,7 @@ test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
 }
 
 test_shellcheck_is_clean() {
-  (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/tests/*.sh .ci/run)
+  (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/lab/*.sh scripts/lab/tests/*.sh .ci/run)
 }
 
 check "templates render; every program RUNNING; the sample is delivered through nginx" test_all_running_and_sample_delivered

@@ -5,13 +5,15 @@
 # folder of its own from one shared password file and started under its
 # own supervisord. A job is delivered; the master's Redis is stopped; the
 # sentinels promote the replica and a job is delivered through it. Called
-# by scripts/tests/stack.sh with the binaries' folder, the port of a
+# by scripts/lab/tests/stack.sh with the binaries' folder, the port of a
 # postback-sink it runs and that sink's record file. Everything it starts
 # is stopped on exit, also on failure.
 set -uo pipefail
-repo=$(cd "$(dirname "$0")/../.." && pwd)
+repo=$(cd "$(dirname "$0")/../../.." && pwd)
 # shellcheck source=scripts/lib/common.sh
 . "$repo/scripts/lib/common.sh"
+# shellcheck source=scripts/lab/lab.sh
+. "$repo/scripts/lab/lab.sh"
 # shellcheck source=scripts/lib/stack.sh
 . "$repo/scripts/lib/stack.sh"
 

@@ -20,6 +20,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=scripts/lib/common.sh
 . "$repo/scripts/lib/common.sh"
+# shellcheck source=scripts/lab/lab.sh
+. "$repo/scripts/lab/lab.sh"
 
 quick=${1:-0}
 jobs=100000
@@ -29,7 +31,7 @@ masters=3 shards=${BENCH_SHARDS:-6}
 ensure_packages redis-server redis-tools curl
 ensure_rust
 say "building release binaries..."
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p ingest -p deliver
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p ingest -p deliver -p bench
 bin=$repo/target/release
 
 tmp=$(mktemp -d /tmp/postback-bench-cluster.XXXXXX)
