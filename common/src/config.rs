@@ -404,6 +404,30 @@ pub fn destinations(src: &(impl Source + ?Sized)) -> Result<crate::destination::
     })
 }
 
+/// Settings no longer read, each with what to do: a service that finds
+/// one set warns at start, so that nobody believes it still bounds
+/// something.
+pub const RETIRED_SETTINGS: &[(&str, &str)] = &[(
+    "INGEST_REDIS_POOL",
+    "it bounded nothing: ingest keeps one Redis connection per worker thread (docs/ARCHITECTURE.md, \"Redis connections\"); remove it",
+)];
+
+/// One warning for each of [`RETIRED_SETTINGS`] set in `src`.
+pub fn retired_settings(src: &(impl Source + ?Sized)) -> Vec<String> {
+    RETIRED_SETTINGS
+        .iter()
+        .filter(|(var, _)| src.get(var).is_some())
+        .map(|(var, what)| format!("{var} is set but no longer read: {what}"))
+        .collect()
+}
+
+/// Logs a warning for each retired setting in the environment.
+pub fn warn_retired_settings() {
+    for warning in retired_settings(&Env) {
+        log::warn!("{warning}");
+    }
+}
+
 /// Prints a configuration error as one line on stderr and exits with code 2.
 pub fn exit_on_error<T>(program: &str, result: Result<T, ConfigError>) -> T {
     match result {
@@ -420,6 +444,18 @@ mod tests {
     use super::*;
 
     const SVC_X: Setting = Setting::new("SVC_X", "3", "how many");
+
+    #[test]
+    fn a_retired_setting_is_named_with_what_to_do() {
+        let warnings = retired_settings(&[("INGEST_REDIS_POOL", "16"), ("SVC_X", "1")][..]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("INGEST_REDIS_POOL is set but no longer read"),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].ends_with("remove it"), "{warnings:?}");
+        assert!(retired_settings(&[("SVC_X", "1")][..]).is_empty());
+    }
 
     #[test]
     fn help_lists_every_setting_between_usage_and_notes() {

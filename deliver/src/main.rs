@@ -55,6 +55,7 @@ fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     common::config::init_logging();
     let config = common::config::exit_on_error("deliver", Config::from_source(&common::config::Env));
+    common::config::warn_retired_settings();
     if cli.command.is_none() {
         // Before the runtime starts its threads, so they all inherit it.
         match cpu_policy::apply(config.cpu_policy) {

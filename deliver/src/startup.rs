@@ -16,10 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The deadline of every Redis command but a blocking take's wait.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(4);
-/// Connections deliver's pool may hold: one shared by a consumer's
-/// settler and housekeeping, one for each fetcher's blocking take, one for
-/// the statistics.
-const REDIS_POOL_SIZE: usize = 8;
 /// How often start-up looks whether the signing secrets have been read.
 const SECRETS_POLL: Duration = Duration::from_millis(20);
 /// How often the worker looks whether the queue has more shards than it
@@ -58,7 +54,6 @@ pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
         name: config.queue.clone(),
         timeout: REDIS_TIMEOUT,
         longest_block: consumer::BLOCK_WAIT,
-        pool_size: REDIS_POOL_SIZE,
         shards: config.shards,
         // Only producers wait for replicas.
         replica_acks: 0,

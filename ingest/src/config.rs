@@ -56,8 +56,6 @@ pub struct Config {
     pub max_queue: u64,
     /// `INGEST_REDIS_TIMEOUT_MS`: longest wait for Redis before answering 503.
     pub redis_timeout: Duration,
-    /// `INGEST_REDIS_POOL`: Redis connections.
-    pub redis_pool: usize,
     /// `INGEST_KEEPALIVE_MS`: how long an idle connection is kept open.
     /// nginx's upstream keep-alive is rendered below it (stack.sh), so
     /// that nginx, never ingest, closes an idle connection: a request
@@ -121,8 +119,6 @@ pub const BODY_TIMEOUT_MS: Setting = Setting::new(
 /// `INGEST_REDIS_TIMEOUT_MS`.
 pub const REDIS_TIMEOUT_MS: Setting =
     Setting::new("INGEST_REDIS_TIMEOUT_MS", "2000", "longest wait for Redis before a 503");
-/// `INGEST_REDIS_POOL`.
-pub const REDIS_POOL: Setting = Setting::new("INGEST_REDIS_POOL", "16", "Redis connections");
 /// `INGEST_KEEPALIVE_MS`.
 pub const KEEPALIVE_MS: Setting = Setting::new(
     "INGEST_KEEPALIVE_MS",
@@ -187,7 +183,6 @@ pub const SETTINGS: &[Setting] = &[
     MAX_ITEMS,
     MAX_QUEUE,
     REDIS_TIMEOUT_MS,
-    REDIS_POOL,
     KEEPALIVE_MS,
     SHUTDOWN_GRACE_MS,
     ACCESS_LOG,
@@ -234,7 +229,6 @@ impl Config {
             max_items: config::count(src, &MAX_ITEMS, 1)?,
             max_queue: config::parsed(src, &MAX_QUEUE, "a whole number")?,
             redis_timeout: config::millis(src, &REDIS_TIMEOUT_MS)?,
-            redis_pool: config::count(src, &REDIS_POOL, 1)?,
             keep_alive: config::millis(src, &KEEPALIVE_MS)?,
             shutdown_grace: config::millis(src, &SHUTDOWN_GRACE_MS)?,
             access_log: match config::string(src, &ACCESS_LOG).as_str() {

@@ -31,6 +31,7 @@ fn main() -> std::io::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     common::config::init_logging();
     let config = common::config::exit_on_error("ingest", Config::from_source(&common::config::Env));
+    common::config::warn_retired_settings();
     if let Some(Command::Keys { command }) = cli.command {
         std::process::exit(run_keys(&config, &command));
     }

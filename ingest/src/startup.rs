@@ -55,7 +55,6 @@ pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
         name: config.queue.clone(),
         timeout: config.redis_timeout,
         longest_block: Duration::ZERO,
-        pool_size: config.redis_pool,
         shards: config.shards,
         replica_acks: config.replica_acks,
         replica_timeout: config.replica_timeout,

@@ -1,14 +1,17 @@
 //! How the queue handle connects to Redis, wherever `REDIS_URL` says it
-//! is (see [`super::target`]): one server through a deadpool of multiplexed
-//! connections, the master a set of sentinels names, or a Redis Cluster.
-//! Every wait is bounded, so that a Redis that is down turns into a quick
-//! error (503 at ingest, a back-off at deliver), never a hang.
+//! is (see [`super::target`]): one server (a multiplexed connection made by
+//! deadpool-redis' manager), the master a set of sentinels names, or a
+//! Redis Cluster. Every wait is bounded, so that a Redis that is down turns
+//! into a quick error (503 at ingest, a back-off at deliver), never a hang.
 //!
-//! Hot paths do not check a connection out of the pool per command: deadpool
-//! pings a connection each time it hands it out, which doubles the round
-//! trips. They use a [`Shared`] connection instead, made once and cloned per
-//! command; redis-rs pipelines the commands of all its clones on one socket
-//! (per node, for a cluster), and a broken connection is replaced.
+//! No connection is checked out of a pool: deadpool-redis pings a
+//! connection each time it hands it out (`UNWATCH` + `PING`), which would
+//! double the round trips of every push. Each handle holds a [`Shared`]
+//! connection instead, made once and cloned per command; redis-rs
+//! pipelines the commands of all its clones on one socket (per node, for a
+//! cluster), and a broken connection is replaced. Work that must not wait
+//! behind others (a blocking take, an ingest worker's thread) gets a
+//! handle of its own (`Queue::handle`); docs/ARCHITECTURE.md has why.
 //!
 //! Failover: a connection is replaced after any error that may mean the
 //! master moved (a broken or refused connection, `READONLY`, a cluster
@@ -34,7 +37,7 @@ use deadpool_redis::redis::sentinel::{SentinelClient, SentinelClientBuilder, Sen
 use deadpool_redis::redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
-use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::Manager;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -114,8 +117,8 @@ impl Connection {
 
 /// Makes connections to where `REDIS_URL` points.
 pub(crate) enum Connector {
-    /// One server, through a pool's manager (and its settings).
-    Server(Pool),
+    /// One server: deadpool-redis' manager makes its connections.
+    Server(Manager),
     /// The master a set of sentinels names.
     Sentinel {
         client: tokio::sync::Mutex<SentinelClient>,
@@ -134,23 +137,18 @@ pub(crate) enum Connector {
 }
 
 impl Connector {
-    /// A connector for `target`, with at most `max_size` pooled connections
-    /// to a single server. `response_timeout` bounds every command; it must
-    /// be longer than the longest blocking command the caller sends
-    /// (deliver's `BLMOVE`).
-    pub(crate) fn new(target: &Target, max_size: usize, response_timeout: Duration) -> Result<Connector, QueueError> {
+    /// A connector for `target`. `response_timeout` bounds every command;
+    /// it must be longer than the longest blocking command the caller
+    /// sends (deliver's `BLMOVE`).
+    pub(crate) fn new(target: &Target, response_timeout: Duration) -> Result<Connector, QueueError> {
         let connect_timeout = response_timeout.min(Duration::from_secs(2));
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(response_timeout));
         match target {
-            Target::Server(url) => Ok(Connector::Server(pool(
-                url,
-                config,
-                max_size,
-                connect_timeout,
-                response_timeout,
-            )?)),
+            Target::Server(url) => Ok(Connector::Server(
+                Manager::new_with_config(url.as_str(), config).map_err(QueueError::Refused)?,
+            )),
             Target::Sentinel {
                 sentinels,
                 master,
@@ -197,7 +195,7 @@ impl Connector {
     /// A new connection.
     pub(crate) async fn connect(&self) -> RedisResult<Connection> {
         match self {
-            Connector::Server(pool) => Ok(Connection::Single(pool.manager().create().await?)),
+            Connector::Server(manager) => Ok(Connection::Single(manager.create().await?)),
             Connector::Sentinel {
                 client,
                 config,
@@ -289,28 +287,6 @@ async fn listen_for_switches(node: &Node, name: &str, switches: &AtomicU64) -> R
 
 fn tcp(node: &Node) -> ConnectionAddr {
     ConnectionAddr::Tcp(node.host.clone(), node.port)
-}
-
-/// A pool of at most `max_size` connections to one server at `url`.
-fn pool(
-    url: &str,
-    config: AsyncConnectionConfig,
-    max_size: usize,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-) -> Result<Pool, QueueError> {
-    let manager = Manager::new_with_config(url, config).map_err(QueueError::Refused)?;
-    let mut pool_config = PoolConfig::new(max_size);
-    pool_config.timeouts = Timeouts {
-        wait: Some(response_timeout),
-        create: Some(connect_timeout),
-        recycle: Some(response_timeout),
-    };
-    Pool::builder(manager)
-        .config(pool_config)
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| QueueError::Refused(RedisError::from(std::io::Error::other(e.to_string()))))
 }
 
 /// Logs a Redis outage once when it starts and once when it ends, however

@@ -59,8 +59,6 @@ pub struct QueueConfig {
     /// The longest wait of a blocking take this process sends (zero for a
     /// producer): the connection's own response timeout must outlast it.
     pub longest_block: Duration,
-    /// How many connections the pool may hold.
-    pub pool_size: usize,
     /// `POSTBACK_SHARDS`: how many shards pushes spread over (at least 1).
     pub shards: usize,
     /// `INGEST_REPLICA_ACKS`: how many replicas must hold a push before it
@@ -100,7 +98,7 @@ impl Queue {
         let target = Target::parse(&config.url)?;
         // A push's wait for replicas comes on top of its own deadline.
         let response_timeout = config.timeout + config.longest_block.max(config.replica_timeout);
-        let connector = Arc::new(Connector::new(&target, config.pool_size, response_timeout)?);
+        let connector = Arc::new(Connector::new(&target, response_timeout)?);
         let shared = Arc::new(Inner {
             connector: connector.clone(),
             shards: (0..config.shards.max(1))

@@ -76,7 +76,6 @@ pub fn queue_at(url: &str) -> common::queue::Queue {
         name: "default".into(),
         timeout: Duration::from_secs(2),
         longest_block: Duration::ZERO,
-        pool_size: 2,
         shards: 1,
         replica_acks: 0,
         replica_timeout: Duration::ZERO,
