@@ -279,7 +279,10 @@ mod tests {
 
     #[test]
     fn settings_match_docs() {
-        config::assert_settings_match_docs(include_str!("../../docs/CONFIGURATION.md"), "deliver", SETTINGS);
+        let docs = include_str!("../../docs/CONFIGURATION.md");
+        testkit::docs_table::assert_settings_match_docs(docs, "deliver", SETTINGS);
+        // The settings both services read, checked here once.
+        testkit::docs_table::assert_settings_match_docs(docs, "both", config::SHARED_SETTINGS);
     }
 
     #[test]

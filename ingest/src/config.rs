@@ -261,6 +261,10 @@ mod tests {
 
     #[test]
     fn settings_match_docs() {
-        config::assert_settings_match_docs(include_str!("../../docs/CONFIGURATION.md"), "ingest", SETTINGS);
+        testkit::docs_table::assert_settings_match_docs(
+            include_str!("../../docs/CONFIGURATION.md"),
+            "ingest",
+            SETTINGS,
+        );
     }
 }

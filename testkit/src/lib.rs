@@ -10,8 +10,10 @@
 //! - [`fault`](mod@fault): a proxy that loses a Redis answer;
 //! - [`tls`](mod@tls): a private CA and a `localhost` certificate;
 //! - [`http`](mod@http): a plain HTTP client;
-//! - [`wait`](mod@wait): waiting on a condition with a deadline.
+//! - [`wait`](mod@wait): waiting on a condition with a deadline;
+//! - [`docs_table`]: the settings tables against `docs/CONFIGURATION.md`.
 
+pub mod docs_table;
 pub mod fault;
 pub mod ha;
 pub mod http;
