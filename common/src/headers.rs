@@ -13,7 +13,7 @@
 //!
 //! Values may be secrets, so only names ever reach a log, a dead letter,
 //! `/stats` or the dashboard ([`Headers::names`]); a dead letter's values
-//! are kept apart from it, for its replay (see `queue::protocol`).
+//! are kept apart from it, for its replay (see `queue::dead`).
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;

@@ -12,7 +12,7 @@ use http::HeaderValue;
 
 /// A filled-in URL, split from its credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct SplitUrl {
     /// What to request: the URL without credentials.
     pub url: String,
     /// The URL with its password replaced by `***`, when it had
@@ -22,7 +22,7 @@ pub struct Target {
     pub authorization: Option<HeaderValue>,
 }
 
-impl Target {
+impl SplitUrl {
     /// The URL as logs and dead letters show it.
     pub fn shown(&self) -> &str {
         self.redacted.as_deref().unwrap_or(&self.url)
@@ -31,9 +31,9 @@ impl Target {
 
 /// Splits the credentials off `url`. A URL without them costs one scan of
 /// its authority and no allocation.
-pub fn extract(url: String) -> Target {
+pub fn extract(url: String) -> SplitUrl {
     let Some((scheme_end, at)) = userinfo_span(&url) else {
-        return Target {
+        return SplitUrl {
             url,
             redacted: None,
             authorization: None,
@@ -56,7 +56,7 @@ pub fn extract(url: String) -> Target {
     let shown_user = if userinfo.contains(':') { user } else { "" };
     let sep = if shown_user.is_empty() { "" } else { ":" };
     let redacted = format!("{}{shown_user}{sep}***@{}", &url[..scheme_end], &url[at + 1..]);
-    Target {
+    SplitUrl {
         url: without,
         redacted: Some(redacted),
         authorization,

@@ -13,7 +13,7 @@
 
 use crate::client::{parse_url, Attempt, HttpClient};
 use crate::config::Config;
-use crate::credentials::Target;
+use crate::credentials::SplitUrl;
 use crate::delivery_log::{DeliveryLog, Record};
 use crate::hosts::{Hosts, Place};
 use crate::metrics::{AttemptRecord, Metrics};
@@ -162,20 +162,20 @@ impl Deliverer {
     /// when it spawns and completes one): the request is made ready, and
     /// its outcome dealt with, in plain functions either side.
     async fn attempt(&self, job: &Job, url: String) -> Settlement {
-        let (target, request) = self.prepare(job, url);
+        let (split, request) = self.prepare(job, url);
         let outcome = request.await;
-        self.conclude(job, &target, outcome)
+        self.conclude(job, &split, outcome)
     }
 
-    /// The request for `job` at `url`, ready to send, and its target (the
-    /// URL with any credentials taken out).
-    fn prepare(&self, job: &Job, url: String) -> (Target, impl Future<Output = Attempt> + '_) {
+    /// The request for `job` at `url`, ready to send, and the URL split
+    /// from its credentials.
+    fn prepare(&self, job: &Job, url: String) -> (SplitUrl, impl Future<Output = Attempt> + '_) {
         let body = job
             .method
             .has_body()
             .then(|| Bytes::copy_from_slice(job.data.get().as_bytes()));
-        let mut target = crate::credentials::extract(url);
-        let uri = parse_url(&target.url);
+        let mut split = crate::credentials::extract(url);
+        let uri = parse_url(&split.url);
         // Signed: the body as sent, or for a request without one, its
         // target (path and query) as sent.
         let now = std::time::SystemTime::now()
@@ -191,14 +191,14 @@ impl Deliverer {
         // value (a copy of a signature's bytes cost an allocation), and
         // room for all of them from the start.
         let more =
-            signed.as_ref().map_or(0, |s| s.len()) + usize::from(target.authorization.is_some()) + job.headers.len();
+            signed.as_ref().map_or(0, |s| s.len()) + usize::from(split.authorization.is_some()) + job.headers.len();
         let mut headers = crate::client::request_headers(more, body.is_some());
         for (name, value) in signed.into_iter().flatten() {
             headers.insert(name, value);
         }
         // The producer's own Authorization wins over the URL's credentials
         // (ingest refuses a request with both).
-        if let Some(basic) = target.authorization.take() {
+        if let Some(basic) = split.authorization.take() {
             if !job.headers.contains("authorization") {
                 headers.insert(http::header::AUTHORIZATION, basic);
             }
@@ -206,13 +206,13 @@ impl Deliverer {
         for (name, value) in producer_headers(job) {
             headers.insert(name, value);
         }
-        (target, self.client.send_to(job.method, uri, body, headers))
+        (split, self.client.send_to(job.method, uri, body, headers))
     }
 
     /// What becomes of `job` after `outcome`: logged, counted, decided.
-    fn conclude(&self, job: &Job, target: &Target, outcome: Attempt) -> Settlement {
+    fn conclude(&self, job: &Job, split: &SplitUrl, outcome: Attempt) -> Settlement {
         // From here on the URL is the one to show: no password in it.
-        let url = target.shown();
+        let url = split.shown();
         let verdict = self.policy.decide(job.attempt, &outcome);
 
         let (status, response_body) = match &outcome.result {

@@ -222,7 +222,7 @@ async fn one_queue_sharded_over_a_cluster_survives_losing_a_master() {
 async fn a_shard_beyond_a_lowered_shard_count_is_still_drained() {
     use crate::support::{enqueue, job};
     use common::job::Method;
-    use common::queue::{protocol, QueueKeys};
+    use common::queue::{keys, QueueKeys};
     let redis = RedisServer::start();
     let sink = Sink::ok().await;
     let mut conn = redis.connection().await;
@@ -230,10 +230,7 @@ async fn a_shard_beyond_a_lowered_shard_count_is_still_drained() {
     // still holds jobs.
     let old: Vec<QueueKeys> = (0..3).map(|i| QueueKeys::shard("default", i, 3)).collect();
     let tags: Vec<&str> = old.iter().map(QueueKeys::tag).collect();
-    assert_eq!(
-        protocol::record_shards(&mut conn, &old[0], &tags).await.unwrap().len(),
-        3
-    );
+    assert_eq!(keys::record_shards(&mut conn, &old[0], &tags).await.unwrap().len(), 3);
     let jobs: Vec<_> = (0..20)
         .map(|n| job(Method::Get, &sink.url(&format!("/left?n={n}")), serde_json::json!({})))
         .collect();

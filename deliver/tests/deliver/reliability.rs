@@ -513,7 +513,7 @@ async fn a_full_redis_is_drained_without_losing_a_job() {
             })
             .collect();
         for job in jobs {
-            if let Err(refused) = common::queue::protocol::push(&mut conn, &keys, &[job.encode()]).await {
+            if let Err(refused) = common::queue::push::push(&mut conn, &keys, &[job.encode()]).await {
                 assert_eq!(refused.code(), Some("OOM"), "{refused}");
                 break 'fill;
             }

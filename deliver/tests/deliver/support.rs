@@ -226,21 +226,17 @@ pub async fn enqueue(conn: &mut MultiplexedConnection, keys: &QueueKeys, jobs: &
     let shards = shards_of(keys);
     for (i, job) in jobs.iter().enumerate().filter(|_| shards.len() > 1) {
         let shard = &shards[i % shards.len()];
-        common::queue::protocol::push(conn, shard, &[job.encode()])
-            .await
-            .unwrap();
+        common::queue::push::push(conn, shard, &[job.encode()]).await.unwrap();
     }
     for chunk in jobs.chunks(1000).filter(|_| shards.len() == 1) {
         let encoded: Vec<String> = chunk.iter().map(Job::encode).collect();
-        common::queue::protocol::push(conn, keys, &encoded).await.unwrap();
+        common::queue::push::push(conn, keys, &encoded).await.unwrap();
     }
 }
 
 /// Queues a raw string, as a foreign producer might.
 pub async fn enqueue_raw(conn: &mut MultiplexedConnection, keys: &QueueKeys, raw: &str) {
-    common::queue::protocol::push(conn, keys, &[raw.to_string()])
-        .await
-        .unwrap();
+    common::queue::push::push(conn, keys, &[raw.to_string()]).await.unwrap();
 }
 
 /// Every element of the list at `key`, head first.
@@ -258,7 +254,7 @@ pub async fn list(conn: &mut MultiplexedConnection, key: &str) -> Vec<String> {
 pub async fn depths(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> common::queue::Depths {
     let mut total = common::queue::Depths::default();
     for shard in shards_of(keys) {
-        total.add(&common::queue::protocol::depths(conn, &shard).await.unwrap());
+        total.add(&common::queue::views::depths(conn, &shard).await.unwrap());
     }
     total
 }

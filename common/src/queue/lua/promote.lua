@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
--- is full (see the note on scripts at the top of queue/protocol.rs).
+-- is full (see the note on scripts in queue/mod.rs).
 -- Moves retries whose due time has come back to the consuming end of the
 -- ready list. Atomic, so with several deliver processes each retry moves
 -- exactly once. Due times come from Redis' own clock (see settle.lua), so

@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
--- is full (see the note on scripts at the top of queue/protocol.rs).
+-- is full (see the note on scripts in queue/mod.rs).
 -- Empties the dead-letter list and says how many letters it held, in one
 -- step so the count is exactly what was removed.
 -- KEYS[1] dead-letter list (postback:{q}:dead)

@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
--- is full (see the note on scripts at the top of queue/protocol.rs).
+-- is full (see the note on scripts in queue/mod.rs).
 -- Returns the in-flight jobs of a worker whose heartbeat has expired to the
 -- consuming end of the ready list, oldest last so it is taken first, and
 -- forgets the worker. Does nothing while the heartbeat is alive: recovery

@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
--- is full (see the note on scripts at the top of queue/protocol.rs).
+-- is full (see the note on scripts in queue/mod.rs).
 -- Requeues dead letters: each one leaves the dead-letter list and its job
 -- (with a fresh attempt count) joins the ready list, atomically, so a
 -- replay run twice or by two operators at once requeues each letter once.

@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
--- is full (see the note on scripts at the top of queue/protocol.rs).
+-- is full (see the note on scripts in queue/mod.rs).
 -- Hands every job of a running worker's in-flight list back to the
 -- consuming end of the ready list, oldest last so it is taken first. The
 -- worker calls it on itself when a take failed after it may have been

@@ -1,11 +1,11 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
--- is full (see the note on scripts at the top of queue/protocol.rs).
+-- is full (see the note on scripts in queue/mod.rs).
 -- Settles a batch of attempts that did not deliver: each job leaves the
 -- worker's in-flight list and goes to the retry set, the dead-letter list or
 -- its host's parked list, in one atomic step so that a crash can neither
 -- lose it nor duplicate it. (A delivered job is acknowledged with a plain
--- LREM instead; see `settle` in queue/protocol.rs.)
+-- LREM instead; see `settle` in queue/settle.rs.)
 -- KEYS[1] in-flight list    (postback:{q}:inflight:<worker>)
 -- KEYS[2] retry sorted set  (postback:{q}:retry), scored by due time in ms
 -- KEYS[3] dead-letter list  (postback:{q}:dead)

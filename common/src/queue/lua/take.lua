@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
--- is full (see the note on scripts at the top of queue/protocol.rs).
+-- is full (see the note on scripts in queue/mod.rs).
 -- Takes up to ARGV[1] jobs from the consuming end of the ready list and
 -- records them in the worker's in-flight list, atomically, so that a job is
 -- never only in a worker's memory.

@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- allow-oom: it only moves or removes data, and must also run when Redis
--- is full (see the note on scripts at the top of queue/protocol.rs).
+-- is full (see the note on scripts in queue/mod.rs).
 -- Moves parked jobs of hosts that have room again into the worker's
 -- in-flight list, oldest first, atomically (a job is never only in a
 -- worker's memory), and keeps each host's count in the parked set exact.

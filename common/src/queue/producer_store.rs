@@ -3,10 +3,12 @@
 //! `docs/ARCHITECTURE.md`). The store is one slot (one hash tag), shared by
 //! every queue and shard.
 
+use super::{Queue, QueueError};
 use crate::producer::{NewKey, ProducerRecord};
 use deadpool_redis::redis::{self, aio::ConnectionLike, RedisResult, Script};
 use std::collections::HashMap;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 static ROTATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/rotate_secret.lua")));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/revoke_key.lua")));
@@ -112,4 +114,60 @@ pub async fn count_request<C: ConnectionLike>(conn: &mut C, id: &str, second: u6
         .query_async(conn)
         .await?;
     Ok(count)
+}
+
+impl Queue {
+    /// Stores a new producer key.
+    pub async fn create_producer(
+        &self,
+        key: &crate::producer::NewKey,
+        name: &str,
+        rate: Option<u32>,
+    ) -> Result<(), QueueError> {
+        self.run("producer keys", Duration::ZERO, async move |mut conn| {
+            create(&mut conn, key, name, rate, crate::now_ms()).await
+        })
+        .await
+    }
+
+    /// The producer key store's version: it moves on at every change.
+    pub async fn producers_version(&self) -> Result<u64, QueueError> {
+        self.run("producer keys", Duration::ZERO, async move |mut conn| {
+            version(&mut conn).await
+        })
+        .await
+    }
+
+    /// Every producer key, and the store version it was read at.
+    pub async fn producers(&self) -> Result<(u64, Vec<crate::producer::ProducerRecord>), QueueError> {
+        self.run("producer keys", Duration::ZERO, async move |mut conn| {
+            load(&mut conn).await
+        })
+        .await
+    }
+
+    /// Revokes a producer key: 1, 2 if it was revoked already, 0 if unknown.
+    pub async fn revoke_producer(&self, id: &str) -> Result<u8, QueueError> {
+        self.run("producer keys", Duration::ZERO, async move |mut conn| {
+            revoke(&mut conn, id, crate::now_ms()).await
+        })
+        .await
+    }
+
+    /// Gives a producer key a new signing secret; false if unknown.
+    pub async fn rotate_producer_secret(&self, id: &str, secret: &str) -> Result<bool, QueueError> {
+        self.run("producer keys", Duration::ZERO, async move |mut conn| {
+            rotate_secret(&mut conn, id, secret, crate::now_ms()).await
+        })
+        .await
+    }
+
+    /// Counts one request of producer `id` in Unix second `second`, over
+    /// every ingest process; returns the count so far.
+    pub async fn count_producer_request(&self, id: &str, second: u64) -> Result<u64, QueueError> {
+        self.run("rate limit", Duration::ZERO, async move |mut conn| {
+            count_request(&mut conn, id, second).await
+        })
+        .await
+    }
 }

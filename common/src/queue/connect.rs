@@ -6,7 +6,7 @@
 //!
 //! No connection is checked out of a pool: deadpool-redis pings a
 //! connection each time it hands it out (`UNWATCH` + `PING`), which would
-//! double the round trips of every push. Each handle holds a [`Shared`]
+//! double the round trips of every push. Each handle holds a [`SharedConnection`]
 //! connection instead, made once and cloned per command; redis-rs
 //! pipelines the commands of all its clones on one socket (per node, for a
 //! cluster), and a broken connection is replaced. Work that must not wait
@@ -38,20 +38,13 @@ use deadpool_redis::redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
 use deadpool_redis::Manager;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// How often redis-rs' cluster client retries a command itself (after a
 /// redirect, a reconnect, a slot-map refresh) before the error comes to
 /// the queue handle; the operation's deadline bounds the whole anyway.
 pub(crate) const CLUSTER_RETRIES: u32 = 3;
-/// How long a subscription to a sentinel may hear nothing before it is
-/// made again (on the next sentinel): a sentinel cut off without a reset
-/// leaves a silent socket, and switches are rare.
-const SUBSCRIPTION_IDLE: Duration = Duration::from_secs(60);
-/// The pause before subscribing again after a sentinel could not be
-/// reached or went away.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 /// A connection to wherever the queue lives.
 #[derive(Clone)]
@@ -223,203 +216,13 @@ impl Connector {
     }
 }
 
-impl Connector {
-    /// How many master switches the sentinels have announced (0 for
-    /// other targets): a connection made before the last is not used again.
-    pub(crate) fn switches(&self) -> u64 {
-        match self {
-            Connector::Sentinel { switches, .. } => switches.load(Ordering::Acquire),
-            _ => 0,
-        }
-    }
-
-    /// Listens to the sentinels' `+switch-master` announcements for our
-    /// master, one sentinel at a time, each in turn, for ever; returns at
-    /// once for a target without sentinels.
-    pub(crate) async fn follow_switches(&self) {
-        let Connector::Sentinel {
-            sentinels,
-            name,
-            switches,
-            ..
-        } = self
-        else {
-            return;
-        };
-        for node in sentinels.iter().cycle() {
-            if let Err(e) = listen_for_switches(node, name, switches).await {
-                log::debug!("sentinel {}:{}: {e}; listening to the next one", node.host, node.port);
-            }
-            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-        }
-    }
-}
-
-/// Counts, in `switches`, the switches of master `name` the sentinel at
-/// `node` announces, until it goes away or stays silent too long.
-async fn listen_for_switches(node: &Node, name: &str, switches: &AtomicU64) -> RedisResult<()> {
-    use futures_util::StreamExt as _;
-    let client = deadpool_redis::redis::Client::open(tcp(node))?;
-    let mut pubsub = match tokio::time::timeout(RESUBSCRIBE_AFTER * 2, client.get_async_pubsub()).await {
-        Ok(pubsub) => pubsub?,
-        Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
-    };
-    pubsub.subscribe("+switch-master").await?;
-    let mut messages = pubsub.on_message();
-    while let Ok(Some(message)) = tokio::time::timeout(SUBSCRIPTION_IDLE, messages.next()).await {
-        // "<name> <old ip> <old port> <new ip> <new port>"
-        let text: String = message.get_payload()?;
-        let mut words = text.split(' ');
-        if words.next() == Some(name) {
-            switches.fetch_add(1, Ordering::AcqRel);
-            let old: Vec<&str> = words.by_ref().take(2).collect();
-            let new: Vec<&str> = words.take(2).collect();
-            // Debug only: the reconnection logs the switch, once.
-            log::debug!(
-                "the sentinels announced a new master for {name:?}: {} (was {}); reconnecting",
-                new.join(":"),
-                old.join(":")
-            );
-        }
-    }
-    Ok(())
-}
-
-fn tcp(node: &Node) -> ConnectionAddr {
+pub(super) fn tcp(node: &Node) -> ConnectionAddr {
     ConnectionAddr::Tcp(node.host.clone(), node.port)
-}
-
-/// Logs a Redis outage once when it starts and once when it ends, however
-/// many operations fail in between, so an outage is two log lines, not a
-/// flood. Before Redis has answered once, a failure is a start-up wait
-/// (supervisord starts every program at once, so the services often come
-/// up before Redis), logged as information; once it has, an error.
-///
-/// A connection made before an outage began can still fail after it
-/// ended (one that sat unused through it, say): that is the same outage,
-/// already logged as over, so it is not logged again
-/// ([`Outage::failed_on`]).
-///
-/// Redis refusing writes while it answers (a full disk's `MISCONF`, too
-/// few replicas, `maxmemory`) is no outage: it is logged apart, once when
-/// a write is first refused and once when that same operation, a write,
-/// goes through again. A read that succeeds meanwhile says nothing of it.
-#[derive(Debug)]
-pub(crate) struct Outage {
-    down: AtomicBool,
-    /// The operation a write was first refused to, while they are (empty:
-    /// writes are accepted).
-    refused: std::sync::Mutex<String>,
-    /// Whether an operation has succeeded yet.
-    answered: AtomicBool,
-    /// How many outages have begun.
-    starts: AtomicU64,
-    /// Where Redis was looked for, without credentials: an error such as
-    /// "No such file or directory" means little without the socket's path.
-    address: String,
-}
-
-impl Outage {
-    /// Outages of the Redis `target` names.
-    pub(crate) fn new(target: &Target) -> Self {
-        Outage {
-            down: AtomicBool::new(false),
-            refused: std::sync::Mutex::new(String::new()),
-            answered: AtomicBool::new(false),
-            starts: AtomicU64::new(0),
-            address: format!(" at {}", target.describe()),
-        }
-    }
-
-    /// How many outages have begun so far; a connection made now has
-    /// lived through none of them.
-    pub(crate) fn starts(&self) -> u64 {
-        self.starts.load(Ordering::Relaxed)
-    }
-
-    /// Records an operation that failed on a connection made when
-    /// [`starts`](Self::starts) was `made_after` (`None`: no connection
-    /// was had). A connection older than the last outage's start is a
-    /// leftover of it: it is replaced without a word. (If that outage is
-    /// over and a new one is beginning, the next operation, on a new
-    /// connection, says so.)
-    pub(crate) fn failed_on(&self, what: &str, error: &dyn std::fmt::Display, made_after: Option<u64>) {
-        if made_after.is_some_and(|made| made < self.starts()) {
-            log::debug!("a connection from before the last outage failed ({what}: {error}); replaced");
-            return;
-        }
-        self.failed(what, error);
-    }
-
-    /// Records a failed operation; logs only the first of an outage.
-    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
-        if self.down.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        self.starts.fetch_add(1, Ordering::Relaxed);
-        if self.answered.load(Ordering::Relaxed) {
-            log::error!(
-                "redis unavailable{} ({what}: {error}); retrying with back-off until it answers",
-                self.address
-            );
-        } else {
-            log::info!("waiting for redis{} to answer ({what}: {error})", self.address);
-        }
-    }
-
-    /// Records that Redis refused `what`, a write, while it answers; logs
-    /// the first refusal of a stretch.
-    pub(crate) fn writes_refused(&self, what: &str, error: &dyn std::fmt::Display) {
-        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        if refused.is_empty() {
-            refused.push_str(what);
-            log::error!(
-                "redis{} refuses writes ({what}: {error}); reads still work, writes are tried again until it accepts them",
-                self.address
-            );
-        }
-    }
-
-    /// Whether writes are being refused (see [`writes_refused`](Self::writes_refused)).
-    pub(crate) fn refusing_writes(&self) -> bool {
-        !self.refused.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-    }
-
-    /// Records that `what` succeeded; logs the end of an outage, and the
-    /// end of refused writes when `what` is the write first refused.
-    pub(crate) fn succeeded_on(&self, what: &str) {
-        {
-            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-            if !refused.is_empty() && *refused == what {
-                refused.clear();
-                log::info!("redis accepts writes again ({what})");
-            }
-        }
-        self.succeeded();
-    }
-
-    /// Records a successful operation; logs the end of an outage.
-    pub(crate) fn succeeded(&self) {
-        if !self.answered.load(Ordering::Relaxed) && !self.answered.swap(true, Ordering::Relaxed) {
-            if self.down.swap(false, Ordering::Relaxed) {
-                log::info!("redis answers{}", self.address);
-            }
-            return;
-        }
-        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
-            log::info!("redis is back");
-        }
-    }
-
-    /// Whether the last operation failed.
-    pub(crate) fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
-    }
 }
 
 /// One connection shared by many tasks, made on the runtime of the first
 /// task that needs it, and replaced after an error that may have broken it.
-pub(crate) struct Shared {
+pub(crate) struct SharedConnection {
     connector: std::sync::Arc<Connector>,
     /// The connection, with the count of announced master switches and
     /// of outages begun ([`Outage::starts`]) when it was made.
@@ -427,10 +230,10 @@ pub(crate) struct Shared {
     connecting: tokio::sync::Mutex<()>,
 }
 
-impl Shared {
+impl SharedConnection {
     /// A shared connection made by `connector` when first needed.
     pub(crate) fn new(connector: std::sync::Arc<Connector>) -> Self {
-        Shared {
+        SharedConnection {
             connector,
             current: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -478,46 +281,5 @@ impl Shared {
         if error.replaces_connection() {
             *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_connection_from_before_an_outage_failing_after_it_is_no_new_outage() {
-        let outage = Outage::new(&Target::parse("redis://127.0.0.1:6390").unwrap());
-        outage.succeeded();
-        // Made before the outage: an idle connection, and the one in use.
-        let idle = outage.starts();
-        outage.failed_on("take", &"connection reset", Some(outage.starts()));
-        assert!(outage.is_down());
-        // Reconnected during the outage, and it answers: the end.
-        let made_during = outage.starts();
-        outage.succeeded();
-        assert!(!outage.is_down());
-        // The idle one fails now: the same outage, already over.
-        outage.failed_on("producer keys", &"broken pipe", Some(idle));
-        assert!(!outage.is_down(), "a leftover of the last outage started a new one");
-        // The one made during it fails later: a new outage.
-        outage.failed_on("take", &"connection reset", Some(made_during));
-        assert!(outage.is_down());
-        // No connection at all (connecting failed): an outage too.
-        outage.succeeded();
-        outage.failed_on("take", &"connection refused", None);
-        assert!(outage.is_down());
-    }
-
-    #[test]
-    fn an_outage_names_where_redis_was_looked_for_without_the_password() {
-        let outage = |url: &str| Outage::new(&Target::parse(url).unwrap()).address;
-        assert_eq!(outage("redis://default:secret@127.0.0.1:6390/0"), " at 127.0.0.1:6390");
-        assert_eq!(
-            outage("redis+unix:///run/postback/redis/redis.sock?user=default&pass=secret"),
-            " at unix:/run/postback/redis/redis.sock"
-        );
-        assert_eq!(outage("redis-cluster://:secret@h:7000"), " at the cluster of h:7000");
-        assert_eq!(outage("nonsense"), " at an unreadable REDIS_URL");
     }
 }
