@@ -3,7 +3,7 @@
 //! A producer posts an endpoint and a list of data objects; ingest checks
 //! the request ([`request`], with `repeated_key` for the items' keys), queues one job per object in a single Redis
 //! round trip, and answers 202 with the job ids ([`routes`]). It also
-//! serves the operator's view: `/metrics` ([`metrics`]), `/stats` and the
+//! serves the operator's pages ([`pages`]): `/health`, `/metrics` ([`metrics`]), `/stats` and the
 //! `/dashboard`. [`middleware`] gives every request its id, metrics and
 //! access line; [`startup`] builds the app; [`server`] serves it on a TCP
 //! port and on the Unix socket nginx reaches it by ([`unix_stream`]). It
@@ -18,6 +18,7 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod middleware;
+pub mod pages;
 mod repeated_key;
 pub mod request;
 pub mod routes;
