@@ -132,13 +132,15 @@ impl Deliverer {
     /// Delivers an admitted job: waits for a request slot of its host and a
     /// global one, makes the attempt, and returns what is to become of the
     /// job: logged, counted, decided.
-    pub async fn run(&self, delivery: Delivery) -> Settlement {
-        let Delivery { job, url, place } = delivery;
-        let _host = place.enter().await;
+    pub async fn run(&self, mut delivery: Delivery) -> Settlement {
+        // `delivery` stays whole: taking it apart would keep a second copy
+        // of the job in the task's future, which tokio moves on spawn.
+        let _host = delivery.place.enter().await;
         // Never closed: an error would only mean no limit.
         let _running = self.running.acquire().await.ok();
         let _in_flight = self.metrics.start_delivery();
-        self.attempt(&job, url).await
+        let url = std::mem::take(&mut delivery.url);
+        self.attempt(&delivery.job, url).await
     }
 
     /// Delivers `job` the way the consumer does ([`Deliverer::dispatch`],
