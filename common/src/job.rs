@@ -277,15 +277,24 @@ pub enum DeadReason {
     Malformed,
     /// The destination guard refused the endpoint's addresses.
     BlockedDestination,
+    /// 410 Gone: the endpoint says this URL is gone for good (the host
+    /// may be fine: its breaker does not count it).
+    Gone,
+    /// The destination was disabled (`deliver destinations disable`, or
+    /// its breaker stayed open for `DELIVER_DISABLE_AFTER`); replayable
+    /// once it is enabled again.
+    DestinationDisabled,
 }
 
 impl DeadReason {
     /// Every reason, for operators' filters.
-    pub const ALL: [DeadReason; 4] = [
+    pub const ALL: [DeadReason; 6] = [
         DeadReason::FinalStatus,
         DeadReason::RetriesExhausted,
         DeadReason::Malformed,
         DeadReason::BlockedDestination,
+        DeadReason::Gone,
+        DeadReason::DestinationDisabled,
     ];
 
     /// The name used in JSON and in `deliver dead list`.
@@ -295,6 +304,8 @@ impl DeadReason {
             DeadReason::RetriesExhausted => "retries_exhausted",
             DeadReason::BlockedDestination => "blocked_destination",
             DeadReason::Malformed => "malformed",
+            DeadReason::Gone => "gone",
+            DeadReason::DestinationDisabled => "destination_disabled",
         }
     }
 }

@@ -27,6 +27,7 @@
 //!   reclaim, promote, release) and [`settle`] its outcomes;
 //! - [`views`] and [`dead`]: the operator's views and dead letters;
 //! - [`stats`]: the statistics' I/O; [`producer_store`]: producer keys;
+//!   [`destinations`]: each partner's breaker, pause or disabling;
 //! - connecting: [`target`] (where `REDIS_URL` points), `connect` (one
 //!   server, Sentinel's master, a Cluster), `sentinel` (following master
 //!   switches) and `outage` (the outage log); [`QueueError`], why an
@@ -40,6 +41,7 @@
 
 mod connect;
 pub mod dead;
+pub mod destinations;
 mod error;
 pub mod keys;
 mod outage;

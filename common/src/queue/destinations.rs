@@ -1,0 +1,366 @@
+//! Destinations: the shared state of each partner (`host:port` of a
+//! filled-in URL) that is not simply open for delivery: its circuit breaker
+//! open or half-open after failures, a pause it asked for (`Retry-After`),
+//! or disabled. A destination without an entry is closed: delivered to.
+//!
+//! The state lives in Redis under a hash tag of its own, `{destinations}`,
+//! shared by every queue and shard, so that every deliver process agrees.
+//! Each process keeps a copy and reads it again when [`VERSION_KEY`] moves
+//! (deliver's `destinations` module): no round trip per delivery. Its
+//! attempts and failures reach Redis once a second in one script call
+//! (`lua/destinations_report.lua`), which also opens the breaker when the
+//! shared window holds enough failures.
+
+use super::{Queue, QueueError, WorkerQueue};
+use deadpool_redis::redis::{self, aio::ConnectionLike, RedisResult, Script};
+use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+static REPORT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/destinations_report.lua")));
+static PROBE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/destinations_probe.lua")));
+
+/// Every destination that is not closed: host -> JSON [`DestinationState`].
+pub const STATE_KEY: &str = "postback:{destinations}:state";
+/// Moves on at every change of [`STATE_KEY`].
+pub const VERSION_KEY: &str = "postback:{destinations}:version";
+
+/// The sliding window of a destination's attempts and failures, in
+/// buckets (see `lua/destinations_report.lua`).
+pub fn counts_key(host: &str) -> String {
+    format!("postback:{{destinations}}:counts:{host}")
+}
+
+/// A destination's state, when it is not closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DestinationState {
+    /// The breaker is open: its jobs are held, with no attempt spent, until
+    /// `until`, when one probe may go.
+    Open {
+        /// Since when (ms since the epoch).
+        since: u64,
+        /// When a probe may go.
+        until: u64,
+        /// This cooldown; it doubles while probes keep failing.
+        cooldown_ms: u64,
+        /// When the breaker first opened without a success since.
+        opened_at: u64,
+    },
+    /// One probe is in flight; everything else is still held.
+    HalfOpen {
+        /// Since when.
+        since: u64,
+        /// The cooldown that led here.
+        cooldown_ms: u64,
+        /// When the breaker first opened without a success since.
+        opened_at: u64,
+        /// The worker that holds the probe.
+        probe: String,
+        /// When it claimed it.
+        probe_at: u64,
+    },
+    /// The partner asked for a pause (`Retry-After` on a 429 or 503): held
+    /// until `until`, then closed.
+    Paused {
+        /// Since when.
+        since: u64,
+        /// Until when.
+        until: u64,
+    },
+    /// Disabled by an operator or after a breaker open too long: its jobs
+    /// become dead letters (`destination_disabled`) until it is enabled.
+    Disabled {
+        /// Since when.
+        since: u64,
+        /// `operator` or `breaker`.
+        by: String,
+    },
+}
+
+impl DestinationState {
+    /// The state's name: `open`, `half_open`, `paused` or `disabled`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DestinationState::Open { .. } => "open",
+            DestinationState::HalfOpen { .. } => "half_open",
+            DestinationState::Paused { .. } => "paused",
+            DestinationState::Disabled { .. } => "disabled",
+        }
+    }
+
+    /// Since when it is in this state (ms since the epoch).
+    pub fn since(&self) -> u64 {
+        match self {
+            DestinationState::Open { since, .. }
+            | DestinationState::HalfOpen { since, .. }
+            | DestinationState::Paused { since, .. }
+            | DestinationState::Disabled { since, .. } => *since,
+        }
+    }
+
+    /// Whether it still holds jobs at `now` (a pause ends by itself).
+    pub fn holds(&self, now_ms: u64) -> bool {
+        match self {
+            DestinationState::Paused { until, .. } => *until > now_ms,
+            _ => true,
+        }
+    }
+}
+
+/// The outcome of a probe, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Probe {
+    /// No probe of this worker ended.
+    #[default]
+    None,
+    /// The probe got an answer that is not the partner's failure: close.
+    Succeeded,
+    /// The probe failed: open again, for twice as long.
+    Failed,
+}
+
+/// One process's news of one destination since its last report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Attempts made.
+    pub attempts: u64,
+    /// Of them, the partner's failures (network, timeout, 5xx, 429).
+    pub failures: u64,
+    /// A pause asked for, until then (ms since the epoch; 0: none).
+    pub pause_until: u64,
+    /// The outcome of this worker's probe, if one ended.
+    pub probe: Probe,
+}
+
+/// When the breaker opens and how long it stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// `DELIVER_BREAKER`: off counts nothing towards opening.
+    pub enabled: bool,
+    /// `DELIVER_BREAKER_WINDOW`: how far back attempts count.
+    pub window: Duration,
+    /// `DELIVER_BREAKER_MIN_ATTEMPTS`: fewer never open it.
+    pub min_attempts: u64,
+    /// `DELIVER_BREAKER_FAILURE_PCT`: the share of failures that opens it.
+    pub failure_pct: u64,
+    /// `DELIVER_BREAKER_COOLDOWN`: the first wait before a probe.
+    pub cooldown: Duration,
+    /// `DELIVER_DISABLE_AFTER`: open this long without a success disables.
+    pub disable_after: Duration,
+}
+
+/// The longest cooldown: it doubles after each failed probe up to this.
+pub const COOLDOWN_MAX: Duration = Duration::from_secs(600);
+
+/// How many buckets the window is counted in.
+const WINDOW_BUCKETS: u64 = 6;
+
+/// A change of state a script made, to log and count once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The destination.
+    pub host: String,
+    /// Its new state: a [`DestinationState::name`], or `closed`.
+    pub state: String,
+}
+
+/// The version, and every destination that is not closed.
+pub async fn read<C: ConnectionLike>(conn: &mut C) -> RedisResult<(u64, Vec<(String, DestinationState)>)> {
+    let (version, all): (Option<u64>, Vec<(String, String)>) = redis::pipe()
+        .cmd("GET")
+        .arg(VERSION_KEY)
+        .cmd("HGETALL")
+        .arg(STATE_KEY)
+        .query_async(conn)
+        .await?;
+    let states = all
+        .into_iter()
+        .filter_map(|(host, json)| match serde_json::from_str(&json) {
+            Ok(state) => Some((host, state)),
+            Err(e) => {
+                log::warn!("destination {host}: unreadable state {json:?} ({e}); taken as closed");
+                None
+            }
+        })
+        .collect();
+    Ok((version.unwrap_or(0), states))
+}
+
+/// The version alone: whether a copy is still current.
+pub async fn version<C: ConnectionLike>(conn: &mut C) -> RedisResult<u64> {
+    let version: Option<u64> = redis::cmd("GET").arg(VERSION_KEY).query_async(conn).await?;
+    Ok(version.unwrap_or(0))
+}
+
+/// Reports one process's news (see `lua/destinations_report.lua`): returns
+/// the version after it and the changes it made.
+pub async fn report<C: ConnectionLike>(
+    conn: &mut C,
+    settings: &BreakerSettings,
+    worker: &str,
+    now_ms: u64,
+    news: &[(String, Report)],
+) -> RedisResult<(u64, Vec<Change>)> {
+    let window = settings.window.as_millis().max(WINDOW_BUCKETS as u128) as u64;
+    let mut call = REPORT.prepare_invoke();
+    call.key(STATE_KEY).key(VERSION_KEY);
+    for (host, _) in news {
+        call.key(counts_key(host));
+    }
+    call.arg(now_ms)
+        .arg(window)
+        .arg(window / WINDOW_BUCKETS)
+        .arg(settings.min_attempts)
+        .arg(if settings.enabled { settings.failure_pct } else { 0 })
+        .arg(settings.cooldown.as_millis() as u64)
+        .arg(COOLDOWN_MAX.max(settings.cooldown).as_millis() as u64)
+        .arg(settings.disable_after.as_millis() as u64)
+        .arg(worker);
+    for (host, news) in news {
+        let probe = match news.probe {
+            Probe::None => 0,
+            Probe::Succeeded => 1,
+            Probe::Failed => 2,
+        };
+        call.arg(host)
+            .arg(news.attempts)
+            .arg(news.failures)
+            .arg(news.pause_until)
+            .arg(probe);
+    }
+    let reply: Vec<String> = call.invoke_async(conn).await?;
+    let version = reply.first().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let changes = reply[1.min(reply.len())..]
+        .chunks_exact(2)
+        .map(|pair| Change {
+            host: pair[0].clone(),
+            state: pair[1].clone(),
+        })
+        .collect();
+    Ok((version, changes))
+}
+
+/// Claims the probe of `host` for `worker` if its breaker is open and its
+/// cooldown over (see `lua/destinations_probe.lua`).
+pub async fn claim_probe<C: ConnectionLike>(
+    conn: &mut C,
+    host: &str,
+    now_ms: u64,
+    worker: &str,
+    timeout: Duration,
+) -> RedisResult<bool> {
+    let claimed: u8 = PROBE
+        .key(STATE_KEY)
+        .key(VERSION_KEY)
+        .arg(host)
+        .arg(now_ms)
+        .arg(worker)
+        .arg(timeout.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
+    Ok(claimed == 1)
+}
+
+/// Disables `host` (an operator's decision), or enables it again: its state
+/// and its counts are then forgotten, as for a destination never seen.
+pub async fn set_disabled<C: ConnectionLike>(conn: &mut C, host: &str, disabled: bool, now_ms: u64) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if disabled {
+        let state = DestinationState::Disabled {
+            since: now_ms,
+            by: "operator".into(),
+        };
+        let json = serde_json::to_string(&state).map_err(|e| std::io::Error::other(e.to_string()))?;
+        pipe.cmd("HSET").arg(STATE_KEY).arg(host).arg(json).ignore();
+    } else {
+        pipe.cmd("HDEL").arg(STATE_KEY).arg(host).ignore();
+        pipe.cmd("DEL").arg(counts_key(host)).ignore();
+    }
+    pipe.cmd("INCR").arg(VERSION_KEY).ignore();
+    pipe.query_async(conn).await
+}
+
+impl Queue {
+    /// The version of the destinations' state and every destination that
+    /// is not closed.
+    pub async fn destinations(&self) -> Result<(u64, Vec<(String, DestinationState)>), QueueError> {
+        self.run("destinations", Duration::ZERO, async move |mut conn| {
+            read(&mut conn).await
+        })
+        .await
+    }
+
+    /// The destinations' version alone.
+    pub async fn destinations_version(&self) -> Result<u64, QueueError> {
+        self.run("destinations", Duration::ZERO, async move |mut conn| {
+            version(&mut conn).await
+        })
+        .await
+    }
+
+    /// Reports a process's news of destinations (see [`report`]).
+    pub async fn report_destinations(
+        &self,
+        settings: &BreakerSettings,
+        worker: &str,
+        news: &[(String, Report)],
+    ) -> Result<(u64, Vec<Change>), QueueError> {
+        self.run("destinations", Duration::ZERO, async move |mut conn| {
+            report(&mut conn, settings, worker, crate::now_ms(), news).await
+        })
+        .await
+    }
+
+    /// Disables or enables `host` (see [`set_disabled`]).
+    pub async fn set_destination_disabled(&self, host: &str, disabled: bool) -> Result<(), QueueError> {
+        self.run("destinations", Duration::ZERO, async move |mut conn| {
+            set_disabled(&mut conn, host, disabled, crate::now_ms()).await
+        })
+        .await
+    }
+}
+
+impl WorkerQueue {
+    /// Claims the probe of `host` for this worker (see [`claim_probe`]).
+    pub async fn claim_probe(&self, host: &str, timeout: Duration) -> Result<bool, QueueError> {
+        let worker = self.id.as_str();
+        self.queue
+            .run("destinations", Duration::ZERO, async move |mut conn| {
+                claim_probe(&mut conn, host, crate::now_ms(), worker, timeout).await
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_read_back_as_the_scripts_write_them() {
+        let open: DestinationState = serde_json::from_str(
+            r#"{"state":"open","since":1765000000000,"until":1765000030000,"cooldown_ms":30000,"opened_at":1765000000000}"#,
+        )
+        .unwrap();
+        assert_eq!(open.name(), "open");
+        assert!(open.holds(1765000040000), "open holds until a probe closes it");
+        let paused: DestinationState = serde_json::from_str(r#"{"state":"paused","since":1,"until":3000}"#).unwrap();
+        assert!(paused.holds(2999) && !paused.holds(3000), "a pause ends by itself");
+        let disabled = DestinationState::Disabled {
+            since: 5,
+            by: "operator".into(),
+        };
+        let json = serde_json::to_string(&disabled).unwrap();
+        assert_eq!(json, r#"{"state":"disabled","since":5,"by":"operator"}"#);
+        assert_eq!(serde_json::from_str::<DestinationState>(&json).unwrap(), disabled);
+    }
+
+    #[test]
+    fn every_destination_key_shares_one_slot() {
+        for key in [STATE_KEY.to_string(), VERSION_KEY.to_string(), counts_key("h:80")] {
+            assert!(key.starts_with("postback:{destinations}:"), "{key}");
+        }
+    }
+}
