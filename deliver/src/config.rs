@@ -2,6 +2,7 @@
 
 use crate::cpu_policy::CpuPolicy;
 use common::config::{self, ConfigError, Setting, Source};
+use common::queue::destinations::BreakerSettings;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -77,6 +78,9 @@ pub struct Config {
     pub signing_secret: Option<String>,
     /// `DELIVER_SECRET_OVERLAP`: a rotated-out secret signs this long.
     pub secret_overlap: Duration,
+    /// `DELIVER_BREAKER*`, `DELIVER_DISABLE_AFTER`: when a destination's
+    /// breaker opens, for how long, and when it is disabled.
+    pub breaker: BreakerSettings,
 }
 
 macro_rules! settings {
@@ -137,6 +141,32 @@ settings! {
     SECRET_OVERLAP = "DELIVER_SECRET_OVERLAP", "24h", "how long a rotated-out signing secret still signs beside the new one";
     /// `DELIVER_CPU_POLICY`.
     CPU_POLICY = "DELIVER_CPU_POLICY", "batch", "batch: run as SCHED_BATCH (yield to the request path); inherit: as started";
+    /// `DELIVER_BREAKER`.
+    BREAKER = "DELIVER_BREAKER", "on", "each destination's circuit breaker: on or off (off: failures never hold its jobs)";
+    /// `DELIVER_BREAKER_MIN_ATTEMPTS`.
+    BREAKER_MIN_ATTEMPTS = "DELIVER_BREAKER_MIN_ATTEMPTS", "10", "fewer attempts to a destination within the window never open its breaker";
+    /// `DELIVER_BREAKER_WINDOW`.
+    BREAKER_WINDOW = "DELIVER_BREAKER_WINDOW", "60s", "how far back a destination's attempts count for its breaker";
+    /// `DELIVER_BREAKER_FAILURE_PCT`.
+    BREAKER_FAILURE_PCT = "DELIVER_BREAKER_FAILURE_PCT", "70", "share of failed attempts (network, timeout, 5xx, 429) in the window that opens the breaker";
+    /// `DELIVER_BREAKER_COOLDOWN`.
+    BREAKER_COOLDOWN = "DELIVER_BREAKER_COOLDOWN", "30s", "first wait before an open breaker's probe; doubles while probes fail, up to 10m";
+    /// `DELIVER_DISABLE_AFTER`.
+    DISABLE_AFTER = "DELIVER_DISABLE_AFTER", "5d", "a breaker open this long without a success disables its destination";
+}
+
+/// A setting read as a duration with a unit (`60s`, `5d`).
+fn duration(src: &(impl Source + ?Sized), setting: &Setting) -> Result<Duration, ConfigError> {
+    let text = config::string(src, setting);
+    config::parse_duration(&text).map_err(|p| ConfigError::new(setting.var, &text, p))
+}
+
+impl Config {
+    /// How long a breaker's probe claim holds before another process may
+    /// claim it: long enough for its request to end and be reported.
+    pub fn probe_timeout(&self) -> Duration {
+        self.timeout * 2 + crate::destinations::REFRESH * 2
+    }
 }
 
 impl Config {
@@ -239,6 +269,24 @@ impl Config {
             heartbeat_ttl,
             poll_every: config::millis(src, &POLL_MS)?,
             batch: config::count(src, &BATCH, 1)?.min(common::queue::MAX_BATCH),
+            breaker: BreakerSettings {
+                enabled: config::flag(src, &BREAKER)?,
+                window: duration(src, &BREAKER_WINDOW)?,
+                min_attempts: config::count(src, &BREAKER_MIN_ATTEMPTS, 1)? as u64,
+                failure_pct: match config::parsed::<u64>(src, &BREAKER_FAILURE_PCT, "a percentage, 1 to 100")? {
+                    pct @ 1..=100 => pct,
+                    _ => {
+                        let value = config::string(src, &BREAKER_FAILURE_PCT);
+                        return Err(ConfigError::new(
+                            BREAKER_FAILURE_PCT.var,
+                            &value,
+                            "expected a percentage, 1 to 100",
+                        ));
+                    }
+                },
+                cooldown: duration(src, &BREAKER_COOLDOWN)?,
+                disable_after: duration(src, &DISABLE_AFTER)?,
+            },
         })
     }
 }

@@ -43,7 +43,12 @@ impl Filter {
     fn matches(&self, letter: &DeadLetter) -> bool {
         let reason = self.reason.is_none_or(|r| r == letter.reason);
         let host = self.host.as_deref().is_none_or(|wanted| {
-            let host_port = letter.url.as_deref().map(crate::hosts::host_of).unwrap_or("");
+            let destination = letter
+                .url
+                .as_deref()
+                .map(crate::hosts::destination_of)
+                .unwrap_or_default();
+            let host_port = destination.as_ref();
             let host = host_port.rsplit_once(':').map_or(host_port, |(h, port)| {
                 if port.bytes().all(|b| b.is_ascii_digit()) {
                     h

@@ -15,7 +15,8 @@ use crate::client::{parse_url, Attempt, HttpClient};
 use crate::config::Config;
 use crate::credentials::SplitUrl;
 use crate::delivery_log::{DeliveryLog, Record};
-use crate::hosts::{Hosts, Place};
+use crate::destinations::{Admission, Destinations, Parked};
+use crate::hosts::{destination_of, Hosts, Place};
 use crate::metrics::{AttemptRecord, Metrics};
 use crate::retry::{RetryPolicy, Verdict};
 use crate::signing::Signer;
@@ -34,11 +35,13 @@ const URL_SLACK: usize = 64;
 pub enum Dispatch {
     /// Deliver it: its host's gate has a place for it.
     Run(Delivery),
-    /// Its host has all it may have in flight and waiting: the job waits
-    /// in Redis ([`Settlement::Park`]), not in memory.
+    /// Hold it in Redis ([`Settlement::Park`]), not in memory, with no
+    /// attempt spent: its destination has all it may have in flight and
+    /// waiting, its breaker is open, or it asked for a pause.
     Park(Settlement),
-    /// Not a job: a dead letter ([`Settlement::Dead`]), never retried.
-    Malformed(Settlement),
+    /// A dead letter ([`Settlement::Dead`]) with no attempt made: not a
+    /// job, or its destination is disabled.
+    Dead(Settlement),
 }
 
 /// A job admitted by its host's gate, ready for [`Deliverer::run`]. Holds
@@ -47,6 +50,8 @@ pub struct Delivery {
     job: Job,
     url: String,
     place: Place,
+    /// The breaker's probe of its destination.
+    probe: bool,
 }
 
 /// What an attempt needs: client, policy, limits, log and metrics.
@@ -59,6 +64,9 @@ pub struct Deliverer {
     log: DeliveryLog,
     metrics: Arc<Metrics>,
     signer: Arc<Signer>,
+    /// The shared destinations' state; none for a deliverer on its own
+    /// (a single delivery: every destination closed, nothing reported).
+    destinations: Option<Arc<Destinations>>,
     unmatched_default: String,
 }
 
@@ -90,38 +98,94 @@ impl Deliverer {
             log,
             metrics,
             signer,
+            destinations: None,
             unmatched_default: config.unmatched_default.clone(),
         })
     }
 
+    /// The same, following the shared destinations' state through
+    /// `destinations` (the worker's; without it every destination is
+    /// closed, as for a single delivery).
+    pub fn with_destinations(mut self, destinations: Arc<Destinations>) -> Self {
+        self.destinations = Some(destinations);
+        self
+    }
+
     /// Decides what becomes of `taken`, a job as the queue handed it over:
-    /// delivered, parked (its host is full) or dead (not a job).
+    /// delivered, held (its destination is full, open or paused) or dead
+    /// (not a job, or its destination is disabled).
     pub fn dispatch(&self, taken: &[u8]) -> Dispatch {
         let job = match Job::decode(taken) {
             Ok(job) => job,
-            Err(error) => return Dispatch::Malformed(self.malformed(taken, &error.to_string())),
+            Err(error) => return Dispatch::Dead(self.malformed(taken, &error.to_string())),
         };
         let url = self.url_of(&job);
-        let host = crate::hosts::host_of(&url);
-        let Some(place) = self.hosts.admit(host) else {
-            self.metrics.parked();
-            return Dispatch::Park(Settlement::Park { host: host.to_string() });
+        let host = destination_of(&url);
+        let admission = self.destinations.as_ref().map_or(Admission::Go, |d| d.admit(&host));
+        let probe = match admission {
+            Admission::Go => false,
+            Admission::Probe => true,
+            Admission::Hold => {
+                self.metrics.held();
+                return Dispatch::Park(Settlement::Park {
+                    host: host.into_owned(),
+                });
+            }
+            Admission::Disabled => return Dispatch::Dead(self.refused(&job, &url)),
         };
-        Dispatch::Run(Delivery { job, url, place })
+        let Some(place) = self.hosts.admit(&host) else {
+            if probe {
+                // Whichever of its jobs comes next is the probe.
+                self.probe_granted(&host);
+            }
+            self.metrics.parked();
+            return Dispatch::Park(Settlement::Park {
+                host: host.into_owned(),
+            });
+        };
+        Dispatch::Run(Delivery { job, url, place, probe })
     }
 
     /// Of the hosts with parked jobs, how many each may have back now,
-    /// `free` in all at most: the `(host, n)` pairs to unpark.
-    pub fn room_for_parked(&self, hosts: Vec<String>, mut free: usize) -> Vec<(String, usize)> {
+    /// `free` in all at most: the `(host, n)` pairs to unpark, and the
+    /// hosts whose breaker's probe is due (to be claimed first, then one
+    /// job unparked: see [`Deliverer::probe_granted`]).
+    pub fn room_for_parked(&self, hosts: Vec<String>, mut free: usize) -> (Vec<(String, usize)>, Vec<String>) {
         let mut wanted = Vec::new();
+        let mut probes = Vec::new();
         for host in hosts {
-            let n = self.hosts.room(&host).min(free);
+            let parked = self.destinations.as_ref().map_or(Parked::Free, |d| d.parked(&host));
+            let n = match parked {
+                Parked::Free => self.hosts.room(&host).min(free),
+                // Taken back to become dead letters.
+                Parked::Drain => free,
+                Parked::Held => 0,
+                Parked::ProbeDue => {
+                    probes.push(host);
+                    continue;
+                }
+            };
             if n > 0 {
                 free -= n;
                 wanted.push((host, n));
             }
         }
-        wanted
+        (wanted, probes)
+    }
+
+    /// This process holds the probe of `host`'s breaker: one of its jobs
+    /// may go.
+    pub fn probe_granted(&self, host: &str) {
+        if let Some(destinations) = &self.destinations {
+            destinations.probe_granted(host);
+        }
+    }
+
+    /// How long a probe claim holds before another process may claim it.
+    pub fn probe_timeout(&self) -> std::time::Duration {
+        self.destinations
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |d| d.probe_timeout())
     }
 
     /// Counts jobs taken back from parking.
@@ -140,7 +204,7 @@ impl Deliverer {
         let _running = self.running.acquire().await.ok();
         let _in_flight = self.metrics.start_delivery();
         let url = std::mem::take(&mut delivery.url);
-        self.attempt(&delivery.job, url).await
+        self.attempt(&delivery.job, url, delivery.probe).await
     }
 
     /// Delivers `job` the way the consumer does ([`Deliverer::dispatch`],
@@ -148,7 +212,7 @@ impl Deliverer {
     pub async fn deliver_one(&self, job: &Job) -> Settlement {
         match self.dispatch(job.encode().as_bytes()) {
             Dispatch::Run(delivery) => self.run(delivery).await,
-            Dispatch::Park(settlement) | Dispatch::Malformed(settlement) => settlement,
+            Dispatch::Park(settlement) | Dispatch::Dead(settlement) => settlement,
         }
     }
 
@@ -163,10 +227,10 @@ impl Deliverer {
     /// runs (its future is part of every delivery task, which tokio copies
     /// when it spawns and completes one): the request is made ready, and
     /// its outcome dealt with, in plain functions either side.
-    async fn attempt(&self, job: &Job, url: String) -> Settlement {
+    async fn attempt(&self, job: &Job, url: String, probe: bool) -> Settlement {
         let (split, request) = self.prepare(job, url);
         let outcome = request.await;
-        self.conclude(job, &split, outcome)
+        self.conclude(job, &split, outcome, probe)
     }
 
     /// The request for `job` at `url`, ready to send, and the URL split
@@ -212,16 +276,20 @@ impl Deliverer {
     }
 
     /// What becomes of `job` after `outcome`: logged, counted, decided.
-    fn conclude(&self, job: &Job, split: &SplitUrl, outcome: Attempt) -> Settlement {
+    fn conclude(&self, job: &Job, split: &SplitUrl, outcome: Attempt, probe: bool) -> Settlement {
         // From here on the URL is the one to show: no password in it.
         let url = split.shown();
         let verdict = self.policy.decide(job.attempt, &outcome);
+        let now = common::now_ms();
+        if let (Some(destinations), Some(failed)) = (&self.destinations, crate::retry::partner_failed(&outcome)) {
+            let pause = self.policy.pause_for(&outcome).map(|d| now + d.as_millis() as u64);
+            destinations.record(&destination_of(&split.url), failed, pause, probe);
+        }
 
         let (status, response_body) = match &outcome.result {
             Ok(answer) => (answer.status.to_string(), answer.body.as_str()),
             Err(failure) => (failure.kind.as_str().to_string(), failure.message.as_str()),
         };
-        let now = common::now_ms();
         self.log.write(&Record {
             delivery_time_ms: now,
             id: &job.id,
@@ -264,25 +332,42 @@ impl Deliverer {
             return Settlement::Ack;
         };
         let detail = (!response_body.is_empty()).then(|| response_body.to_string());
-        Settlement::Dead {
-            letter: Box::new(
-                DeadLetter {
-                    id: job.id.clone(),
-                    reason,
-                    attempts: job.attempt,
-                    last_status: status,
-                    method: Some(job.method),
-                    url: Some(url.to_string()),
-                    detail,
-                    dead_at: now,
-                    job: Some(job.clone()),
-                    raw: None,
-                    header_names: Vec::new(),
-                    header_values: Default::default(),
-                }
-                .set_headers_aside(),
-            ),
-        }
+        dead_letter(job, reason, job.attempt, status, url, detail, now)
+    }
+
+    /// A job for a disabled destination: a dead letter with no attempt
+    /// made, to be replayed once the destination is enabled again.
+    fn refused(&self, job: &Job, url: &str) -> Settlement {
+        let now = common::now_ms();
+        let split = crate::credentials::extract(url.to_string());
+        let shown = split.shown();
+        let detail = "its destination is disabled: `deliver destinations enable`, then `deliver dead replay --reason destination_disabled`";
+        self.metrics.dead(DeadReason::DestinationDisabled.as_str());
+        self.log.write(&Record {
+            delivery_time_ms: now,
+            id: &job.id,
+            attempt: job.attempt,
+            method: job.method.as_str(),
+            url: shown,
+            status: "disabled",
+            response_ms: 0,
+            response_body: detail,
+            outcome: "dead",
+            retry_in_ms: None,
+            request_id: job.request_id.as_deref(),
+            producer: job.producer.as_deref(),
+        });
+        let attempts = job.attempt.saturating_sub(1);
+        let reason = DeadReason::DestinationDisabled;
+        dead_letter(
+            job,
+            reason,
+            attempts,
+            "disabled".into(),
+            shown,
+            Some(detail.into()),
+            now,
+        )
     }
 
     /// A queued string that is not a job: keep it aside, never retry it.
@@ -326,6 +411,38 @@ impl Deliverer {
                 header_values: Default::default(),
             }),
         }
+    }
+}
+
+/// A job's dead letter: `attempts` made, the last `status`, the URL as
+/// shown, the answer's start.
+fn dead_letter(
+    job: &Job,
+    reason: DeadReason,
+    attempts: u32,
+    last_status: String,
+    url: &str,
+    detail: Option<String>,
+    now: u64,
+) -> Settlement {
+    Settlement::Dead {
+        letter: Box::new(
+            DeadLetter {
+                id: job.id.clone(),
+                reason,
+                attempts,
+                last_status,
+                method: Some(job.method),
+                url: Some(url.to_string()),
+                detail,
+                dead_at: now,
+                job: Some(job.clone()),
+                raw: None,
+                header_names: Vec::new(),
+                header_values: Default::default(),
+            }
+            .set_headers_aside(),
+        ),
     }
 }
 

@@ -10,6 +10,7 @@
 //! Redis (crash-safe, no memory held; see `common::queue`) while other
 //! hosts' jobs go ahead, and brings it back once the gate has room.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -201,12 +202,31 @@ impl Hosts {
     }
 }
 
-/// The `host:port` part of a URL (lower-cased by nobody: hosts are compared
-/// as the producer wrote them).
-pub fn host_of(url: &str) -> &str {
-    let rest = common::url_parts::split_scheme(url).map_or(url, |(_, rest)| rest);
+/// The destination of a URL: its `host:port`, the host in lower case and
+/// the port written out (80 for http, 443 for https, when the URL names
+/// none), so that every spelling of one partner is one destination, for
+/// its gate, its breaker and the operator's commands. Borrowed from the
+/// URL when it is already written so.
+pub fn destination_of(url: &str) -> Cow<'_, str> {
+    let (scheme, rest) = common::url_parts::split_scheme(url).unwrap_or(("", url));
     let authority = common::url_parts::authority(rest);
-    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    // The port's colon comes after an IPv6 address's closing bracket.
+    let port_at = host_port.rfind(':').filter(|&i| !host_port[i..].contains(']'));
+    let has_port = port_at.is_some_and(|i| i + 1 < host_port.len());
+    if has_port && !host_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Cow::Borrowed(host_port);
+    }
+    let host = port_at.map_or(host_port, |i| if has_port { host_port } else { &host_port[..i] });
+    let mut key = host.to_ascii_lowercase();
+    if !has_port {
+        key.push_str(if scheme.eq_ignore_ascii_case("https") {
+            ":443"
+        } else {
+            ":80"
+        });
+    }
+    Cow::Owned(key)
 }
 
 #[cfg(test)]
@@ -302,8 +322,17 @@ mod tests {
     }
 
     #[test]
-    fn hosts_exclude_credentials_path_and_query() {
-        assert_eq!(host_of("http://u:p@example.com:8080/a?b"), "example.com:8080");
-        assert_eq!(host_of("https://h/x"), "h");
+    fn a_destination_is_the_lower_case_host_and_its_port() {
+        assert_eq!(destination_of("http://u:p@example.com:8080/a?b"), "example.com:8080");
+        assert!(matches!(destination_of("http://example.com:8080/a"), Cow::Borrowed(_)));
+        assert_eq!(destination_of("https://h/x"), "h:443");
+        assert_eq!(destination_of("http://Partner.Example/x"), "partner.example:80");
+        assert_eq!(
+            destination_of("HTTPS://P.example:/x"),
+            "p.example:443",
+            "an empty port is the default"
+        );
+        assert_eq!(destination_of("http://[2001:DB8::1]:81/x"), "[2001:db8::1]:81");
+        assert_eq!(destination_of("http://[2001:db8::1]/x"), "[2001:db8::1]:80");
     }
 }

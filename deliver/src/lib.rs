@@ -24,6 +24,7 @@ pub mod credentials;
 pub mod dead;
 pub mod deliverer;
 pub mod delivery_log;
+pub mod destinations;
 pub mod guard;
 pub mod hosts;
 pub mod inspect;

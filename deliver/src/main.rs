@@ -1,10 +1,12 @@
 //! The `deliver` binary: the worker (no arguments), or an operator's
-//! command: `deliver dead ...`, `deliver queue`, `deliver job ID`.
+//! command: `deliver dead ...`, `deliver destinations ...`, `deliver
+//! queue`, `deliver job ID`.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use deliver::config::{Config, SETTINGS};
 use deliver::dead::DeadCommand;
 use deliver::delivery_log::DeliveryLog;
+use deliver::destinations::command::DestinationsCommand;
 use deliver::{cpu_policy, dead, inspect, startup};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,12 @@ enum Command {
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
+    },
+    /// The partners: which are held (breaker open, paused) or disabled;
+    /// disable and enable one.
+    Destinations {
+        #[command(subcommand)]
+        command: DestinationsCommand,
     },
     /// The queue at a glance: ready, in flight per worker, retry, parked
     /// per host, dead per reason.
@@ -86,6 +94,10 @@ fn main() {
                 Ok(queue) => runtime.block_on(async {
                     match &command {
                         Command::Dead { command } => ("deliver dead", dead::run(command, &queue, &mut out).await),
+                        Command::Destinations { command } => (
+                            "deliver destinations",
+                            deliver::destinations::command::run(command, &queue, &mut out).await,
+                        ),
                         Command::Queue { json } => {
                             ("deliver queue", inspect::queue_report(&queue, *json, &mut out).await)
                         }

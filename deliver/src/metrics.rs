@@ -44,6 +44,26 @@ struct ShardStateLabels {
     state: &'static str,
 }
 
+/// A destination (`host:port`; bounded: only those that are not closed
+/// are shown) and its state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: String,
+    state: &'static str,
+}
+
+/// The names of the destinations' states, as static label values.
+fn state_label(state: &str) -> &'static str {
+    match state {
+        "open" => "open",
+        "half_open" => "half_open",
+        "paused" => "paused",
+        "disabled" => "disabled",
+        "closed" => "closed",
+        _ => "other",
+    }
+}
+
 /// Seconds buckets shared by the response and end-to-end histograms.
 const SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -58,6 +78,7 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     retries: Counter,
     parked: Counter,
+    held: Counter,
     unparked: Counter,
     dead_letters: Family<ReasonLabels, Counter>,
     response: Histogram,
@@ -66,6 +87,8 @@ pub struct Metrics {
     redis_writable: Gauge,
     queue: Family<StateLabels, Gauge>,
     shard_queue: Family<ShardStateLabels, Gauge>,
+    destination_state: Family<DestinationLabels, Gauge>,
+    destination_changes: Family<StateLabels, Counter>,
     /// Attempts by outcome (delivered, retry, dead), for `/stats`.
     totals: [AtomicU64; 3],
     pending: Mutex<Pending>,
@@ -116,6 +139,12 @@ impl Metrics {
             "retries_scheduled",
             "Retries scheduled after a failed attempt",
             retries.clone(),
+        );
+        let held = Counter::default();
+        registry.register(
+            "held",
+            "Jobs held (parked with no attempt spent) because their destination's breaker was open or it asked for a pause",
+            held.clone(),
         );
         let parked = Counter::default();
         registry.register(
@@ -171,11 +200,26 @@ impl Metrics {
             "Jobs in each shard of the queue by state (ready, retry, dead, parked)",
             shard_queue.clone(),
         );
+        let destination_state = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "destination_state",
+            "1 for each destination that is not closed, labelled with its state (open, half_open, paused, disabled)",
+            destination_state.clone(),
+        );
+        let destination_changes = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "destination_state_changes",
+            "Changes of a destination's state this process made, by the new state",
+            destination_changes.clone(),
+        );
         Metrics {
             registry,
+            destination_state,
+            destination_changes,
             attempts,
             retries,
             parked,
+            held,
             unparked,
             dead_letters,
             response,
@@ -224,7 +268,7 @@ impl Metrics {
             time_ms: a.now_ms,
             id: id.to_string(),
             method: method.to_string(),
-            host: crate::hosts::host_of(url).to_string(),
+            host: crate::hosts::destination_of(url).into_owned(),
             status: status.to_string(),
             body: body.chars().take(200).collect(),
         });
@@ -239,6 +283,34 @@ impl Metrics {
                 pending.failures.push(failure);
             }
         }
+    }
+
+    /// Shows the destinations that are not closed, each with its state.
+    pub fn destinations<'a>(&self, states: impl Iterator<Item = (&'a str, &'a str)>) {
+        self.destination_state.clear();
+        for (host, state) in states {
+            self.destination_state
+                .get_or_create(&DestinationLabels {
+                    destination: host.to_string(),
+                    state: state_label(state),
+                })
+                .set(1);
+        }
+    }
+
+    /// Counts a change of a destination's state this process made.
+    pub fn destination_changed(&self, state: &str) {
+        self.destination_changes
+            .get_or_create(&StateLabels {
+                state: state_label(state),
+            })
+            .inc();
+    }
+
+    /// Records a job held because its destination's breaker is open or it
+    /// asked for a pause.
+    pub fn held(&self) {
+        self.held.inc();
     }
 
     /// Records a job parked because its host was busy.

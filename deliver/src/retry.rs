@@ -4,8 +4,13 @@
 //! schedule with jitter (so that jobs that failed together do not all come
 //! back at the same instant). A `Retry-After` on 429 or 503 is honoured up
 //! to a cap, and never shortens the schedule. Final: 3xx (redirects are not
-//! followed), every other 4xx, a URL that cannot be built, and a
-//! destination the guard refuses (`common::destination`).
+//! followed), every other 4xx (410 Gone with a reason of its own), a URL
+//! that cannot be built, and a destination the guard refuses
+//! (`common::destination`).
+//!
+//! Which failures are the partner's (they count towards its circuit
+//! breaker) and which answers pause it is decided here too
+//! ([`partner_failed`], [`pause_for`]).
 
 use crate::client::{Attempt, FailureKind};
 use common::job::DeadReason;
@@ -25,6 +30,8 @@ pub enum Verdict {
     Exhausted,
     /// Give up: the destination guard refused the host's addresses.
     Blocked,
+    /// Give up: 410, the endpoint says this URL is gone.
+    Gone,
 }
 
 /// What a verdict means to each part that records it, decided here once.
@@ -34,7 +41,7 @@ impl Verdict {
         match self {
             Verdict::Delivered => Outcome::Delivered,
             Verdict::Retry(_) => Outcome::Retry,
-            Verdict::Final | Verdict::Exhausted | Verdict::Blocked => Outcome::Dead,
+            Verdict::Final | Verdict::Exhausted | Verdict::Blocked | Verdict::Gone => Outcome::Dead,
         }
     }
 
@@ -44,6 +51,7 @@ impl Verdict {
             Verdict::Final => Some(DeadReason::FinalStatus),
             Verdict::Exhausted => Some(DeadReason::RetriesExhausted),
             Verdict::Blocked => Some(DeadReason::BlockedDestination),
+            Verdict::Gone => Some(DeadReason::Gone),
             Verdict::Delivered | Verdict::Retry(_) => None,
         }
     }
@@ -75,6 +83,7 @@ impl RetryPolicy {
             Ok(answer) if (200..300).contains(&answer.status) => return Verdict::Delivered,
             Ok(answer) if matches!(answer.status, 429 | 503) => answer.retry_after,
             Ok(answer) if answer.status == 408 || answer.status >= 500 => None,
+            Ok(answer) if answer.status == 410 => return Verdict::Gone,
             Ok(_) => return Verdict::Final,
             Err(failure) if failure.kind == FailureKind::InvalidUrl => return Verdict::Final,
             Err(failure) if failure.kind == FailureKind::Blocked => return Verdict::Blocked,
@@ -90,6 +99,21 @@ impl RetryPolicy {
         Verdict::Retry(delay)
     }
 
+    /// How long the whole destination is to be left alone after `outcome`:
+    /// the `Retry-After` of a 429 or 503 (a 429 without one: the schedule's
+    /// first delay), capped like a job's own wait.
+    pub fn pause_for(&self, outcome: &Attempt) -> Option<Duration> {
+        let asked = match &outcome.result {
+            Ok(answer) if answer.status == 429 => answer
+                .retry_after
+                .or_else(|| self.schedule.first().copied())
+                .unwrap_or(Duration::from_secs(1)),
+            Ok(answer) if answer.status == 503 => answer.retry_after?,
+            _ => return None,
+        };
+        Some(asked.min(self.retry_after_max)).filter(|d| !d.is_zero())
+    }
+
     fn jittered(&self, base: Duration) -> Duration {
         if self.jitter_pct == 0 {
             return base;
@@ -97,6 +121,18 @@ impl RetryPolicy {
         let spread = self.jitter_pct as f64 / 100.0;
         let factor = 1.0 + spread * (fastrand::f64() * 2.0 - 1.0);
         base.mul_f64(factor.max(0.0))
+    }
+}
+
+/// Whether an attempt failed on the partner's side (network errors,
+/// timeouts, 5xx, 429), counting towards its breaker; `None` when no
+/// request reached it (a URL that cannot be built, a refused destination).
+/// Other answers, 4xx included, are about the job, not the partner.
+pub fn partner_failed(outcome: &Attempt) -> Option<bool> {
+    match &outcome.result {
+        Ok(answer) => Some(answer.status >= 500 || answer.status == 429),
+        Err(failure) if matches!(failure.kind, FailureKind::InvalidUrl | FailureKind::Blocked) => None,
+        Err(_) => Some(true),
     }
 }
 
@@ -196,6 +232,52 @@ mod tests {
         assert_eq!(retry.dead_reason(), None);
         assert_eq!(retry.retry_in(), Some(Duration::from_secs(5)));
         assert_eq!(Verdict::Delivered.retry_in(), None);
+    }
+
+    #[test]
+    fn gone_is_final_with_its_own_reason() {
+        let p = policy();
+        assert_eq!(p.decide(1, &answered(410, None)), Verdict::Gone);
+        assert_eq!(Verdict::Gone.dead_reason(), Some(DeadReason::Gone));
+        assert_eq!(Verdict::Gone.outcome(), Outcome::Dead);
+    }
+
+    #[test]
+    fn the_partner_fails_on_5xx_429_and_the_network_only() {
+        for (attempt, failed) in [
+            (answered(500, None), Some(true)),
+            (answered(503, None), Some(true)),
+            (answered(429, None), Some(true)),
+            (failed(FailureKind::Timeout), Some(true)),
+            (failed(FailureKind::Connect), Some(true)),
+            (answered(200, None), Some(false)),
+            (answered(404, None), Some(false)),
+            (answered(408, None), Some(false)),
+            (answered(410, None), Some(false)),
+            (failed(FailureKind::InvalidUrl), None),
+            (failed(FailureKind::Blocked), None),
+        ] {
+            assert_eq!(partner_failed(&attempt), failed, "{attempt:?}");
+        }
+    }
+
+    #[test]
+    fn a_429_or_a_503_with_retry_after_pauses_the_destination() {
+        let p = policy();
+        assert_eq!(p.pause_for(&answered(429, Some(3))), Some(Duration::from_secs(3)));
+        assert_eq!(
+            p.pause_for(&answered(429, None)),
+            Some(Duration::from_secs(5)),
+            "the schedule's first delay"
+        );
+        assert_eq!(
+            p.pause_for(&answered(503, Some(999))),
+            Some(Duration::from_secs(60)),
+            "capped"
+        );
+        assert_eq!(p.pause_for(&answered(503, None)), None);
+        assert_eq!(p.pause_for(&answered(500, Some(3))), None);
+        assert_eq!(p.pause_for(&answered(200, None)), None);
     }
 
     #[test]

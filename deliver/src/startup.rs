@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::consumer::{self, Stopped};
 use crate::deliverer::Deliverer;
 use crate::delivery_log::DeliveryLog;
+use crate::destinations::Destinations;
 use crate::metrics::Metrics;
 use crate::signing::Signer;
 use common::queue::{Queue, QueueConfig};
@@ -96,9 +97,16 @@ async fn watch_shards(
 pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken) -> Result<Stopped, StartError> {
     let metrics = Arc::new(Metrics::new());
     let signer = Arc::new(Signer::new(config.signing_secret.as_deref(), config.secret_overlap));
-    let deliverer = Arc::new(Deliverer::new(config, log, metrics.clone(), signer.clone())?);
     let queue = queue(config)?;
     let id = new_worker_id();
+    let destinations = Arc::new(Destinations::new(
+        config.breaker.clone(),
+        &id,
+        config.probe_timeout(),
+        metrics.clone(),
+    ));
+    let deliverer =
+        Arc::new(Deliverer::new(config, log, metrics.clone(), signer.clone())?.with_destinations(destinations.clone()));
     log::info!(
         "deliver worker {id} started on queue {:?} (concurrency {}, timeout {} ms)",
         config.queue,
@@ -128,6 +136,15 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
         metrics.clone(),
         queue.handle(),
         stop_stats.clone(),
+    ));
+
+    // Know which destinations are held or disabled before taking a job.
+    crate::destinations::sync(&queue, &destinations).await;
+    let stop_destinations = CancellationToken::new();
+    let destinations_task = tokio::spawn(crate::destinations::run(
+        queue.handle(),
+        destinations,
+        stop_destinations.clone(),
     ));
 
     // Sign nothing before the producers' secrets are known.
@@ -170,7 +187,9 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
     watcher.abort();
 
     stop_stats.cancel();
+    stop_destinations.cancel();
     let _ = tokio::time::timeout(STATS_FLUSH_DEADLINE, stats).await;
+    let _ = tokio::time::timeout(STATS_FLUSH_DEADLINE, destinations_task).await;
     secrets.abort();
     switch_follower.abort();
     admin.abort();

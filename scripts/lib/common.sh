@@ -25,7 +25,7 @@ ensure_packages() {
   # Package scripts may start the distribution's own services; this stack
   # runs its own copies under supervisord, so stop those (best effort).
   local unit
-  for unit in redis-server nginx supervisor; do
+  for unit in redis-server nginx supervisor prometheus; do
     if printf '%s\n' "${missing[@]}" | grep -qx "$unit"; then
       "${sudo[@]}" service "$unit" stop >/dev/null 2>&1 || true
     fi

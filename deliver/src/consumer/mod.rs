@@ -120,10 +120,11 @@ pub struct Stepped {
     pub taken: usize,
     /// Jobs delivered (whatever the answer: acknowledged, retried or dead).
     pub ran: usize,
-    /// Jobs parked because their host was full.
+    /// Jobs parked: their destination was full, open or paused.
     pub parked: usize,
-    /// Taken strings that were not jobs, now dead letters.
-    pub malformed: usize,
+    /// Dead letters made with no attempt: taken strings that were not
+    /// jobs, jobs of a disabled destination.
+    pub dead: usize,
     /// Outcomes recorded (fewer than `taken` only if some jobs were no
     /// longer this worker's, see [`WorkerQueue::settle`]).
     pub settled: u64,
@@ -155,8 +156,8 @@ pub async fn step(queue: &WorkerQueue, deliverer: &Deliverer, max: usize) -> Res
                 stepped.parked += 1;
                 settlement
             }
-            Dispatch::Malformed(settlement) => {
-                stepped.malformed += 1;
+            Dispatch::Dead(settlement) => {
+                stepped.dead += 1;
                 settlement
             }
         };

@@ -180,8 +180,9 @@ impl Parked {
 const UNPARK_HOSTS: usize = 32;
 
 /// Takes back parked jobs of hosts whose gates have room, as many as there
-/// are free slots (`first` is one already held). Returns the jobs and their
-/// slots.
+/// are free slots (`first` is one already held), and one job of each host
+/// whose breaker's probe this worker could claim. Returns the jobs and
+/// their slots.
 async fn unpark(
     ctx: &Context,
     queue: &WorkerQueue,
@@ -192,7 +193,20 @@ async fn unpark(
     let hosts = queue.parked_hosts(UNPARK_HOSTS).await?;
     parked.looked(!hosts.is_empty());
     let free = (slots.available_permits() + 1).min(MAX_BATCH);
-    let mut wanted = ctx.deliverer.room_for_parked(hosts, free);
+    let (mut wanted, probes) = ctx.deliverer.room_for_parked(hosts, free);
+    let mut room = free - wanted.iter().map(|(_, n)| n).sum::<usize>();
+    for host in probes {
+        if room == 0 {
+            break;
+        }
+        // A claim refused (another worker holds it) or failed leaves the
+        // host's jobs held.
+        if let Ok(true) = queue.claim_probe(&host, ctx.deliverer.probe_timeout()).await {
+            ctx.deliverer.probe_granted(&host);
+            wanted.push((host, 1));
+            room -= 1;
+        }
+    }
     let want: usize = wanted.iter().map(|(_, n)| n).sum();
     let mut held = first;
     if want > 1 {
@@ -251,7 +265,7 @@ impl Starter<'_> {
                     parked += 1;
                     settlement
                 }
-                Dispatch::Malformed(settlement) => settlement,
+                Dispatch::Dead(settlement) => settlement,
             };
             let _ = self.settle_tx.send((Settled { taken, settlement }, slot)).await;
         }

@@ -83,6 +83,7 @@ fn by_path() -> testkit::Responder {
         "/ok" => Reply::status(204),
         "/redirect" => Reply::status(302).header("location", "http://127.0.0.1:1/elsewhere"),
         "/missing" => Reply::status(404),
+        "/gone" => Reply::status(410),
         "/slow-client" => Reply::status(408),
         "/busy" => Reply::status(429).header("retry-after", "120"),
         "/broken" => Reply::status(500),
@@ -102,6 +103,8 @@ async fn each_answer_and_failure_settles_as_the_policy_says() {
         (sink.url("/ok?v={v}"), 1, "ack", "204"),
         (sink.url("/redirect"), 1, "dead final_status", "302"),
         (sink.url("/missing"), 1, "dead final_status", "404"),
+        // Gone for good: final, with a reason of its own.
+        (sink.url("/gone"), 1, "dead gone", "410"),
         (sink.url("/slow-client"), 1, "retry 5s attempt 2", "408"),
         // Retry-After above the schedule's delay is honoured.
         (sink.url("/busy"), 1, "retry 120s attempt 2", "429"),

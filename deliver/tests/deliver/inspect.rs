@@ -102,7 +102,7 @@ async fn deliver_job_tells_where_a_job_is_and_every_attempt_of_it() {
     assert!(out[0].contains(": retry: attempt 2 due in "), "{out:?}");
     let (_, out, _) = story(&dead.id);
     assert!(
-        out[0].contains(": dead: final_status after 1 attempts, last status 410"),
+        out[0].contains(": dead: gone after 1 attempts, last status 410"),
         "{out:?}"
     );
     let (_, out, _) = story(&ready.id);
@@ -161,13 +161,13 @@ async fn deliver_job_tells_where_a_job_is_and_every_attempt_of_it() {
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }
     assert!(
-        text.contains("parked.example:8080") && text.contains("final_status"),
+        text.contains("parked.example:8080") && text.lines().any(|l| l.trim() == "1  gone"),
         "{text}"
     );
     let (_, out, _) = command(&env, &["queue", "--json"]);
     let glance: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
     assert_eq!(glance["shards"][0]["depths"]["ready"], 1);
-    assert_eq!(glance["dead_by_reason"]["final_status"], 1);
+    assert_eq!(glance["dead_by_reason"]["gone"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +191,7 @@ async fn dead_letters_can_be_shown_filtered_and_replayed_by_host() {
     assert_eq!(code, Some(0), "{err}");
     let text = out.join("\n");
     for part in [
-        "reason:      final_status",
+        "reason:      gone",
         "last status: 410",
         "data:        {\"n\":1}",
         "answer:",

@@ -4,6 +4,7 @@
 
 mod cli;
 mod deliver_one;
+mod destinations;
 mod guard;
 mod ha;
 mod headers;

@@ -433,7 +433,7 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
     assert!(lines[3].contains("3 of 6 dead letters"), "{lines:?}");
     let gone = lines
         .iter()
-        .find(|l| field(l, "reason").as_deref() == Some("final_status"))
+        .find(|l| field(l, "reason").as_deref() == Some("gone"))
         .unwrap();
     assert_eq!(field(gone, "last_status").as_deref(), Some("410"));
     assert_eq!(field(gone, "attempts").as_deref(), Some("1"));
@@ -742,7 +742,7 @@ async fn a_dead_endpoints_backlog_is_parked_once_and_jobs_queued_behind_it_go_ah
     let mut parked_list = 0;
     for shard in crate::support::shards_of(&keys) {
         let n: usize = redis::cmd("LLEN")
-            .arg(shard.parked_list(deliver::hosts::host_of(&dead.url("/"))))
+            .arg(shard.parked_list(&deliver::hosts::destination_of(&dead.url("/"))))
             .query_async(&mut conn)
             .await
             .unwrap();

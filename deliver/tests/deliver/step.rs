@@ -73,7 +73,7 @@ async fn a_step_delivers_retries_parks_and_buries_and_redis_shows_each() {
             taken: 7,
             ran: 5,
             parked: 1,
-            malformed: 1,
+            dead: 1,
             settled: 7
         }
     );

@@ -587,6 +587,10 @@ test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
   POSTBACK_VAR_DIR=$run_var "$repo/scripts/run" stop >/dev/null 2>&1
 }
 
+test_alert_rules_pass_promtool() {
+  (cd "$repo/monitoring" && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
+}
+
 test_shellcheck_is_clean() {
   (cd "$repo" && shellcheck -x scripts/run scripts/test scripts/provision scripts/with-env scripts/bench scripts/bench-instructions scripts/lib/*.sh scripts/lab/*.sh scripts/lab/tests/*.sh .ci/run)
 }
@@ -608,6 +612,7 @@ check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach post
 check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
 check "provision --role: two Redis hosts and an app host deliver, and follow a failover; each firewall admits only its own" test_provision_roles_make_a_sentinel_shape_that_fails_over
 check "scripts/run: the first curl line it prints is delivered at the first try, its job's story found; a second --detach is no error; ports move on a later start" test_scripts_run_first_postback_arrives_and_a_start_is_quiet
+check "monitoring/alerts.yml passes promtool's check and its unit tests" test_alert_rules_pass_promtool
 check "shellcheck is clean" test_shellcheck_is_clean
 
 if [ "$failed" -gt 0 ]; then

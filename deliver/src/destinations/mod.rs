@@ -1,0 +1,281 @@
+//! What this process knows of each destination's shared state (see
+//! `common::queue::destinations`): which partners' jobs to hold, which to
+//! turn into dead letters, and which job may go as a breaker's probe.
+//!
+//! The usual path costs one atomic load: while every destination is
+//! closed, [`Destinations::admit`] looks at nothing else. Attempts are
+//! counted in memory and reported once a second by [`run`], which also
+//! reads the state again when its version has moved, so a change made by
+//! any process reaches this one within about a second. A pause a partner
+//! asks for holds this process's jobs at once and is reported at once.
+
+use crate::metrics::Metrics;
+use common::queue::destinations::{BreakerSettings, Change, DestinationState, Probe, Report};
+use common::queue::Queue;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub mod command;
+
+/// How often news is reported and the version looked at.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// What becomes of a job of a destination, decided at dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Deliver it.
+    Go,
+    /// Deliver it as the breaker's probe: its outcome closes the breaker
+    /// or opens it again.
+    Probe,
+    /// Hold it (parked, no attempt spent): the breaker is open, or the
+    /// partner asked for a pause.
+    Hold,
+    /// The destination is disabled: the job becomes a dead letter.
+    Disabled,
+}
+
+/// What the fetcher may do with a destination's parked jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// Take them back as its gate has room.
+    Free,
+    /// Leave them.
+    Held,
+    /// Its cooldown is over: claim the probe, then take one back.
+    ProbeDue,
+    /// Disabled: take them back, to become dead letters.
+    Drain,
+}
+
+/// The state of every destination that is not closed, as last read, and
+/// what this process has to report.
+pub struct Destinations {
+    breaker: BreakerSettings,
+    worker: String,
+    probe_timeout: Duration,
+    /// Whether any destination is not closed: the usual path's one check.
+    any: AtomicBool,
+    version: AtomicU64,
+    states: RwLock<HashMap<String, DestinationState>>,
+    news: Mutex<HashMap<String, Report>>,
+    /// Probes this process holds and has yet to send, by destination.
+    probes: Mutex<HashSet<String>>,
+    report_now: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Destinations {
+    /// Knows nothing yet: every destination closed until [`run`] reads.
+    pub fn new(breaker: BreakerSettings, worker: &str, probe_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Destinations {
+            breaker,
+            worker: worker.to_string(),
+            probe_timeout,
+            any: AtomicBool::new(false),
+            version: AtomicU64::new(u64::MAX),
+            states: RwLock::new(HashMap::new()),
+            news: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashSet::new()),
+            report_now: Notify::new(),
+            metrics,
+        }
+    }
+
+    /// The worker id this process claims probes as.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// How long a claimed probe is this process's before another may claim.
+    pub fn probe_timeout(&self) -> Duration {
+        self.probe_timeout
+    }
+
+    /// What becomes of a job for `host` now.
+    pub fn admit(&self, host: &str) -> Admission {
+        if !self.any.load(Ordering::Acquire) {
+            return Admission::Go;
+        }
+        let states = self.states.read().unwrap_or_else(|e| e.into_inner());
+        match states.get(host) {
+            None => Admission::Go,
+            Some(DestinationState::Disabled { .. }) => Admission::Disabled,
+            Some(DestinationState::Paused { until, .. }) if *until <= common::now_ms() => Admission::Go,
+            Some(DestinationState::Paused { .. }) => Admission::Hold,
+            Some(DestinationState::Open { .. } | DestinationState::HalfOpen { .. }) => {
+                if self.probes.lock().unwrap_or_else(|e| e.into_inner()).remove(host) {
+                    Admission::Probe
+                } else {
+                    Admission::Hold
+                }
+            }
+        }
+    }
+
+    /// What the fetcher may do with `host`'s parked jobs now.
+    pub fn parked(&self, host: &str) -> Parked {
+        if !self.any.load(Ordering::Acquire) {
+            return Parked::Free;
+        }
+        let now = common::now_ms();
+        let states = self.states.read().unwrap_or_else(|e| e.into_inner());
+        match states.get(host) {
+            None => Parked::Free,
+            Some(DestinationState::Disabled { .. }) => Parked::Drain,
+            Some(DestinationState::Paused { until, .. }) if *until <= now => Parked::Free,
+            Some(DestinationState::Paused { .. }) => Parked::Held,
+            Some(DestinationState::Open { until, .. }) if *until <= now => Parked::ProbeDue,
+            Some(DestinationState::HalfOpen { probe_at, .. })
+                if now.saturating_sub(*probe_at) >= self.probe_timeout.as_millis() as u64 =>
+            {
+                Parked::ProbeDue
+            }
+            Some(_) => Parked::Held,
+        }
+    }
+
+    /// This process now holds `host`'s probe: the next job of `host` to be
+    /// dispatched goes.
+    pub fn probe_granted(&self, host: &str) {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string());
+    }
+
+    /// Counts an attempt at `host`: whether the partner failed it, a pause
+    /// it asked for (ms since the epoch), and whether it was the probe.
+    pub fn record(&self, host: &str, failed: bool, pause_until: Option<u64>, probe: bool) {
+        {
+            let mut news = self.news.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = match news.get_mut(host) {
+                Some(entry) => entry,
+                None => news.entry(host.to_string()).or_default(),
+            };
+            entry.attempts += 1;
+            entry.failures += u64::from(failed);
+            if probe {
+                entry.probe = if failed { Probe::Failed } else { Probe::Succeeded };
+            }
+            if let Some(until) = pause_until {
+                entry.pause_until = entry.pause_until.max(until);
+            }
+        }
+        if let Some(until) = pause_until {
+            self.pause_here(host, until);
+        }
+        if probe || pause_until.is_some() {
+            self.report_now.notify_one();
+        }
+    }
+
+    /// Holds `host`'s jobs in this process at once, until the report has
+    /// made the pause everyone's.
+    fn pause_here(&self, host: &str, until: u64) {
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        if !states.contains_key(host) {
+            states.insert(
+                host.to_string(),
+                DestinationState::Paused {
+                    since: common::now_ms(),
+                    until,
+                },
+            );
+            self.any.store(true, Ordering::Release);
+        }
+    }
+
+    fn take_news(&self) -> Vec<(String, Report)> {
+        let mut news = self.news.lock().unwrap_or_else(|e| e.into_inner());
+        news.drain().collect()
+    }
+
+    /// Puts news back after a report that failed, adding what came since.
+    fn restore_news(&self, unsent: Vec<(String, Report)>) {
+        let mut news = self.news.lock().unwrap_or_else(|e| e.into_inner());
+        for (host, old) in unsent {
+            let entry = news.entry(host).or_default();
+            entry.attempts += old.attempts;
+            entry.failures += old.failures;
+            entry.pause_until = entry.pause_until.max(old.pause_until);
+            if entry.probe == Probe::None {
+                entry.probe = old.probe;
+            }
+        }
+    }
+
+    fn replace(&self, version: u64, all: Vec<(String, DestinationState)>) {
+        self.metrics
+            .destinations(all.iter().map(|(host, state)| (host.as_str(), state.name())));
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        *states = all.into_iter().collect();
+        self.any.store(!states.is_empty(), Ordering::Release);
+        self.version.store(version, Ordering::Release);
+    }
+}
+
+/// Reports news and follows the shared state until `stop`, then reports
+/// once more. (Start-up calls [`sync`] once itself, before any job is
+/// taken.)
+pub async fn run(queue: Queue, destinations: Arc<Destinations>, stop: CancellationToken) {
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(REFRESH) => false,
+            _ = destinations.report_now.notified() => false,
+        };
+        sync(&queue, &destinations).await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// One round: the news reported (or the version read), and the state read
+/// again if it moved.
+pub async fn sync(queue: &Queue, destinations: &Destinations) {
+    let news = destinations.take_news();
+    let version = if news.is_empty() {
+        queue.destinations_version().await
+    } else {
+        match queue
+            .report_destinations(&destinations.breaker, &destinations.worker, &news)
+            .await
+        {
+            Ok((version, changes)) => {
+                for change in &changes {
+                    log_change(change);
+                    destinations.metrics.destination_changed(&change.state);
+                }
+                Ok(version)
+            }
+            Err(e) => {
+                destinations.restore_news(news);
+                Err(e)
+            }
+        }
+    };
+    let Ok(version) = version else { return };
+    if version == destinations.version.load(Ordering::Acquire) {
+        return;
+    }
+    if let Ok((version, all)) = queue.destinations().await {
+        destinations.replace(version, all);
+    }
+}
+
+fn log_change(change: &Change) {
+    let Change { host, state } = change;
+    match state.as_str() {
+        "closed" => log::info!("destination {host}: its probe succeeded; breaker closed, held jobs resume"),
+        "open" => log::warn!("destination {host}: breaker open; its jobs are held, with no attempt spent, until a probe succeeds"),
+        "paused" => log::warn!("destination {host}: paused as it asked (Retry-After); its jobs are held until then"),
+        "disabled" => log::error!("destination {host}: disabled after its breaker stayed open too long; its jobs become dead letters (destination_disabled) until `deliver destinations enable {host}`"),
+        other => log::info!("destination {host}: {other}"),
+    }
+}

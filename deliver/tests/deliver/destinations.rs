@@ -1,0 +1,226 @@
+//! Destinations as partners, with real Redis, real sinks and real deliver
+//! processes: the circuit breaker holds a failing partner's jobs with no
+//! attempt spent and probes until it is back (a SIGKILL meanwhile loses
+//! nothing); a `Retry-After` keeps the whole destination quiet; a disabled
+//! destination's jobs become dead letters that a replay delivers after
+//! `enable`.
+
+use crate::support::{data_id, depths, enqueue, fast_env, ids_at, job, set, Deliver};
+use common::job::Method;
+use common::queue::destinations::{DestinationState, STATE_KEY};
+use common::queue::QueueKeys;
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use testkit::{switched, wait_until, RedisServer, Reply, Sink};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The shared state of `destination`, if it is not closed.
+async fn state(conn: &mut MultiplexedConnection, destination: &str) -> Option<DestinationState> {
+    let json: Option<String> = redis::cmd("HGET")
+        .arg(STATE_KEY)
+        .arg(destination)
+        .query_async(conn)
+        .await
+        .unwrap();
+    json.map(|j| serde_json::from_str(&j).expect("a state the scripts wrote"))
+}
+
+/// The `host:port` of a sink, as deliver names its destination.
+fn destination(sink: &Sink) -> String {
+    sink.url("").trim_start_matches("http://").to_string()
+}
+
+/// Runs a deliver command to its end: (exit code, stdout, stderr).
+fn command(env: &[(String, String)], args: &[&str]) -> (Option<i32>, String, String) {
+    let mut run = Deliver::command(env, args);
+    let code = run.wait_exit(LIMIT).and_then(|s| s.code());
+    (code, run.log().join("\n"), run.messages().join("\n"))
+}
+
+#[tokio::test]
+async fn an_open_breaker_holds_jobs_with_no_attempt_spent_and_probes_until_the_partner_is_back() {
+    let redis = RedisServer::start();
+    let (responder, recovered) = switched(Reply::status(500), Reply::status(204));
+    let sink = Sink::start(responder).await;
+    let mut env = fast_env(&redis);
+    // Four attempts at most, a second apart: without the breaker every job
+    // would be a dead letter within about four seconds; the breaker opens
+    // at the first report after the first attempts, within a second.
+    set(&mut env, "DELIVER_RETRY_SCHEDULE", "1s,1s,1s");
+    set(&mut env, "DELIVER_BREAKER_MIN_ATTEMPTS", "5");
+    set(&mut env, "DELIVER_BREAKER_WINDOW", "30s");
+    set(&mut env, "DELIVER_BREAKER_COOLDOWN", "1s");
+    let mut first = Deliver::start(&env);
+    let second = Deliver::start(&env);
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let jobs: Vec<_> = (0..20)
+        .map(|n| job(Method::Get, &sink.url("/?id={id}"), json!({"id": format!("j{n}")})))
+        .collect();
+    enqueue(&mut conn, &keys, &jobs).await;
+
+    let host = destination(&sink);
+    wait_until(LIMIT, "the breaker to open", || async {
+        matches!(
+            state(&mut redis.connection().await, &host).await,
+            Some(DestinationState::Open { .. } | DestinationState::HalfOpen { .. })
+        )
+    })
+    .await;
+    wait_until(LIMIT, "the other process to show the destination held", || async {
+        let name = "postback_deliver_destination_state";
+        let open = second.metric(name, &[("destination", &host), ("state", "open")]).await;
+        let half_open = second
+            .metric(name, &[("destination", &host), ("state", "half_open")])
+            .await;
+        open + half_open == 1.0
+    })
+    .await;
+
+    // Two probes (cooldown 1 s, then 2 s): each a single request, every
+    // other job held. The count starts once both processes have heard.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = sink.count();
+    let probes_seen = || async {
+        let mut c = redis.connection().await;
+        match state(&mut c, &host).await {
+            Some(DestinationState::Open { cooldown_ms, .. }) => cooldown_ms >= 4000,
+            _ => false,
+        }
+    };
+    wait_until(LIMIT, "two failed probes (the cooldown doubled twice)", probes_seen).await;
+    let during = sink.count() - before;
+    assert!(
+        during <= 2,
+        "{during} requests while the breaker was open: only probes may go"
+    );
+    assert_eq!(
+        depths(&mut conn, &keys).await.dead,
+        0,
+        "no job ran out of attempts while its destination was held"
+    );
+
+    // A crash meanwhile loses nothing: the held jobs are parked in Redis.
+    first.kill();
+    let _third = Deliver::start(&env);
+    let back = Instant::now();
+    recovered.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Every answer from `back` on is a 204.
+    let delivered = || {
+        sink.received()
+            .iter()
+            .zip(ids_at(&sink))
+            .filter(|(request, _)| request.at >= back)
+            .map(|(_, id)| id)
+            .collect::<std::collections::HashSet<String>>()
+    };
+    wait_until(LIMIT, "every job delivered once the partner is back", || async {
+        let delivered = delivered();
+        jobs.iter().all(|j| delivered.contains(&data_id(j)))
+            && depths(&mut redis.connection().await, &keys).await.parked == 0
+    })
+    .await;
+    assert_eq!(depths(&mut conn, &keys).await.dead, 0);
+    wait_until(LIMIT, "the breaker to close", || async {
+        state(&mut redis.connection().await, &host).await.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retry_after_keeps_the_whole_destination_quiet_for_that_long() {
+    let redis = RedisServer::start();
+    let sink = Sink::start(std::sync::Arc::new(|req, _| {
+        if req.path_and_query.contains("id=first") {
+            Reply::status(429).header("retry-after", "3")
+        } else {
+            Reply::status(204)
+        }
+    }))
+    .await;
+    let env = fast_env(&redis);
+    let _deliver = Deliver::start(&env);
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let url = sink.url("/?id={id}");
+    enqueue(&mut conn, &keys, &[job(Method::Get, &url, json!({"id": "first"}))]).await;
+    sink.wait_for(1, LIMIT).await;
+    let asked_at = sink.received()[0].at;
+    let host = destination(&sink);
+    wait_until(LIMIT, "the pause to be shared", || async {
+        matches!(
+            state(&mut redis.connection().await, &host).await,
+            Some(DestinationState::Paused { .. })
+        )
+    })
+    .await;
+    // Queued after the 429: held too.
+    let later: Vec<_> = (0..5)
+        .map(|n| job(Method::Get, &url, json!({"id": format!("later{n}")})))
+        .collect();
+    enqueue(&mut conn, &keys, &later).await;
+    sink.wait_for(1 + later.len(), LIMIT).await;
+    for request in &sink.received()[1..] {
+        let quiet = request.at.duration_since(asked_at);
+        assert!(
+            quiet >= Duration::from_millis(2900),
+            "{} arrived {quiet:?} after the Retry-After: 3",
+            request.path_and_query
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_destination_s_jobs_are_dead_letters_that_a_replay_delivers_after_enable() {
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let env = fast_env(&redis);
+    let host = destination(&sink);
+    let (code, out, err) = command(&env, &["destinations", "disable", &host]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("disabled"), "{out}");
+    let (_, listed, _) = command(&env, &["destinations", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("one JSON line");
+    assert_eq!(
+        (listed["destination"].as_str(), listed["state"].as_str()),
+        (Some(host.as_str()), Some("disabled"))
+    );
+
+    let _deliver = Deliver::start(&env);
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let jobs: Vec<_> = (0..3)
+        .map(|n| job(Method::Get, &sink.url("/?id={id}"), json!({"id": format!("d{n}")})))
+        .collect();
+    enqueue(&mut conn, &keys, &jobs).await;
+    wait_until(LIMIT, "three dead letters", || async {
+        depths(&mut redis.connection().await, &keys).await.dead == 3
+    })
+    .await;
+    assert_eq!(sink.count(), 0, "nothing is sent to a disabled destination");
+    let (_, dead, _) = command(&env, &["dead", "list", "--reason", "destination_disabled"]);
+    assert!(dead.contains("3 of 3 dead letters"), "{dead}");
+
+    let (code, _, err) = command(&env, &["destinations", "enable", &host]);
+    assert_eq!(code, Some(0), "{err}");
+    let started = Instant::now();
+    let (code, _, err) = command(&env, &["dead", "replay", "--reason", "destination_disabled"]);
+    assert_eq!(code, Some(0), "{err}");
+    sink.wait_for(3, LIMIT).await;
+    let mut ids = ids_at(&sink);
+    ids.sort();
+    assert_eq!(ids, ["d0", "d1", "d2"], "replayed within {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_destination_is_named_as_host_and_port_or_refused() {
+    let redis = RedisServer::start();
+    let env = fast_env(&redis);
+    for bad in ["partner.example", "https://partner.example:443", "partner.example:lots"] {
+        let (code, _, err) = command(&env, &["destinations", "disable", bad]);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(err.contains("host:port") || err.contains("port"), "{bad}: {err}");
+    }
+}
