@@ -22,6 +22,7 @@ use crate::retry::{RetryPolicy, Verdict};
 use crate::signing::Signer;
 use bytes::Bytes;
 use common::job::{DeadLetter, DeadReason, Job};
+use common::queue::destinations::Policy;
 use common::queue::Settlement;
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +43,18 @@ pub enum Dispatch {
     /// A dead letter ([`Settlement::Dead`]) with no attempt made: not a
     /// job, or its destination is disabled.
     Dead(Settlement),
+}
+
+/// What the fetcher is to take back from parking in one look.
+#[derive(Debug, Default)]
+pub struct Unpark {
+    /// `(host, n)`: jobs to take back now.
+    pub wanted: Vec<(String, usize)>,
+    /// Hosts whose breaker's probe is due: claim it, then take back one.
+    pub probes: Vec<String>,
+    /// Rate-limited hosts and how many their gates would take: lease that
+    /// many requests at the policy's rate, then take back as many.
+    pub leases: Vec<(String, Policy, usize)>,
 }
 
 /// A job admitted by its host's gate, ready for [`Deliverer::run`]. Holds
@@ -133,7 +146,8 @@ impl Deliverer {
             }
             Admission::Disabled => return Dispatch::Dead(self.refused(&job, &url)),
         };
-        let Some(place) = self.hosts.admit(&host) else {
+        let limit = self.destinations.as_ref().and_then(|d| d.concurrency(&host));
+        let Some(place) = self.hosts.admit(&host, limit) else {
             if probe {
                 // Whichever of its jobs comes next is the probe.
                 self.probe_granted(&host);
@@ -147,12 +161,9 @@ impl Deliverer {
     }
 
     /// Of the hosts with parked jobs, how many each may have back now,
-    /// `free` in all at most: the `(host, n)` pairs to unpark, and the
-    /// hosts whose breaker's probe is due (to be claimed first, then one
-    /// job unparked: see [`Deliverer::probe_granted`]).
-    pub fn room_for_parked(&self, hosts: Vec<String>, mut free: usize) -> (Vec<(String, usize)>, Vec<String>) {
-        let mut wanted = Vec::new();
-        let mut probes = Vec::new();
+    /// `free` in all at most (see [`Unpark`]).
+    pub fn plan_unpark(&self, hosts: Vec<String>, mut free: usize) -> Unpark {
+        let mut plan = Unpark::default();
         for host in hosts {
             let parked = self.destinations.as_ref().map_or(Parked::Free, |d| d.parked(&host));
             let n = match parked {
@@ -161,16 +172,30 @@ impl Deliverer {
                 Parked::Drain => free,
                 Parked::Held => 0,
                 Parked::ProbeDue => {
-                    probes.push(host);
+                    plan.probes.push(host);
+                    continue;
+                }
+                Parked::Lease(policy) => {
+                    let n = self.hosts.room(&host).min(free);
+                    if n > 0 {
+                        plan.leases.push((host, policy, n));
+                    }
                     continue;
                 }
             };
             if n > 0 {
                 free -= n;
-                wanted.push((host, n));
+                plan.wanted.push((host, n));
             }
         }
-        (wanted, probes)
+        plan
+    }
+
+    /// `n` requests of rate-limited `host` were leased for this process.
+    pub fn leased(&self, host: &str, n: usize) {
+        if let Some(destinations) = &self.destinations {
+            destinations.leased(host, n);
+        }
     }
 
     /// This process holds the probe of `host`'s breaker: one of its jobs

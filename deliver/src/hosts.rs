@@ -169,24 +169,33 @@ impl Hosts {
     }
 
     /// A place for one more job of `host`, unless its gate has as many
-    /// running and waiting as it allows.
-    pub fn admit(&self, host: &str) -> Option<Place> {
-        self.gate(host).try_queue()
+    /// running and waiting as it allows: `limit` requests at once (an
+    /// operator's setting for the host), or the default.
+    pub fn admit(&self, host: &str, limit: Option<usize>) -> Option<Place> {
+        self.gate(host, limit.unwrap_or(self.limit).max(1)).try_queue()
     }
 
-    /// The gate of `host`, made on its first job. A new host is also when
-    /// idle hosts' gates are forgotten, so the map does not grow with every
-    /// host ever seen.
-    fn gate(&self, host: &str) -> Arc<Gate> {
+    /// The gate of `host` with `limit`, made on its first job (or anew when
+    /// the limit changed: places in the old one are given back to it). A
+    /// new host is also when idle hosts' gates are forgotten, so the map
+    /// does not grow with every host ever seen.
+    fn gate(&self, host: &str, limit: usize) -> Arc<Gate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(gate) = gates.by_host.get(host) {
+        if let Some(gate) = gates.by_host.get(host).filter(|gate| gate.limit == limit) {
             return gate.clone();
+        }
+        if let Some(gate) = gates.by_host.remove(host) {
+            // The limit changed: a gate of its own from now on.
+            drop(gate);
+            let gate = Arc::new(Gate::new(limit));
+            gates.by_host.insert(host.to_string(), gate.clone());
+            return gate;
         }
         if gates.pruned_at.elapsed() >= PRUNE_EVERY {
             gates.by_host.retain(|_, gate| Arc::strong_count(gate) > 1);
             gates.pruned_at = Instant::now();
         }
-        let gate = Arc::new(Gate::new(self.limit));
+        let gate = Arc::new(Gate::new(limit));
         gates.by_host.insert(host.to_string(), gate.clone());
         gate
     }
@@ -237,15 +246,15 @@ mod tests {
     fn a_full_gate_refuses_more_waiting_jobs() {
         let hosts = Hosts::new(2);
         let places: Vec<Place> = (0..2 * (WAITING_PER_SLOT + 1))
-            .map(|_| hosts.admit("h:80").expect("room"))
+            .map(|_| hosts.admit("h:80", None).expect("room"))
             .collect();
         assert!(
-            hosts.admit("h:80").is_none(),
+            hosts.admit("h:80", None).is_none(),
             "the gate holds its limit plus the waiting room"
         );
         assert_eq!(hosts.room("h:80"), 0);
         assert_eq!(hosts.room("unseen:80"), 2 * (WAITING_PER_SLOT + 1));
-        assert!(hosts.admit("other:80").is_some(), "other hosts are not affected");
+        assert!(hosts.admit("other:80", None).is_some(), "other hosts are not affected");
         drop(places);
         assert_eq!(
             hosts.room("h:80"),
@@ -258,18 +267,18 @@ mod tests {
     async fn steady(hosts: &Hosts, host: &str, n: usize) {
         for _ in 0..3 {
             for _ in 0..n {
-                let place = hosts.admit(host).expect("room");
+                let place = hosts.admit(host, None).expect("room");
                 drop(place.enter().await);
             }
             std::thread::sleep(std::time::Duration::from_millis(WINDOW_MS + 5));
         }
-        let place = hosts.admit(host).expect("room");
+        let place = hosts.admit(host, None).expect("room");
         drop(place.enter().await);
     }
 
     fn admitted(hosts: &Hosts, host: &str) -> usize {
         let mut held = Vec::new();
-        while let Some(place) = hosts.admit(host) {
+        while let Some(place) = hosts.admit(host, None) {
             held.push(place);
         }
         held.len()
@@ -297,7 +306,7 @@ mod tests {
     #[tokio::test]
     async fn entering_and_leaving_frees_the_place() {
         let hosts = Hosts::new(1);
-        let place = hosts.admit("h:80").expect("room");
+        let place = hosts.admit("h:80", None).expect("room");
         {
             let _slot = place.enter().await;
             assert_eq!(hosts.room("h:80"), WAITING_PER_SLOT);
@@ -310,10 +319,10 @@ mod tests {
     #[test]
     fn idle_hosts_are_forgotten_when_a_new_one_comes_after_a_while() {
         let hosts = Hosts::new(1);
-        let busy = hosts.admit("busy:80").expect("room");
-        drop(hosts.admit("idle:80"));
+        let busy = hosts.admit("busy:80", None).expect("room");
+        drop(hosts.admit("idle:80", None));
         hosts.gates.lock().unwrap().pruned_at -= PRUNE_EVERY;
-        drop(hosts.admit("new:80"));
+        drop(hosts.admit("new:80", None));
         let gates = hosts.gates.lock().unwrap();
         let mut known: Vec<&str> = gates.by_host.keys().map(String::as_str).collect();
         known.sort();

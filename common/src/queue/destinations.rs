@@ -1,7 +1,9 @@
 //! Destinations: the shared state of each partner (`host:port` of a
 //! filled-in URL) that is not simply open for delivery: its circuit breaker
 //! open or half-open after failures, a pause it asked for (`Retry-After`),
-//! or disabled. A destination without an entry is closed: delivered to.
+//! or disabled; and the limits an operator set for it ([`Policy`]: a rate,
+//! taken in small leases by `lua/destinations_lease.lua`, and a
+//! concurrency). A destination without an entry is closed: delivered to.
 //!
 //! The state lives in Redis under a hash tag of its own, `{destinations}`,
 //! shared by every queue and shard, so that every deliver process agrees.
@@ -19,11 +21,66 @@ use std::time::Duration;
 
 static REPORT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/destinations_report.lua")));
 static PROBE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/destinations_probe.lua")));
+static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/destinations_lease.lua")));
 
 /// Every destination that is not closed: host -> JSON [`DestinationState`].
 pub const STATE_KEY: &str = "postback:{destinations}:state";
-/// Moves on at every change of [`STATE_KEY`].
+/// Every destination an operator set limits for: host -> JSON [`Policy`].
+pub const POLICY_KEY: &str = "postback:{destinations}:policy";
+/// Moves on at every change of [`STATE_KEY`] or [`POLICY_KEY`].
 pub const VERSION_KEY: &str = "postback:{destinations}:version";
+
+/// The theoretical arrival time of a rate-limited destination's next
+/// request (GCRA, see `lua/destinations_lease.lua`).
+pub fn tat_key(host: &str) -> String {
+    format!("postback:{{destinations}}:tat:{host}")
+}
+
+/// An operator's limits for one destination (`deliver destinations set`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Requests allowed per `per_ms`, over every process (0: no rate).
+    pub rate: u32,
+    /// 1000 (a rate per second) or 60000 (per minute).
+    pub per_ms: u64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: u32,
+    /// Requests in flight at once, instead of `DELIVER_PER_HOST_CONCURRENCY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+impl Policy {
+    /// The time between two requests at the rate, in ms.
+    pub fn interval_ms(&self) -> f64 {
+        self.per_ms as f64 / f64::from(self.rate.max(1))
+    }
+
+    /// As the operator wrote it: `50/s burst 50`, `concurrency 4`.
+    pub fn shown(&self) -> String {
+        let mut parts = Vec::new();
+        if self.rate > 0 {
+            let unit = if self.per_ms == 60_000 { "m" } else { "s" };
+            parts.push(format!("{}/{unit} burst {}", self.rate, self.burst));
+        }
+        if let Some(n) = self.concurrency {
+            parts.push(format!("concurrency {n}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// Everything a deliver process follows: the version, the destinations
+/// that are not closed, and those with limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// [`VERSION_KEY`]'s value when read.
+    pub version: u64,
+    /// Every destination that is not closed.
+    pub states: Vec<(String, DestinationState)>,
+    /// Every destination with limits.
+    pub policies: Vec<(String, Policy)>,
+}
 
 /// The sliding window of a destination's attempts and failures, in
 /// buckets (see `lua/destinations_report.lua`).
@@ -165,26 +222,37 @@ pub struct Change {
     pub state: String,
 }
 
-/// The version, and every destination that is not closed.
-pub async fn read<C: ConnectionLike>(conn: &mut C) -> RedisResult<(u64, Vec<(String, DestinationState)>)> {
-    let (version, all): (Option<u64>, Vec<(String, String)>) = redis::pipe()
+/// The version, every destination that is not closed, and every policy.
+pub async fn read<C: ConnectionLike>(conn: &mut C) -> RedisResult<Snapshot> {
+    type Fields = Vec<(String, String)>;
+    let (version, states, policies): (Option<u64>, Fields, Fields) = redis::pipe()
         .cmd("GET")
         .arg(VERSION_KEY)
         .cmd("HGETALL")
         .arg(STATE_KEY)
+        .cmd("HGETALL")
+        .arg(POLICY_KEY)
         .query_async(conn)
         .await?;
-    let states = all
-        .into_iter()
+    Ok(Snapshot {
+        version: version.unwrap_or(0),
+        states: decoded(states, "state"),
+        policies: decoded(policies, "limits"),
+    })
+}
+
+/// Each `(host, JSON)` decoded; one that does not read is left out (and
+/// said), as if it were not there.
+fn decoded<T: serde::de::DeserializeOwned>(all: Vec<(String, String)>, what: &str) -> Vec<(String, T)> {
+    all.into_iter()
         .filter_map(|(host, json)| match serde_json::from_str(&json) {
-            Ok(state) => Some((host, state)),
+            Ok(value) => Some((host, value)),
             Err(e) => {
-                log::warn!("destination {host}: unreadable state {json:?} ({e}); taken as closed");
+                log::warn!("destination {host}: unreadable {what} {json:?} ({e}); ignored");
                 None
             }
         })
-        .collect();
-    Ok((version.unwrap_or(0), states))
+        .collect()
 }
 
 /// The version alone: whether a copy is still current.
@@ -262,6 +330,44 @@ pub async fn claim_probe<C: ConnectionLike>(
     Ok(claimed == 1)
 }
 
+/// Sets `host`'s limits, or with `None` removes them (its rate's arrival
+/// time is forgotten too).
+pub async fn set_policy<C: ConnectionLike>(conn: &mut C, host: &str, policy: Option<&Policy>) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    match policy {
+        Some(policy) => {
+            let json = serde_json::to_string(policy).map_err(|e| std::io::Error::other(e.to_string()))?;
+            pipe.cmd("HSET").arg(POLICY_KEY).arg(host).arg(json).ignore();
+        }
+        None => {
+            pipe.cmd("HDEL").arg(POLICY_KEY).arg(host).ignore();
+        }
+    }
+    pipe.cmd("DEL").arg(tat_key(host)).ignore();
+    pipe.cmd("INCR").arg(VERSION_KEY).ignore();
+    pipe.query_async(conn).await
+}
+
+/// Leases up to `n` requests of `host` at its `policy`'s rate, over every
+/// process (see `lua/destinations_lease.lua`). Returns how many.
+pub async fn lease<C: ConnectionLike>(
+    conn: &mut C,
+    host: &str,
+    policy: &Policy,
+    n: usize,
+    now_ms: u64,
+) -> RedisResult<usize> {
+    LEASE
+        .key(tat_key(host))
+        .arg(now_ms)
+        .arg(policy.interval_ms())
+        .arg(policy.burst.max(1))
+        .arg(n)
+        .invoke_async(conn)
+        .await
+}
+
 /// Disables `host` (an operator's decision), or enables it again: its state
 /// and its counts are then forgotten, as for a destination never seen.
 pub async fn set_disabled<C: ConnectionLike>(conn: &mut C, host: &str, disabled: bool, now_ms: u64) -> RedisResult<()> {
@@ -283,9 +389,8 @@ pub async fn set_disabled<C: ConnectionLike>(conn: &mut C, host: &str, disabled:
 }
 
 impl Queue {
-    /// The version of the destinations' state and every destination that
-    /// is not closed.
-    pub async fn destinations(&self) -> Result<(u64, Vec<(String, DestinationState)>), QueueError> {
+    /// The destinations' version, state and limits.
+    pub async fn destinations(&self) -> Result<Snapshot, QueueError> {
         self.run("destinations", Duration::ZERO, async move |mut conn| {
             read(&mut conn).await
         })
@@ -313,6 +418,14 @@ impl Queue {
         .await
     }
 
+    /// Sets or removes `host`'s limits (see [`set_policy`]).
+    pub async fn set_destination_policy(&self, host: &str, policy: Option<&Policy>) -> Result<(), QueueError> {
+        self.run("destinations", Duration::ZERO, async move |mut conn| {
+            set_policy(&mut conn, host, policy).await
+        })
+        .await
+    }
+
     /// Disables or enables `host` (see [`set_disabled`]).
     pub async fn set_destination_disabled(&self, host: &str, disabled: bool) -> Result<(), QueueError> {
         self.run("destinations", Duration::ZERO, async move |mut conn| {
@@ -323,6 +436,16 @@ impl Queue {
 }
 
 impl WorkerQueue {
+    /// Leases up to `n` requests of `host` at `policy`'s rate (see
+    /// [`lease`]).
+    pub async fn lease(&self, host: &str, policy: &Policy, n: usize) -> Result<usize, QueueError> {
+        self.queue
+            .run("destinations", Duration::ZERO, async move |mut conn| {
+                lease(&mut conn, host, policy, n, crate::now_ms()).await
+            })
+            .await
+    }
+
     /// Claims the probe of `host` for this worker (see [`claim_probe`]).
     pub async fn claim_probe(&self, host: &str, timeout: Duration) -> Result<bool, QueueError> {
         let worker = self.id.as_str();
@@ -359,7 +482,13 @@ mod tests {
 
     #[test]
     fn every_destination_key_shares_one_slot() {
-        for key in [STATE_KEY.to_string(), VERSION_KEY.to_string(), counts_key("h:80")] {
+        for key in [
+            STATE_KEY.to_string(),
+            POLICY_KEY.to_string(),
+            VERSION_KEY.to_string(),
+            counts_key("h:80"),
+            tat_key("h:80"),
+        ] {
             assert!(key.starts_with("postback:{destinations}:"), "{key}");
         }
     }

@@ -180,9 +180,9 @@ impl Parked {
 const UNPARK_HOSTS: usize = 32;
 
 /// Takes back parked jobs of hosts whose gates have room, as many as there
-/// are free slots (`first` is one already held), and one job of each host
-/// whose breaker's probe this worker could claim. Returns the jobs and
-/// their slots.
+/// are free slots (`first` is one already held): for a rate-limited host
+/// as many as it could lease, and one job of each host whose breaker's
+/// probe this worker could claim. Returns the jobs and their slots.
 async fn unpark(
     ctx: &Context,
     queue: &WorkerQueue,
@@ -193,9 +193,22 @@ async fn unpark(
     let hosts = queue.parked_hosts(UNPARK_HOSTS).await?;
     parked.looked(!hosts.is_empty());
     let free = (slots.available_permits() + 1).min(MAX_BATCH);
-    let (mut wanted, probes) = ctx.deliverer.room_for_parked(hosts, free);
+    let plan = ctx.deliverer.plan_unpark(hosts, free);
+    let mut wanted = plan.wanted;
     let mut room = free - wanted.iter().map(|(_, n)| n).sum::<usize>();
-    for host in probes {
+    for (host, policy, n) in plan.leases {
+        if room == 0 {
+            break;
+        }
+        // Leased requests not spent within a moment lapse (see
+        // `destinations::LEASE_VALID`), so lease only what is taken back.
+        if let Ok(leased @ 1..) = queue.lease(&host, &policy, n.min(room)).await {
+            ctx.deliverer.leased(&host, leased);
+            wanted.push((host, leased));
+            room -= leased;
+        }
+    }
+    for host in plan.probes {
         if room == 0 {
             break;
         }

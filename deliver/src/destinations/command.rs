@@ -2,7 +2,11 @@
 //! their switches.
 //!
 //! - `deliver destinations list [--json]`: every destination that is not
-//!   closed: its state, since when, and the jobs held for it (parked);
+//!   closed or has limits: its state, since when, its limits, and the jobs
+//!   held for it (parked);
+//! - `deliver destinations set HOST:PORT [--rate N/s|N/m] [--burst N]
+//!   [--concurrency N]`: its limits, over every deliver process (the burst
+//!   defaults to one second of the rate); `unset HOST:PORT` removes them;
 //! - `deliver destinations disable HOST:PORT`: its held and new jobs become
 //!   dead letters (`destination_disabled`) until it is enabled;
 //! - `deliver destinations enable HOST:PORT`: closed again, its breaker's
@@ -14,7 +18,7 @@
 //! that what follows them (a replay, say) meets every process changed.
 
 use common::line_log::rfc3339_millis;
-use common::queue::destinations::DestinationState;
+use common::queue::destinations::{DestinationState, Policy};
 use common::queue::Queue;
 use std::collections::HashMap;
 use std::io::Write;
@@ -27,6 +31,29 @@ pub enum DestinationsCommand {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// Set a destination's limits (over every deliver process).
+    Set {
+        /// The destination, as `host:port`.
+        #[arg(value_parser = parse_destination)]
+        destination: String,
+        /// Most requests per second or minute: `50/s`, `3000/m`.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<(u32, u64)>,
+        /// Requests allowed at once after a quiet spell (default: one
+        /// second of the rate).
+        #[arg(long, requires = "rate", value_parser = clap::value_parser!(u32).range(1..))]
+        burst: Option<u32>,
+        /// Requests in flight at once to it, instead of
+        /// DELIVER_PER_HOST_CONCURRENCY.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        concurrency: Option<u32>,
+    },
+    /// Remove a destination's limits.
+    Unset {
+        /// The destination, as `host:port`.
+        #[arg(value_parser = parse_destination)]
+        destination: String,
     },
     /// Disable a destination: its jobs become dead letters until enabled.
     Disable {
@@ -60,33 +87,102 @@ fn parse_destination(text: &str) -> Result<String, String> {
     }
 }
 
+/// A rate as `N/s` or `N/m`: (N, the period in ms).
+fn parse_rate(text: &str) -> Result<(u32, u64), String> {
+    let (n, unit) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: write the rate as N/s or N/m, e.g. 50/s"))?;
+    let per_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        _ => return Err(format!("{text:?}: the unit is s or m, e.g. 50/s or 3000/m")),
+    };
+    match n.parse::<u32>() {
+        Ok(n) if n > 0 => Ok((n, per_ms)),
+        _ => Err(format!(
+            "{text:?}: the number of requests is a whole number from 1, e.g. 50/s"
+        )),
+    }
+}
+
+/// The policy a `set` asks for.
+fn policy_of(rate: Option<(u32, u64)>, burst: Option<u32>, concurrency: Option<u32>) -> Result<Policy, String> {
+    if rate.is_none() && concurrency.is_none() {
+        return Err("set what? --rate N/s|N/m and/or --concurrency N (`unset` removes the limits)".into());
+    }
+    let (rate, per_ms) = rate.unwrap_or((0, 1_000));
+    // One second of the rate, at least one request.
+    let second = (u64::from(rate) * 1_000 / per_ms).max(1) as u32;
+    Ok(Policy {
+        rate,
+        per_ms,
+        burst: burst.unwrap_or(second),
+        concurrency,
+    })
+}
+
 /// Runs `command` against `queue`, writing its report to `out`.
 pub async fn run(command: &DestinationsCommand, queue: &Queue, out: &mut impl Write) -> Result<(), String> {
     let fail = |e: common::queue::QueueError| e.to_string();
     let io = |e: std::io::Error| e.to_string();
     match command {
         DestinationsCommand::List { json } => {
-            let (_, states) = queue.destinations().await.map_err(fail)?;
+            let snapshot = queue.destinations().await.map_err(fail)?;
             let held = held_by_host(queue).await.map_err(fail)?;
-            for (host, state) in &states {
-                let held = held.get(host).copied().unwrap_or(0);
+            let states: HashMap<&str, &DestinationState> =
+                snapshot.states.iter().map(|(h, s)| (h.as_str(), s)).collect();
+            let policies: HashMap<&str, &Policy> = snapshot.policies.iter().map(|(h, p)| (h.as_str(), p)).collect();
+            let mut hosts: Vec<&str> = states.keys().chain(policies.keys()).copied().collect();
+            hosts.sort_unstable();
+            hosts.dedup();
+            for host in &hosts {
+                let (state, policy) = (states.get(host).copied(), policies.get(host).copied());
+                let held = held.get(*host).copied().unwrap_or(0);
                 if *json {
-                    let mut value = serde_json::to_value(state).map_err(|e| e.to_string())?;
-                    value["destination"] = host.as_str().into();
+                    let mut value = match state {
+                        Some(state) => serde_json::to_value(state).map_err(|e| e.to_string())?,
+                        None => serde_json::json!({ "state": "closed" }),
+                    };
+                    value["destination"] = (*host).into();
                     value["held"] = held.into();
+                    if let Some(policy) = policy {
+                        value["limits"] = serde_json::to_value(policy).map_err(|e| e.to_string())?;
+                    }
                     writeln!(out, "{value}").map_err(io)?;
                 } else {
-                    writeln!(out, "{}", list_line(host, state, held)).map_err(io)?;
+                    writeln!(out, "{}", list_line(host, state, policy, held)).map_err(io)?;
                 }
             }
             if !*json {
                 writeln!(
                     out,
-                    "# {} destinations not closed; every other one is closed",
-                    states.len()
+                    "# {} destinations held, disabled or limited; every other one is closed and unlimited",
+                    hosts.len()
                 )
                 .map_err(io)?;
             }
+        }
+        DestinationsCommand::Set {
+            destination,
+            rate,
+            burst,
+            concurrency,
+        } => {
+            let policy = policy_of(*rate, *burst, *concurrency)?;
+            queue
+                .set_destination_policy(destination, Some(&policy))
+                .await
+                .map_err(fail)?;
+            writeln!(
+                out,
+                "{destination}: {}; every deliver process follows within a second",
+                policy.shown()
+            )
+            .map_err(io)?;
+        }
+        DestinationsCommand::Unset { destination } => {
+            queue.set_destination_policy(destination, None).await.map_err(fail)?;
+            writeln!(out, "{destination}: no limits but DELIVER_PER_HOST_CONCURRENCY").map_err(io)?;
         }
         DestinationsCommand::Disable { destination } | DestinationsCommand::Enable { destination } => {
             let disable = matches!(command, DestinationsCommand::Disable { .. });
@@ -120,26 +216,48 @@ async fn held_by_host(queue: &Queue) -> Result<HashMap<String, u64>, common::que
 /// How many hosts with parked jobs each shard names at most.
 const HELD_HOSTS: usize = 1000;
 
-fn list_line(host: &str, state: &DestinationState, held: u64) -> String {
-    let since = rfc3339_millis(state.since());
-    let detail = match state {
-        DestinationState::Open { until, cooldown_ms, .. } => {
-            format!(
-                "probe at {} (cooldown {} s)",
-                rfc3339_millis(*until),
-                cooldown_ms / 1000
-            )
+fn list_line(host: &str, state: Option<&DestinationState>, policy: Option<&Policy>, held: u64) -> String {
+    let state = match state {
+        None => "closed".to_string(),
+        Some(state) => {
+            let detail = match state {
+                DestinationState::Open { until, cooldown_ms, .. } => {
+                    format!(
+                        "probe at {} (cooldown {} s)",
+                        rfc3339_millis(*until),
+                        cooldown_ms / 1000
+                    )
+                }
+                DestinationState::HalfOpen { probe, .. } => format!("probe in flight ({probe})"),
+                DestinationState::Paused { until, .. } => format!("until {}", rfc3339_millis(*until)),
+                DestinationState::Disabled { by, .. } => format!("by {by}"),
+            };
+            format!("{}  since {}  {detail}", state.name(), rfc3339_millis(state.since()))
         }
-        DestinationState::HalfOpen { probe, .. } => format!("probe in flight ({probe})"),
-        DestinationState::Paused { until, .. } => format!("until {}", rfc3339_millis(*until)),
-        DestinationState::Disabled { by, .. } => format!("by {by}"),
     };
-    format!("{host}  {}  since {since}  {detail}  held {held}", state.name())
+    let limits = policy.map_or_else(|| "no limits".to_string(), Policy::shown);
+    format!("{host}  {state}  {limits}  held {held}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_is_n_per_second_or_minute_and_the_burst_a_second_of_it() {
+        assert_eq!(parse_rate("50/s"), Ok((50, 1_000)));
+        assert_eq!(parse_rate("3000/m"), Ok((3000, 60_000)));
+        for bad in ["lots", "50", "50/h", "0/s", "-1/s", "x/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(policy_of(Some((50, 1_000)), None, None).unwrap().burst, 50);
+        assert_eq!(policy_of(Some((30, 60_000)), None, None).unwrap().burst, 1);
+        assert_eq!(
+            policy_of(Some((50, 1_000)), Some(5), Some(2)).unwrap().shown(),
+            "50/s burst 5 concurrency 2"
+        );
+        assert!(policy_of(None, None, None).is_err(), "set needs something to set");
+    }
 
     #[test]
     fn a_destination_is_host_and_port() {

@@ -1,6 +1,9 @@
 //! What this process knows of each destination's shared state (see
 //! `common::queue::destinations`): which partners' jobs to hold, which to
-//! turn into dead letters, and which job may go as a breaker's probe.
+//! turn into dead letters, which job may go as a breaker's probe, and the
+//! limits an operator set: a rate, spent from small leases of requests
+//! taken from Redis for jobs that wait parked ([`Parked::Lease`]), and a
+//! concurrency.
 //!
 //! The usual path costs one atomic load: while every destination is
 //! closed, [`Destinations::admit`] looks at nothing else. Attempts are
@@ -10,12 +13,12 @@
 //! asks for holds this process's jobs at once and is reported at once.
 
 use crate::metrics::Metrics;
-use common::queue::destinations::{BreakerSettings, Change, DestinationState, Probe, Report};
+use common::queue::destinations::{BreakerSettings, Change, DestinationState, Policy, Probe, Report, Snapshot};
 use common::queue::Queue;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +26,11 @@ pub mod command;
 
 /// How often news is reported and the version looked at.
 pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// How long leased requests may be spent: they were counted against the
+/// rate when leased, so one kept longer could be sent in a later second
+/// on top of that second's own.
+const LEASE_VALID: Duration = Duration::from_millis(500);
 
 /// What becomes of a job of a destination, decided at dispatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,15 +40,15 @@ pub enum Admission {
     /// Deliver it as the breaker's probe: its outcome closes the breaker
     /// or opens it again.
     Probe,
-    /// Hold it (parked, no attempt spent): the breaker is open, or the
-    /// partner asked for a pause.
+    /// Hold it (parked, no attempt spent): the breaker is open, the
+    /// partner asked for a pause, or its rate has no request left for now.
     Hold,
     /// The destination is disabled: the job becomes a dead letter.
     Disabled,
 }
 
 /// What the fetcher may do with a destination's parked jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parked {
     /// Take them back as its gate has room.
     Free,
@@ -50,6 +58,22 @@ pub enum Parked {
     ProbeDue,
     /// Disabled: take them back, to become dead letters.
     Drain,
+    /// Rate-limited: lease requests at this rate, then take back as many.
+    Lease(Policy),
+}
+
+/// What this process knows: the destinations that are not closed, and the
+/// limits set.
+#[derive(Default)]
+struct Known {
+    states: HashMap<String, DestinationState>,
+    policies: HashMap<String, Policy>,
+}
+
+/// Requests leased for a rate-limited destination, to spend before `until`.
+struct Tokens {
+    left: usize,
+    until: Instant,
 }
 
 /// The state of every destination that is not closed, as last read, and
@@ -58,10 +82,12 @@ pub struct Destinations {
     breaker: BreakerSettings,
     worker: String,
     probe_timeout: Duration,
-    /// Whether any destination is not closed: the usual path's one check.
+    /// Whether any destination is not closed or has limits: the usual
+    /// path's one check.
     any: AtomicBool,
     version: AtomicU64,
-    states: RwLock<HashMap<String, DestinationState>>,
+    known: RwLock<Known>,
+    tokens: Mutex<HashMap<String, Tokens>>,
     news: Mutex<HashMap<String, Report>>,
     /// Probes this process holds and has yet to send, by destination.
     probes: Mutex<HashSet<String>>,
@@ -78,7 +104,8 @@ impl Destinations {
             probe_timeout,
             any: AtomicBool::new(false),
             version: AtomicU64::new(u64::MAX),
-            states: RwLock::new(HashMap::new()),
+            known: RwLock::new(Known::default()),
+            tokens: Mutex::new(HashMap::new()),
             news: Mutex::new(HashMap::new()),
             probes: Mutex::new(HashSet::new()),
             report_now: Notify::new(),
@@ -101,20 +128,57 @@ impl Destinations {
         if !self.any.load(Ordering::Acquire) {
             return Admission::Go;
         }
-        let states = self.states.read().unwrap_or_else(|e| e.into_inner());
-        match states.get(host) {
-            None => Admission::Go,
-            Some(DestinationState::Disabled { .. }) => Admission::Disabled,
-            Some(DestinationState::Paused { until, .. }) if *until <= common::now_ms() => Admission::Go,
-            Some(DestinationState::Paused { .. }) => Admission::Hold,
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        match known.states.get(host) {
+            None => {}
+            Some(DestinationState::Disabled { .. }) => return Admission::Disabled,
+            Some(DestinationState::Paused { until, .. }) if *until <= common::now_ms() => {}
+            Some(DestinationState::Paused { .. }) => return Admission::Hold,
             Some(DestinationState::Open { .. } | DestinationState::HalfOpen { .. }) => {
-                if self.probes.lock().unwrap_or_else(|e| e.into_inner()).remove(host) {
+                return if self.probes.lock().unwrap_or_else(|e| e.into_inner()).remove(host) {
                     Admission::Probe
                 } else {
                     Admission::Hold
-                }
+                };
             }
         }
+        match known.policies.get(host) {
+            Some(policy) if policy.rate > 0 && !self.spend_token(host) => Admission::Hold,
+            _ => Admission::Go,
+        }
+    }
+
+    /// The requests in flight at once an operator set for `host`, if any.
+    pub fn concurrency(&self, host: &str) -> Option<usize> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        known.policies.get(host)?.concurrency.map(|n| n as usize)
+    }
+
+    /// Spends one leased request of `host`, if one is left and still valid.
+    fn spend_token(&self, host: &str) -> bool {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match tokens.get_mut(host) {
+            Some(t) if t.left > 0 && t.until > Instant::now() => {
+                t.left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `n` requests of `host` were leased for this process.
+    pub fn leased(&self, host: &str, n: usize) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let entry = tokens.entry(host.to_string()).or_insert(Tokens { left: 0, until: now });
+        if entry.until <= now {
+            entry.left = 0;
+        }
+        entry.left += n;
+        entry.until = now + LEASE_VALID;
     }
 
     /// What the fetcher may do with `host`'s parked jobs now.
@@ -123,11 +187,15 @@ impl Destinations {
             return Parked::Free;
         }
         let now = common::now_ms();
-        let states = self.states.read().unwrap_or_else(|e| e.into_inner());
-        match states.get(host) {
-            None => Parked::Free,
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let free = || match known.policies.get(host) {
+            Some(policy) if policy.rate > 0 => Parked::Lease(policy.clone()),
+            _ => Parked::Free,
+        };
+        match known.states.get(host) {
+            None => free(),
             Some(DestinationState::Disabled { .. }) => Parked::Drain,
-            Some(DestinationState::Paused { until, .. }) if *until <= now => Parked::Free,
+            Some(DestinationState::Paused { until, .. }) if *until <= now => free(),
             Some(DestinationState::Paused { .. }) => Parked::Held,
             Some(DestinationState::Open { until, .. }) if *until <= now => Parked::ProbeDue,
             Some(DestinationState::HalfOpen { probe_at, .. })
@@ -177,9 +245,9 @@ impl Destinations {
     /// Holds `host`'s jobs in this process at once, until the report has
     /// made the pause everyone's.
     fn pause_here(&self, host: &str, until: u64) {
-        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
-        if !states.contains_key(host) {
-            states.insert(
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if !known.states.contains_key(host) {
+            known.states.insert(
                 host.to_string(),
                 DestinationState::Paused {
                     since: common::now_ms(),
@@ -209,12 +277,21 @@ impl Destinations {
         }
     }
 
-    fn replace(&self, version: u64, all: Vec<(String, DestinationState)>) {
+    fn replace(&self, snapshot: Snapshot) {
+        let Snapshot {
+            version,
+            states,
+            policies,
+        } = snapshot;
         self.metrics
-            .destinations(all.iter().map(|(host, state)| (host.as_str(), state.name())));
-        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
-        *states = all.into_iter().collect();
-        self.any.store(!states.is_empty(), Ordering::Release);
+            .destinations(states.iter().map(|(host, state)| (host.as_str(), state.name())));
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        known.states = states.into_iter().collect();
+        known.policies = policies.into_iter().collect();
+        self.any.store(
+            !known.states.is_empty() || !known.policies.is_empty(),
+            Ordering::Release,
+        );
         self.version.store(version, Ordering::Release);
     }
 }
@@ -264,8 +341,8 @@ pub async fn sync(queue: &Queue, destinations: &Destinations) {
     if version == destinations.version.load(Ordering::Acquire) {
         return;
     }
-    if let Ok((version, all)) = queue.destinations().await {
-        destinations.replace(version, all);
+    if let Ok(snapshot) = queue.destinations().await {
+        destinations.replace(snapshot);
     }
 }
 

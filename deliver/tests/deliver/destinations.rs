@@ -3,7 +3,8 @@
 //! attempt spent and probes until it is back (a SIGKILL meanwhile loses
 //! nothing); a `Retry-After` keeps the whole destination quiet; a disabled
 //! destination's jobs become dead letters that a replay delivers after
-//! `enable`.
+//! `enable`; a rate limit holds at the receiver over two processes while
+//! an unlimited neighbour goes at full speed.
 
 use crate::support::{data_id, depths, enqueue, fast_env, ids_at, job, set, Deliver};
 use common::job::Method;
@@ -215,7 +216,60 @@ async fn a_disabled_destination_s_jobs_are_dead_letters_that_a_replay_delivers_a
 }
 
 #[tokio::test]
-async fn a_destination_is_named_as_host_and_port_or_refused() {
+async fn a_rate_limit_holds_at_the_receiver_over_two_processes_and_spares_the_neighbours() {
+    let redis = RedisServer::start();
+    let limited = Sink::ok().await;
+    let neighbour = Sink::ok().await;
+    let env = fast_env(&redis);
+    let host = destination(&limited);
+    let (code, out, err) = command(&env, &["destinations", "set", &host, "--rate", "20/s", "--burst", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("20/s burst 2"), "{out}");
+    let (_, listed, _) = command(&env, &["destinations", "list"]);
+    assert!(listed.contains(&format!("{host}  closed  20/s burst 2")), "{listed}");
+
+    let _first = Deliver::start(&env);
+    let _second = Deliver::start(&env);
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let (limited_jobs, neighbour_jobs) = (240, 200);
+    let jobs: Vec<_> = (0..limited_jobs)
+        .map(|n| job(Method::Get, &limited.url("/?id={id}"), json!({"id": format!("l{n}")})))
+        .chain(
+            (0..neighbour_jobs).map(|n| job(Method::Get, &neighbour.url("/?id={id}"), json!({"id": format!("n{n}")}))),
+        )
+        .collect();
+    enqueue(&mut conn, &keys, &jobs).await;
+
+    neighbour.wait_for(neighbour_jobs, LIMIT).await;
+    let limited_by_then = limited.count();
+    assert!(
+        limited_by_then < limited_jobs / 2,
+        "the neighbour's {neighbour_jobs} jobs were delivered while the limited destination had had {limited_by_then}"
+    );
+    limited.wait_for(limited_jobs, LIMIT).await;
+    let arrivals: Vec<Instant> = limited.received().iter().map(|r| r.at).collect();
+    // Over any 10 s at the receiver, at most 10 % above the rate's 200.
+    let busiest = arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_secs(10))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(busiest <= 220, "{busiest} requests within 10 s at 20/s");
+    let span = arrivals.last().unwrap().duration_since(arrivals[0]);
+    assert!(
+        span >= Duration::from_secs(11),
+        "{limited_jobs} requests at 20/s (burst 2) took only {span:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_destination_and_its_limits_are_named_as_the_help_says_or_refused() {
     let redis = RedisServer::start();
     let env = fast_env(&redis);
     for bad in ["partner.example", "https://partner.example:443", "partner.example:lots"] {
@@ -223,4 +277,22 @@ async fn a_destination_is_named_as_host_and_port_or_refused() {
         assert_eq!(code, Some(2), "{bad}: {err}");
         assert!(err.contains("host:port") || err.contains("port"), "{bad}: {err}");
     }
+    for bad in [
+        &["--rate", "lots"][..],
+        &["--rate", "5/h"],
+        &["--burst", "3"],
+        &["--concurrency", "0"],
+    ] {
+        let args: Vec<&str> = ["destinations", "set", "partner.example:443"]
+            .iter()
+            .chain(bad)
+            .copied()
+            .collect();
+        let (code, _, err) = command(&env, &args);
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+        assert!(err.starts_with("error: "), "{bad:?}: {err}");
+    }
+    let (code, _, err) = command(&env, &["destinations", "set", "partner.example:443"]);
+    assert_eq!(code, Some(1), "nothing to set: {err}");
+    assert!(err.contains("--rate"), "{err}");
 }
