@@ -58,6 +58,7 @@ fn state_label(state: &str) -> &'static str {
         "open" => "open",
         "half_open" => "half_open",
         "paused" => "paused",
+        "ramping" => "ramping",
         "disabled" => "disabled",
         "closed" => "closed",
         _ => "other",

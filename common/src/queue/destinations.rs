@@ -125,6 +125,14 @@ pub enum DestinationState {
         /// Until when.
         until: u64,
     },
+    /// Just closed after a probe succeeded: for [`RAMP`] its jobs go at a
+    /// rate that starts at [`RAMP_FIRST_RATE`] a second and doubles every
+    /// second (or at its own rate, if it has one), so that the held jobs
+    /// do not all go at once.
+    Ramping {
+        /// Since when.
+        since: u64,
+    },
     /// Disabled by an operator or after a breaker open too long: its jobs
     /// become dead letters (`destination_disabled`) until it is enabled.
     Disabled {
@@ -142,6 +150,7 @@ impl DestinationState {
             DestinationState::Open { .. } => "open",
             DestinationState::HalfOpen { .. } => "half_open",
             DestinationState::Paused { .. } => "paused",
+            DestinationState::Ramping { .. } => "ramping",
             DestinationState::Disabled { .. } => "disabled",
         }
     }
@@ -152,16 +161,28 @@ impl DestinationState {
             DestinationState::Open { since, .. }
             | DestinationState::HalfOpen { since, .. }
             | DestinationState::Paused { since, .. }
+            | DestinationState::Ramping { since }
             | DestinationState::Disabled { since, .. } => *since,
         }
     }
 
-    /// Whether it still holds jobs at `now` (a pause ends by itself).
+    /// Whether it still holds jobs at `now` (a pause ends by itself; a
+    /// ramp limits, it does not hold).
     pub fn holds(&self, now_ms: u64) -> bool {
         match self {
             DestinationState::Paused { until, .. } => *until > now_ms,
+            DestinationState::Ramping { .. } => false,
             _ => true,
         }
+    }
+
+    /// The rate a ramp allows at `now`, while it lasts.
+    pub fn ramp_rate(&self, now_ms: u64) -> Option<u32> {
+        let DestinationState::Ramping { since } = self else {
+            return None;
+        };
+        let age = now_ms.saturating_sub(*since);
+        (age < RAMP.as_millis() as u64).then(|| RAMP_FIRST_RATE << (age / 1000).min(20))
     }
 }
 
@@ -206,6 +227,12 @@ pub struct BreakerSettings {
     /// `DELIVER_DISABLE_AFTER`: open this long without a success disables.
     pub disable_after: Duration,
 }
+
+/// How long a destination ramps up after its breaker closes.
+pub const RAMP: Duration = Duration::from_secs(10);
+/// The ramp's first second: this many requests, then twice as many each
+/// second (10, 20, 40, … 5,120 a second in the tenth).
+pub const RAMP_FIRST_RATE: u32 = 10;
 
 /// The longest cooldown: it doubles after each failed probe up to this.
 pub const COOLDOWN_MAX: Duration = Duration::from_secs(600);
@@ -284,7 +311,8 @@ pub async fn report<C: ConnectionLike>(
         .arg(settings.cooldown.as_millis() as u64)
         .arg(COOLDOWN_MAX.max(settings.cooldown).as_millis() as u64)
         .arg(settings.disable_after.as_millis() as u64)
-        .arg(worker);
+        .arg(worker)
+        .arg(RAMP.as_millis() as u64);
     for (host, news) in news {
         let probe = match news.probe {
             Probe::None => 0,
@@ -478,6 +506,16 @@ mod tests {
         let json = serde_json::to_string(&disabled).unwrap();
         assert_eq!(json, r#"{"state":"disabled","since":5,"by":"operator"}"#);
         assert_eq!(serde_json::from_str::<DestinationState>(&json).unwrap(), disabled);
+    }
+
+    #[test]
+    fn a_ramp_doubles_every_second_then_ends() {
+        let ramp = DestinationState::Ramping { since: 10_000 };
+        assert_eq!(ramp.ramp_rate(10_000), Some(10));
+        assert_eq!(ramp.ramp_rate(11_500), Some(20));
+        assert_eq!(ramp.ramp_rate(19_999), Some(10 << 9));
+        assert_eq!(ramp.ramp_rate(20_000), None, "over after RAMP");
+        assert!(!ramp.holds(10_000), "a ramp limits, it does not hold");
     }
 
     #[test]

@@ -230,6 +230,7 @@ fn list_line(host: &str, state: Option<&DestinationState>, policy: Option<&Polic
                 }
                 DestinationState::HalfOpen { probe, .. } => format!("probe in flight ({probe})"),
                 DestinationState::Paused { until, .. } => format!("until {}", rfc3339_millis(*until)),
+                DestinationState::Ramping { .. } => "held jobs resume at a rate that doubles every second".into(),
                 DestinationState::Disabled { by, .. } => format!("by {by}"),
             };
             format!("{}  since {}  {detail}", state.name(), rfc3339_millis(state.since()))

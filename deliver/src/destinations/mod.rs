@@ -131,6 +131,15 @@ impl Destinations {
         let known = self.known.read().unwrap_or_else(|e| e.into_inner());
         match known.states.get(host) {
             None => {}
+            Some(ramp @ DestinationState::Ramping { .. }) if ramp.ramp_rate(common::now_ms()).is_some() => {
+                return if self.spend_token(host) {
+                    Admission::Go
+                } else {
+                    Admission::Hold
+                };
+            }
+            // A ramp that is over: as closed.
+            Some(DestinationState::Ramping { .. }) => {}
             Some(DestinationState::Disabled { .. }) => return Admission::Disabled,
             Some(DestinationState::Paused { until, .. }) if *until <= common::now_ms() => {}
             Some(DestinationState::Paused { .. }) => return Admission::Hold,
@@ -194,6 +203,17 @@ impl Destinations {
         };
         match known.states.get(host) {
             None => free(),
+            Some(ramp @ DestinationState::Ramping { .. }) => match (ramp.ramp_rate(now), known.policies.get(host)) {
+                (None, _) => free(),
+                // Its own rate, if it has one: the ramp is for the others.
+                (Some(_), Some(policy)) if policy.rate > 0 => Parked::Lease(policy.clone()),
+                (Some(rate), policy) => Parked::Lease(Policy {
+                    rate,
+                    per_ms: 1000,
+                    burst: rate,
+                    concurrency: policy.and_then(|p| p.concurrency),
+                }),
+            },
             Some(DestinationState::Disabled { .. }) => Parked::Drain,
             Some(DestinationState::Paused { until, .. }) if *until <= now => free(),
             Some(DestinationState::Paused { .. }) => Parked::Held,
@@ -258,9 +278,23 @@ impl Destinations {
         }
     }
 
+    /// The news to report; a pause or a ramp that is over is news too
+    /// (the report closes it), so that it does not linger.
     fn take_news(&self) -> Vec<(String, Report)> {
-        let mut news = self.news.lock().unwrap_or_else(|e| e.into_inner());
-        news.drain().collect()
+        let now = common::now_ms();
+        let mut news: Vec<(String, Report)> = self.news.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        for (host, state) in &known.states {
+            let over = match state {
+                DestinationState::Paused { until, .. } => *until <= now,
+                ramp @ DestinationState::Ramping { .. } => ramp.ramp_rate(now).is_none(),
+                _ => false,
+            };
+            if over && !news.iter().any(|(h, _)| h == host) {
+                news.push((host.clone(), Report::default()));
+            }
+        }
+        news
     }
 
     /// Puts news back after a report that failed, adding what came since.
@@ -349,7 +383,8 @@ pub async fn sync(queue: &Queue, destinations: &Destinations) {
 fn log_change(change: &Change) {
     let Change { host, state } = change;
     match state.as_str() {
-        "closed" => log::info!("destination {host}: its probe succeeded; breaker closed, held jobs resume"),
+        "closed" => log::info!("destination {host}: closed"),
+        "ramping" => log::info!("destination {host}: its probe succeeded; breaker closed, held jobs resume at a rate that doubles every second"),
         "open" => log::warn!("destination {host}: breaker open; its jobs are held, with no attempt spent, until a probe succeeds"),
         "paused" => log::warn!("destination {host}: paused as it asked (Retry-After); its jobs are held until then"),
         "disabled" => log::error!("destination {host}: disabled after its breaker stayed open too long; its jobs become dead letters (destination_disabled) until `deliver destinations enable {host}`"),

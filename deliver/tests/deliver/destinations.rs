@@ -57,7 +57,7 @@ async fn an_open_breaker_holds_jobs_with_no_attempt_spent_and_probes_until_the_p
     let second = Deliver::start(&env);
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
-    let jobs: Vec<_> = (0..20)
+    let jobs: Vec<_> = (0..60)
         .map(|n| job(Method::Get, &sink.url("/?id={id}"), json!({"id": format!("j{n}")})))
         .collect();
     enqueue(&mut conn, &keys, &jobs).await;
@@ -124,7 +124,19 @@ async fn an_open_breaker_holds_jobs_with_no_attempt_spent_and_probes_until_the_p
     })
     .await;
     assert_eq!(depths(&mut conn, &keys).await.dead, 0);
-    wait_until(LIMIT, "the breaker to close", || async {
+    // The first request back is the probe; the held jobs then ramp up (10
+    // a second, doubling), not all at once.
+    let since_back: Vec<Instant> = sink.received().iter().map(|r| r.at).filter(|at| *at >= back).collect();
+    let first_second = since_back[1..]
+        .iter()
+        .filter(|at| at.duration_since(since_back[0]) <= Duration::from_secs(1))
+        .count();
+    assert!(
+        first_second <= 20,
+        "{first_second} of {} held jobs went in the first second back (the ramp's first step is 10 a second, burst 10)",
+        jobs.len()
+    );
+    wait_until(LIMIT, "the ramp to end: the destination closed", || async {
         state(&mut redis.connection().await, &host).await.is_none()
     })
     .await;

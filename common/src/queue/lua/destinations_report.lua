@@ -6,14 +6,16 @@
 -- attempts and failures (counted into a sliding window; the breaker opens
 -- when the window holds enough failures), a pause a partner asked for
 -- (Retry-After), and the outcome of a probe this worker made. Destinations
--- that are disabled only count nothing.
+-- that are disabled only count nothing. A probe that succeeds closes the
+-- breaker through a ramp ('ramping' for ARGV[10] ms: the held jobs go at a
+-- rate that doubles every second, not all at once).
 -- KEYS[1]   the state hash   (postback:{destinations}:state): host -> JSON
 -- KEYS[2]   the version      (postback:{destinations}:version), moved on at every change
 -- KEYS[2+i] the counts hash of the i-th destination (postback:{destinations}:counts:<host>)
 -- ARGV[1] now (ms)          ARGV[2] window (ms)       ARGV[3] bucket (ms)
 -- ARGV[4] min attempts      ARGV[5] failure percent (0: no breaker)
 -- ARGV[6] first cooldown    ARGV[7] longest cooldown  ARGV[8] disable after (ms)
--- ARGV[9] this worker's id
+-- ARGV[9] this worker's id  ARGV[10] how long a ramp lasts (ms)
 -- then 5 values per destination, in KEYS order: host, attempts, failures,
 -- pause until (ms, 0: none), probe (0: none, 1: succeeded, 2: failed)
 -- Returns {version, host, state, host, state, ...}: the changes it made.
@@ -23,6 +25,7 @@ local min_attempts, failure_pct = tonumber(ARGV[4]), tonumber(ARGV[5])
 local cooldown_first, cooldown_max = tonumber(ARGV[6]), tonumber(ARGV[7])
 local disable_after = tonumber(ARGV[8])
 local worker = ARGV[9]
+local ramp = tonumber(ARGV[10])
 local changes = {}
 
 local function set(host, state)
@@ -40,7 +43,7 @@ local function open(host, cooldown, opened_at)
 end
 
 for i = 1, #KEYS - 2 do
-  local at = 10 + (i - 1) * 5
+  local at = 11 + (i - 1) * 5
   local host = ARGV[at]
   local attempts, failures = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   local pause_until, probe = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
@@ -49,7 +52,9 @@ for i = 1, #KEYS - 2 do
   local raw = redis.call('HGET', KEYS[1], host)
   local st = nil
   if raw then st = cjson.decode(raw) end
-  if st and st.state == 'paused' and tonumber(st['until']) <= now then
+  -- A pause or a ramp that is over is closed.
+  if st and ((st.state == 'paused' and tonumber(st['until']) <= now)
+      or (st.state == 'ramping' and now - tonumber(st.since) >= ramp)) then
     redis.call('HDEL', KEYS[1], host)
     st = nil
   end
@@ -62,14 +67,13 @@ for i = 1, #KEYS - 2 do
     end
     if probe ~= 0 and st and st.state == 'half_open' and st.probe == worker then
       if probe == 1 then
-        redis.call('HDEL', KEYS[1], host)
         redis.call('DEL', counts)
-        changes[#changes + 1] = host
-        changes[#changes + 1] = 'closed'
+        set(host, {state = 'ramping', since = now})
+        st = {state = 'ramping'}
       else
         open(host, math.min(tonumber(st.cooldown_ms) * 2, cooldown_max), tonumber(st.opened_at))
       end
-    elseif (st == nil or st.state == 'paused') and failure_pct > 0 and failures > 0 then
+    elseif (st == nil or st.state == 'paused' or st.state == 'ramping') and failure_pct > 0 and failures > 0 then
       -- Only a report with failures can tip the window over.
       local first = bucket - math.floor(window / bucket_ms) + 1
       local total, failed = 0, 0
@@ -87,7 +91,8 @@ for i = 1, #KEYS - 2 do
         st = {state = 'open'}
       end
     end
-    if pause_until > now and (st == nil or (st.state == 'paused' and tonumber(st['until']) < pause_until)) then
+    if pause_until > now and (st == nil or st.state == 'ramping'
+        or (st.state == 'paused' and tonumber(st['until']) < pause_until)) then
       set(host, {state = 'paused', since = now, ['until'] = pause_until})
     end
   end
