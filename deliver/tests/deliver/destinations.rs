@@ -143,6 +143,48 @@ async fn an_open_breaker_holds_jobs_with_no_attempt_spent_and_probes_until_the_p
 }
 
 #[tokio::test]
+async fn a_breaker_open_past_disable_after_disables_its_destination() {
+    let redis = RedisServer::start();
+    let sink = Sink::start(std::sync::Arc::new(|_, _| Reply::status(503))).await;
+    let mut env = fast_env(&redis);
+    set(&mut env, "DELIVER_RETRY_SCHEDULE", "1s,1s,1s");
+    set(&mut env, "DELIVER_BREAKER_MIN_ATTEMPTS", "3");
+    set(&mut env, "DELIVER_BREAKER_COOLDOWN", "300ms");
+    set(&mut env, "DELIVER_DISABLE_AFTER", "2s");
+    let deliver = Deliver::start(&env);
+    let keys = QueueKeys::new("default");
+    let mut conn = redis.connection().await;
+    let jobs: Vec<_> = (0..10)
+        .map(|n| job(Method::Get, &sink.url("/?id={id}"), json!({"id": format!("x{n}")})))
+        .collect();
+    enqueue(&mut conn, &keys, &jobs).await;
+    let host = destination(&sink);
+    wait_until(LIMIT, "the destination disabled by its breaker", || async {
+        matches!(
+            state(&mut redis.connection().await, &host).await,
+            Some(DestinationState::Disabled { by, .. }) if by == "breaker"
+        )
+    })
+    .await;
+    wait_until(LIMIT, "every held job a dead letter", || async {
+        depths(&mut redis.connection().await, &keys).await.dead == jobs.len() as u64
+    })
+    .await;
+    let (_, dead, _) = command(&env, &["dead", "list", "--reason", "destination_disabled", "--json"]);
+    assert_eq!(dead.lines().count(), jobs.len(), "{dead}");
+    wait_until(
+        LIMIT,
+        "one log line saying it is disabled and how to undo it",
+        || async {
+            deliver.messages().iter().any(|l| {
+                l.contains(&format!("destination {host}: disabled")) && l.contains("deliver destinations enable")
+            })
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_retry_after_keeps_the_whole_destination_quiet_for_that_long() {
     let redis = RedisServer::start();
     let sink = Sink::start(std::sync::Arc::new(|req, _| {
