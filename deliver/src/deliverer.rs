@@ -308,7 +308,8 @@ impl Deliverer {
         let now = common::now_ms();
         if let (Some(destinations), Some(failed)) = (&self.destinations, crate::retry::partner_failed(&outcome)) {
             let pause = self.policy.pause_for(&outcome).map(|d| now + d.as_millis() as u64);
-            destinations.record(&destination_of(&split.url), failed, pause, probe);
+            let delivered = verdict == Verdict::Delivered;
+            destinations.record(&destination_of(&split.url), failed, delivered, pause, probe);
         }
 
         let (status, response_body) = match &outcome.result {

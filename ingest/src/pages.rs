@@ -17,6 +17,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.encode())
 }
 
+/// How many destinations `/stats` shows at most: those held, disabled
+/// or limited, then the most recently attempted.
+const STATS_DESTINATIONS: usize = 20;
+
 /// How many of the latest failed attempts `/stats` shows.
 const STATS_FAILURES: usize = 20;
 /// `/stats` windows: at most an hour (the statistics' retention) ...
@@ -62,7 +66,52 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     } else {
         "accepted"
     };
-    Ok(HttpResponse::Ok().json(json!({"queue": depths, "window": window, "redis_writes": writes})))
+    let destinations = destinations(&state.queue).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "queue": depths,
+        "window": window,
+        "redis_writes": writes,
+        "destinations": destinations,
+    })))
+}
+
+/// The destinations for `/stats`: every one held, disabled or limited,
+/// then the most recently attempted, each with its state and its figures
+/// of the last five minutes (`common::queue::destinations::RECENT`).
+async fn destinations(queue: &common::queue::Queue) -> Result<Vec<serde_json::Value>, ApiError> {
+    let snapshot = queue.destinations().await?;
+    let activity = queue.destination_activity(STATS_DESTINATIONS).await?;
+    let mut hosts: Vec<&str> = snapshot.states.iter().map(|(h, _)| h.as_str()).collect();
+    hosts.extend(snapshot.policies.iter().map(|(h, _)| h.as_str()));
+    hosts.extend(activity.iter().map(|a| a.destination.as_str()));
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| seen.insert(*h));
+    hosts.truncate(STATS_DESTINATIONS);
+    Ok(hosts
+        .into_iter()
+        .map(|host| {
+            let state = snapshot.states.iter().find(|(h, _)| h == host).map(|(_, s)| s);
+            let limits = snapshot
+                .policies
+                .iter()
+                .find(|(h, _)| h == host)
+                .map(|(_, p)| p.shown());
+            let figures = activity
+                .iter()
+                .find(|a| a.destination == host)
+                .cloned()
+                .unwrap_or_default();
+            json!({
+                "destination": host,
+                "state": state.map_or("closed", |s| s.name()),
+                "since_ms": state.map(|s| s.since()),
+                "limits": limits,
+                "attempts": figures.attempts,
+                "delivered": figures.delivered,
+                "failed": figures.failed,
+            })
+        })
+        .collect())
 }
 
 /// `GET /dashboard`: one self-contained page (no external resources) that

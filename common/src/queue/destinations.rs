@@ -88,6 +88,16 @@ pub fn counts_key(host: &str) -> String {
     format!("postback:{{destinations}}:counts:{host}")
 }
 
+/// The destinations attempted in the last [`RECENT`], scored by when.
+pub const SEEN_KEY: &str = "postback:{destinations}:seen";
+/// A destination's attempts, deliveries and failures per minute, for the
+/// last [`RECENT`].
+pub fn recent_key(host: &str) -> String {
+    format!("postback:{{destinations}}:recent:{host}")
+}
+/// How far back the dashboard's destination figures go.
+pub const RECENT: Duration = Duration::from_secs(300);
+
 /// A destination's state, when it is not closed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -205,6 +215,8 @@ pub struct Report {
     pub attempts: u64,
     /// Of them, the partner's failures (network, timeout, 5xx, 429).
     pub failures: u64,
+    /// Of them, deliveries (2xx).
+    pub delivered: u64,
     /// A pause asked for, until then (ms since the epoch; 0: none).
     pub pause_until: u64,
     /// The outcome of this worker's probe, if one ended.
@@ -299,9 +311,9 @@ pub async fn report<C: ConnectionLike>(
 ) -> RedisResult<(u64, Vec<Change>)> {
     let window = settings.window.as_millis().max(WINDOW_BUCKETS as u128) as u64;
     let mut call = REPORT.prepare_invoke();
-    call.key(STATE_KEY).key(VERSION_KEY);
+    call.key(STATE_KEY).key(VERSION_KEY).key(SEEN_KEY);
     for (host, _) in news {
-        call.key(counts_key(host));
+        call.key(counts_key(host)).key(recent_key(host));
     }
     call.arg(now_ms)
         .arg(window)
@@ -323,7 +335,8 @@ pub async fn report<C: ConnectionLike>(
             .arg(news.attempts)
             .arg(news.failures)
             .arg(news.pause_until)
-            .arg(probe);
+            .arg(probe)
+            .arg(news.delivered);
     }
     let reply: Vec<String> = call.invoke_async(conn).await?;
     let version = reply.first().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -335,6 +348,67 @@ pub async fn report<C: ConnectionLike>(
         })
         .collect();
     Ok((version, changes))
+}
+
+/// One destination's last [`RECENT`], for the dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    /// The destination.
+    pub destination: String,
+    /// Attempts, over every process.
+    pub attempts: u64,
+    /// Of them, deliveries (2xx).
+    pub delivered: u64,
+    /// Of them, the partner's failures.
+    pub failed: u64,
+}
+
+/// The `limit` destinations attempted most recently in the last [`RECENT`],
+/// each with its figures.
+pub async fn activity<C: ConnectionLike>(conn: &mut C, now_ms: u64, limit: usize) -> RedisResult<Vec<Activity>> {
+    let since = now_ms.saturating_sub(RECENT.as_millis() as u64);
+    let hosts: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+        .arg(SEEN_KEY)
+        .arg("+inf")
+        .arg(since)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .query_async(conn)
+        .await?;
+    if hosts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for host in &hosts {
+        pipe.cmd("HGETALL").arg(recent_key(host));
+    }
+    let minutes: Vec<Vec<(String, u64)>> = pipe.query_async(conn).await?;
+    let first_minute = since / 60_000;
+    Ok(hosts
+        .into_iter()
+        .zip(minutes)
+        .map(|(destination, fields)| {
+            let mut activity = Activity {
+                destination,
+                ..Activity::default()
+            };
+            for (field, n) in fields {
+                let Some((minute, kind)) = field.split_once(':') else {
+                    continue;
+                };
+                if minute.parse::<u64>().is_ok_and(|m| m >= first_minute) {
+                    match kind {
+                        "a" => activity.attempts += n,
+                        "d" => activity.delivered += n,
+                        "f" => activity.failed += n,
+                        _ => {}
+                    }
+                }
+            }
+            activity
+        })
+        .collect())
 }
 
 /// Claims the probe of `host` for `worker` if its breaker is open and its
@@ -421,6 +495,15 @@ impl Queue {
     pub async fn destinations(&self) -> Result<Snapshot, QueueError> {
         self.run("destinations", Duration::ZERO, async move |mut conn| {
             read(&mut conn).await
+        })
+        .await
+    }
+
+    /// The `limit` destinations attempted most recently, with their figures
+    /// of the last [`RECENT`] (see [`activity`]).
+    pub async fn destination_activity(&self, limit: usize) -> Result<Vec<Activity>, QueueError> {
+        self.run("destinations", Duration::ZERO, async move |mut conn| {
+            activity(&mut conn, crate::now_ms(), limit).await
         })
         .await
     }
@@ -526,6 +609,8 @@ mod tests {
             VERSION_KEY.to_string(),
             counts_key("h:80"),
             tat_key("h:80"),
+            SEEN_KEY.to_string(),
+            recent_key("h:80"),
         ] {
             assert!(key.starts_with("postback:{destinations}:"), "{key}");
         }

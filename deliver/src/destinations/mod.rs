@@ -236,9 +236,10 @@ impl Destinations {
             .insert(host.to_string());
     }
 
-    /// Counts an attempt at `host`: whether the partner failed it, a pause
-    /// it asked for (ms since the epoch), and whether it was the probe.
-    pub fn record(&self, host: &str, failed: bool, pause_until: Option<u64>, probe: bool) {
+    /// Counts an attempt at `host`: whether the partner failed it or it was
+    /// delivered, a pause it asked for (ms since the epoch), and whether it
+    /// was the probe.
+    pub fn record(&self, host: &str, failed: bool, delivered: bool, pause_until: Option<u64>, probe: bool) {
         {
             let mut news = self.news.lock().unwrap_or_else(|e| e.into_inner());
             let entry = match news.get_mut(host) {
@@ -247,6 +248,7 @@ impl Destinations {
             };
             entry.attempts += 1;
             entry.failures += u64::from(failed);
+            entry.delivered += u64::from(delivered);
             if probe {
                 entry.probe = if failed { Probe::Failed } else { Probe::Succeeded };
             }
@@ -304,6 +306,7 @@ impl Destinations {
             let entry = news.entry(host).or_default();
             entry.attempts += old.attempts;
             entry.failures += old.failures;
+            entry.delivered += old.delivered;
             entry.pause_until = entry.pause_until.max(old.pause_until);
             if entry.probe == Probe::None {
                 entry.probe = old.probe;

@@ -173,6 +173,19 @@ async fn metrics_and_stats_match_a_load_of_successes_retries_and_dead_letters() 
     })
     .await;
 
+    // Each destination's last five minutes, over both processes: the
+    // flaky jobs' first answers were the partner's failures.
+    let host = sink.url("").trim_start_matches("http://").to_string();
+    wait_until(LIMIT, "the sink's destination figures in /stats", || async {
+        let stats = get(&format!("{ingest}/stats?seconds=60")).await.json();
+        stats["destinations"][0]
+            == json!({
+                "destination": host, "state": "closed", "since_ms": null, "limits": null,
+                "attempts": ok + 2 * flaky + gone, "delivered": ok + flaky, "failed": flaky,
+            })
+    })
+    .await;
+
     dashboard_in_chromium(&ingest, ok + flaky).await;
 }
 
@@ -259,6 +272,11 @@ async fn dashboard_in_chromium(ingest: &str, delivered: usize) {
     assert!(
         html.contains(r#"id="t-parked">0<"#),
         "the dashboard does not show the parked jobs:\n{html}"
+    );
+    assert!(
+        html.contains(r#"data-destinations="1""#)
+            && html.contains(&format!(r#"data-delivered="{delivered}"><td class="dest">"#)),
+        "the destinations table does not show the sink's {delivered} deliveries:\n{html}"
     );
     // Each failure names its job, for `deliver job ID`.
     let id_cell = html.find(r#"<td class="id">"#).map(|at| &html[at + 15..]);

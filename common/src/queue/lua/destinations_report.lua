@@ -9,15 +9,21 @@
 -- that are disabled only count nothing. A probe that succeeds closes the
 -- breaker through a ramp ('ramping' for ARGV[10] ms: the held jobs go at a
 -- rate that doubles every second, not all at once).
--- KEYS[1]   the state hash   (postback:{destinations}:state): host -> JSON
--- KEYS[2]   the version      (postback:{destinations}:version), moved on at every change
--- KEYS[2+i] the counts hash of the i-th destination (postback:{destinations}:counts:<host>)
+-- It also keeps what the dashboard shows: each destination's attempts,
+-- deliveries and failures per minute for the last five minutes, and which
+-- destinations were seen in them.
+-- KEYS[1]     the state hash   (postback:{destinations}:state): host -> JSON
+-- KEYS[2]     the version      (postback:{destinations}:version), moved on at every change
+-- KEYS[3]     the destinations seen, scored by when (postback:{destinations}:seen)
+-- KEYS[2+2i]  the i-th destination's breaker window (postback:{destinations}:counts:<host>)
+-- KEYS[3+2i]  its last minutes (postback:{destinations}:recent:<host>)
 -- ARGV[1] now (ms)          ARGV[2] window (ms)       ARGV[3] bucket (ms)
 -- ARGV[4] min attempts      ARGV[5] failure percent (0: no breaker)
 -- ARGV[6] first cooldown    ARGV[7] longest cooldown  ARGV[8] disable after (ms)
 -- ARGV[9] this worker's id  ARGV[10] how long a ramp lasts (ms)
--- then 5 values per destination, in KEYS order: host, attempts, failures,
--- pause until (ms, 0: none), probe (0: none, 1: succeeded, 2: failed)
+-- then 6 values per destination, in KEYS order: host, attempts, failures,
+-- pause until (ms, 0: none), probe (0: none, 1: succeeded, 2: failed),
+-- deliveries
 -- Returns {version, host, state, host, state, ...}: the changes it made.
 local now = tonumber(ARGV[1])
 local window, bucket_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -42,12 +48,24 @@ local function open(host, cooldown, opened_at)
   end
 end
 
-for i = 1, #KEYS - 2 do
-  local at = 11 + (i - 1) * 5
+-- How long the dashboard's minutes are kept.
+local RECENT_MS = 300000
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - RECENT_MS)
+for i = 1, (#KEYS - 3) / 2 do
+  local at = 11 + (i - 1) * 6
   local host = ARGV[at]
   local attempts, failures = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   local pause_until, probe = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
-  local counts = KEYS[2 + i]
+  local delivered = tonumber(ARGV[at + 5])
+  local counts, recent = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  if attempts > 0 then
+    local minute = math.floor(now / 60000)
+    redis.call('HINCRBY', recent, minute .. ':a', attempts)
+    redis.call('HINCRBY', recent, minute .. ':d', delivered)
+    redis.call('HINCRBY', recent, minute .. ':f', failures)
+    redis.call('PEXPIRE', recent, RECENT_MS + 60000)
+    redis.call('ZADD', KEYS[3], now, host)
+  end
   -- HGET answers false, not nil, for a missing field.
   local raw = redis.call('HGET', KEYS[1], host)
   local st = nil
