@@ -2,7 +2,8 @@
 //!
 //! - `deliver queue [--json]`: every shard's depths: ready, in flight per
 //!   worker (and whether it is alive), waiting for retry (and when the next
-//!   one is due), parked per host (the top 10), dead letters per reason;
+//!   one is due), parked per host (the top 10, with why: a breaker open, a
+//!   pause, a rate), dead letters per reason;
 //! - `deliver job ID [--logs DIR] [--json]`: where one job is now (ready,
 //!   in flight with which worker, waiting for a retry and until when,
 //!   parked behind which host, dead and why, or in no list: settled), and
@@ -12,6 +13,7 @@
 
 use common::job::{DeadLetter, DeadReason, Job};
 use common::line_log::rfc3339_millis;
+use common::queue::destinations::{DestinationState, Snapshot};
 use common::queue::{Place, Queue};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,6 +25,7 @@ const TOP_PARKED_HOSTS: usize = 10;
 /// `deliver queue`.
 pub async fn queue_report(queue: &Queue, json: bool, out: &mut impl Write) -> Result<(), String> {
     let shards = queue.overview(TOP_PARKED_HOSTS).await.map_err(|e| e.to_string())?;
+    let destinations = queue.destinations().await.map_err(|e| e.to_string())?;
     let letters = queue.dead_letters(0).await.map_err(|e| e.to_string())?;
     let mut dead_by_reason: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, letter) in &letters {
@@ -73,7 +76,10 @@ pub async fn queue_report(queue: &Queue, json: bool, out: &mut impl Write) -> Re
         .collect();
     hosts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     for (host, n) in hosts.into_iter().take(TOP_PARKED_HOSTS) {
-        writeln!(out, "  {n:>8}  {host}").map_err(io)?;
+        match held_because(host, &destinations, now) {
+            Some(why) => writeln!(out, "  {n:>8}  {host}  ({why})").map_err(io)?,
+            None => writeln!(out, "  {n:>8}  {host}").map_err(io)?,
+        }
     }
     writeln!(out, "dead:      {}", total(|o| o.dead)).map_err(io)?;
     for (reason, n) in &dead_by_reason {
@@ -156,6 +162,7 @@ pub async fn job_report(
     out: &mut impl Write,
 ) -> Result<(), JobError> {
     let place = queue.find_job(id).await.map_err(|e| JobError::Queue(e.to_string()))?;
+    let destinations = queue.destinations().await.map_err(|e| JobError::Queue(e.to_string()))?;
     let (attempts, searched) = match logs {
         Some(logs) => (attempt_lines(logs, id), logs.dir.display().to_string()),
         None => (
@@ -167,7 +174,7 @@ pub async fn job_report(
         return Err(JobError::Unknown(id.to_string(), searched));
     }
     let now = common::now_ms();
-    let (state, detail) = describe(place.as_ref().map(|(_, p)| p), now);
+    let (state, detail) = describe(place.as_ref().map(|(_, p)| p), &destinations, now);
     let io = |e: std::io::Error| JobError::Queue(e.to_string());
     if json {
         let value = serde_json::json!({
@@ -196,8 +203,35 @@ pub async fn job_report(
     Ok(())
 }
 
+/// Why a destination's parked jobs wait: its state, if it is not closed,
+/// or its rate.
+fn held_because(host: &str, destinations: &Snapshot, now: u64) -> Option<String> {
+    if let Some((_, state)) = destinations.states.iter().find(|(h, _)| h == host) {
+        return Some(match state {
+            DestinationState::Open { until, .. } => {
+                format!(
+                    "held: {host}'s breaker is open; its probe is due {}",
+                    in_words(*until, now)
+                )
+            }
+            DestinationState::HalfOpen { .. } => format!("held: {host}'s breaker is half open, its probe in flight"),
+            DestinationState::Paused { until, .. } => {
+                format!("held: {host} asked for a pause until {}", in_words(*until, now))
+            }
+            DestinationState::Ramping { .. } => {
+                format!("waiting its turn: {host} is ramping up after its breaker closed")
+            }
+            DestinationState::Disabled { .. } => {
+                format!("{host} is disabled: it becomes a dead letter (`deliver destinations enable {host}`)")
+            }
+        });
+    }
+    let (_, policy) = destinations.policies.iter().find(|(h, _)| h == host)?;
+    Some(format!("waiting its turn at {host}'s limits ({})", policy.shown()))
+}
+
 /// The state's name and what to know about it.
-fn describe(place: Option<&Place>, now: u64) -> (&'static str, String) {
+fn describe(place: Option<&Place>, destinations: &Snapshot, now: u64) -> (&'static str, String) {
     match place {
         None => (
             "settled",
@@ -209,7 +243,10 @@ fn describe(place: Option<&Place>, now: u64) -> (&'static str, String) {
             let attempt = Job::decode(job.as_bytes()).map(|j| j.attempt).unwrap_or(0);
             ("retry", format!("attempt {attempt} due {}", in_words(*due_ms, now)))
         }
-        Some(Place::Parked { host }) => ("parked", format!("waiting for room at {host}")),
+        Some(Place::Parked { host }) => (
+            "parked",
+            held_because(host, destinations, now).unwrap_or_else(|| format!("waiting for room at {host}")),
+        ),
         Some(Place::Dead { letter }) => match serde_json::from_str::<DeadLetter>(letter) {
             Ok(l) => (
                 "dead",

@@ -102,6 +102,13 @@ async fn an_open_breaker_holds_jobs_with_no_attempt_spent_and_probes_until_the_p
         0,
         "no job ran out of attempts while its destination was held"
     );
+    // The on-call view says why the parked jobs wait.
+    let (code, glance, err) = command(&env, &["queue"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        glance.contains(&format!("{host}  (held: {host}'s breaker is")),
+        "`deliver queue` does not say the jobs are held by the breaker:\n{glance}"
+    );
 
     // A crash meanwhile loses nothing: the held jobs are parked in Redis.
     first.kill();
