@@ -91,11 +91,7 @@ impl Second {
         if self.buckets.is_empty() {
             self.buckets = vec![0; RESPONSE_BUCKETS_MS.len() + 1];
         }
-        let index = RESPONSE_BUCKETS_MS
-            .iter()
-            .position(|&le| response_ms <= le)
-            .unwrap_or(RESPONSE_BUCKETS_MS.len());
-        self.buckets[index] += 1;
+        self.buckets[bucket_of(response_ms)] += 1;
         if !self.exact_dropped {
             if self.exact.len() < EXACT_KEPT {
                 self.exact.push(response_ms);
@@ -166,6 +162,15 @@ impl Second {
         }
         None
     }
+}
+
+/// The index of the response-time bucket `response_ms` falls in (one past
+/// the last bound for anything slower).
+pub fn bucket_of(response_ms: u64) -> usize {
+    RESPONSE_BUCKETS_MS
+        .iter()
+        .position(|&le| response_ms <= le)
+        .unwrap_or(RESPONSE_BUCKETS_MS.len())
 }
 
 /// A failed attempt as shown on the dashboard.

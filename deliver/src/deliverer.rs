@@ -15,7 +15,7 @@ use crate::client::{parse_url, Attempt, HttpClient};
 use crate::config::Config;
 use crate::credentials::SplitUrl;
 use crate::delivery_log::{DeliveryLog, Record};
-use crate::destinations::{Admission, Destinations, Parked};
+use crate::destinations::{Admission, Attempted, Destinations, Parked};
 use crate::hosts::{destination_of, Hosts, Place};
 use crate::metrics::{AttemptRecord, Metrics};
 use crate::retry::{RetryPolicy, Verdict};
@@ -307,9 +307,14 @@ impl Deliverer {
         let verdict = self.policy.decide(job.attempt, &outcome);
         let now = common::now_ms();
         if let (Some(destinations), Some(failed)) = (&self.destinations, crate::retry::partner_failed(&outcome)) {
-            let pause = self.policy.pause_for(&outcome).map(|d| now + d.as_millis() as u64);
-            let delivered = verdict == Verdict::Delivered;
-            destinations.record(&destination_of(&split.url), failed, delivered, pause, probe);
+            let attempted = Attempted {
+                failed,
+                delivered: verdict == Verdict::Delivered,
+                answered_ms: outcome.result.is_ok().then_some(outcome.elapsed.as_millis() as u64),
+                pause_until: self.policy.pause_for(&outcome).map(|d| now + d.as_millis() as u64),
+                probe,
+            };
+            destinations.record(&destination_of(&split.url), attempted);
         }
 
         let (status, response_body) = match &outcome.result {

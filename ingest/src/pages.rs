@@ -109,6 +109,7 @@ async fn destinations(queue: &common::queue::Queue) -> Result<Vec<serde_json::Va
                 "attempts": figures.attempts,
                 "delivered": figures.delivered,
                 "failed": figures.failed,
+                "p99_ms": figures.p99_ms,
             })
         })
         .collect())

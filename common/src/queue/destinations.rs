@@ -217,6 +217,9 @@ pub struct Report {
     pub failures: u64,
     /// Of them, deliveries (2xx).
     pub delivered: u64,
+    /// The answered attempts by response-time bucket
+    /// (`common::stats::RESPONSE_BUCKETS_MS`; empty: none).
+    pub buckets: Vec<u64>,
     /// A pause asked for, until then (ms since the epoch; 0: none).
     pub pause_until: u64,
     /// The outcome of this worker's probe, if one ended.
@@ -248,6 +251,9 @@ pub const RAMP_FIRST_RATE: u32 = 10;
 
 /// The longest cooldown: it doubles after each failed probe up to this.
 pub const COOLDOWN_MAX: Duration = Duration::from_secs(600);
+
+/// Response-time buckets a report carries per destination.
+const BUCKETS: usize = crate::stats::RESPONSE_BUCKETS_MS.len() + 1;
 
 /// How many buckets the window is counted in.
 const WINDOW_BUCKETS: u64 = 6;
@@ -337,6 +343,9 @@ pub async fn report<C: ConnectionLike>(
             .arg(news.pause_until)
             .arg(probe)
             .arg(news.delivered);
+        for i in 0..BUCKETS {
+            call.arg(news.buckets.get(i).copied().unwrap_or(0));
+        }
     }
     let reply: Vec<String> = call.invoke_async(conn).await?;
     let version = reply.first().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -361,6 +370,10 @@ pub struct Activity {
     pub delivered: u64,
     /// Of them, the partner's failures.
     pub failed: u64,
+    /// The 99th percentile of its response times (ms), estimated within
+    /// its histogram bucket as the dashboard's totals are; none without
+    /// an answer.
+    pub p99_ms: Option<u64>,
 }
 
 /// The `limit` destinations attempted most recently in the last [`RECENT`],
@@ -393,6 +406,11 @@ pub async fn activity<C: ConnectionLike>(conn: &mut C, now_ms: u64, limit: usize
                 destination,
                 ..Activity::default()
             };
+            let mut answers = crate::stats::Second {
+                buckets: vec![0; BUCKETS],
+                exact_dropped: true,
+                ..crate::stats::Second::default()
+            };
             for (field, n) in fields {
                 let Some((minute, kind)) = field.split_once(':') else {
                     continue;
@@ -402,10 +420,16 @@ pub async fn activity<C: ConnectionLike>(conn: &mut C, now_ms: u64, limit: usize
                         "a" => activity.attempts += n,
                         "d" => activity.delivered += n,
                         "f" => activity.failed += n,
-                        _ => {}
+                        bucket => {
+                            let slot = bucket.strip_prefix('b').and_then(|i| i.parse::<usize>().ok());
+                            if let Some(slot) = slot.and_then(|i| answers.buckets.get_mut(i)) {
+                                *slot += n;
+                            }
+                        }
                     }
                 }
             }
+            activity.p99_ms = answers.percentile_ms(0.99);
             activity
         })
         .collect())

@@ -47,6 +47,21 @@ pub enum Admission {
     Disabled,
 }
 
+/// One attempt at a destination, as its breaker and the dashboard count it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attempted {
+    /// The partner failed it (network, timeout, 5xx, 429).
+    pub failed: bool,
+    /// It was delivered (2xx).
+    pub delivered: bool,
+    /// Its response time, if it was answered.
+    pub answered_ms: Option<u64>,
+    /// A pause the partner asked for, until then (ms since the epoch).
+    pub pause_until: Option<u64>,
+    /// It was the breaker's probe.
+    pub probe: bool,
+}
+
 /// What the fetcher may do with a destination's parked jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parked {
@@ -236,10 +251,17 @@ impl Destinations {
             .insert(host.to_string());
     }
 
-    /// Counts an attempt at `host`: whether the partner failed it or it was
-    /// delivered, a pause it asked for (ms since the epoch), and whether it
-    /// was the probe.
-    pub fn record(&self, host: &str, failed: bool, delivered: bool, pause_until: Option<u64>, probe: bool) {
+    /// Counts an attempt at `host` (see [`Attempted`]); a pause it asked
+    /// for holds this process's jobs at once, and a pause or a probe's end
+    /// is reported at once.
+    pub fn record(&self, host: &str, attempt: Attempted) {
+        let Attempted {
+            failed,
+            delivered,
+            answered_ms,
+            pause_until,
+            probe,
+        } = attempt;
         {
             let mut news = self.news.lock().unwrap_or_else(|e| e.into_inner());
             let entry = match news.get_mut(host) {
@@ -249,6 +271,12 @@ impl Destinations {
             entry.attempts += 1;
             entry.failures += u64::from(failed);
             entry.delivered += u64::from(delivered);
+            if let Some(ms) = answered_ms {
+                if entry.buckets.is_empty() {
+                    entry.buckets = vec![0; common::stats::RESPONSE_BUCKETS_MS.len() + 1];
+                }
+                entry.buckets[common::stats::bucket_of(ms)] += 1;
+            }
             if probe {
                 entry.probe = if failed { Probe::Failed } else { Probe::Succeeded };
             }
@@ -307,6 +335,12 @@ impl Destinations {
             entry.attempts += old.attempts;
             entry.failures += old.failures;
             entry.delivered += old.delivered;
+            if entry.buckets.len() < old.buckets.len() {
+                entry.buckets.resize(old.buckets.len(), 0);
+            }
+            for (mine, theirs) in entry.buckets.iter_mut().zip(&old.buckets) {
+                *mine += theirs;
+            }
             entry.pause_until = entry.pause_until.max(old.pause_until);
             if entry.probe == Probe::None {
                 entry.probe = old.probe;

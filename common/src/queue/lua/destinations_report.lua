@@ -21,9 +21,10 @@
 -- ARGV[4] min attempts      ARGV[5] failure percent (0: no breaker)
 -- ARGV[6] first cooldown    ARGV[7] longest cooldown  ARGV[8] disable after (ms)
 -- ARGV[9] this worker's id  ARGV[10] how long a ramp lasts (ms)
--- then 6 values per destination, in KEYS order: host, attempts, failures,
+-- then 19 values per destination, in KEYS order: host, attempts, failures,
 -- pause until (ms, 0: none), probe (0: none, 1: succeeded, 2: failed),
--- deliveries
+-- deliveries, and the answered attempts in each of the 13 response-time
+-- buckets (common/src/stats.rs)
 -- Returns {version, host, state, host, state, ...}: the changes it made.
 local now = tonumber(ARGV[1])
 local window, bucket_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -52,7 +53,7 @@ end
 local RECENT_MS = 300000
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - RECENT_MS)
 for i = 1, (#KEYS - 3) / 2 do
-  local at = 11 + (i - 1) * 6
+  local at = 11 + (i - 1) * 19
   local host = ARGV[at]
   local attempts, failures = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   local pause_until, probe = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
@@ -63,6 +64,10 @@ for i = 1, (#KEYS - 3) / 2 do
     redis.call('HINCRBY', recent, minute .. ':a', attempts)
     redis.call('HINCRBY', recent, minute .. ':d', delivered)
     redis.call('HINCRBY', recent, minute .. ':f', failures)
+    for b = 0, 12 do
+      local n = tonumber(ARGV[at + 6 + b])
+      if n > 0 then redis.call('HINCRBY', recent, minute .. ':b' .. b, n) end
+    end
     redis.call('PEXPIRE', recent, RECENT_MS + 60000)
     redis.call('ZADD', KEYS[3], now, host)
   end
