@@ -317,6 +317,29 @@ mod tests {
     }
 
     #[test]
+    fn a_host_s_own_limit_replaces_the_default_and_a_change_makes_a_new_gate() {
+        let hosts = Hosts::new(4);
+        let held: Vec<Place> = (0..fixed_room(1))
+            .map(|_| hosts.admit("h:80", Some(1)).expect("room"))
+            .collect();
+        assert!(
+            hosts.admit("h:80", Some(1)).is_none(),
+            "a limit of 1 holds its room only"
+        );
+        assert_eq!(hosts.room("h:80"), 0);
+        let more = hosts.admit("h:80", Some(2)).expect("a raised limit: a gate of its own");
+        assert_eq!(
+            hosts.room("h:80"),
+            fixed_room(2) - 1,
+            "the new gate counts only its own places"
+        );
+        drop((held, more));
+        let other = hosts.admit("other:80", None).expect("room");
+        assert_eq!(hosts.room("other:80"), fixed_room(4) - 1, "others keep the default");
+        drop(other);
+    }
+
+    #[test]
     fn idle_hosts_are_forgotten_when_a_new_one_comes_after_a_while() {
         let hosts = Hosts::new(1);
         let busy = hosts.admit("busy:80", None).expect("room");

@@ -2,8 +2,8 @@
 //! their switches.
 //!
 //! - `deliver destinations list [--json]`: every destination that is not
-//!   closed or has limits: its state, since when, its limits, and the jobs
-//!   held for it (parked);
+//!   closed or has limits: its state, since when, its limits, the jobs
+//!   held for it (parked) and its partner failures of the last 5 minutes;
 //! - `deliver destinations set HOST:PORT [--rate N/s|N/m] [--burst N]
 //!   [--concurrency N]`: its limits, over every deliver process (the burst
 //!   defaults to one second of the rate); `unset HOST:PORT` removes them;
@@ -129,6 +129,7 @@ pub async fn run(command: &DestinationsCommand, queue: &Queue, out: &mut impl Wr
         DestinationsCommand::List { json } => {
             let snapshot = queue.destinations().await.map_err(fail)?;
             let held = held_by_host(queue).await.map_err(fail)?;
+            let activity = queue.destination_activity(HELD_HOSTS).await.map_err(fail)?;
             let states: HashMap<&str, &DestinationState> =
                 snapshot.states.iter().map(|(h, s)| (h.as_str(), s)).collect();
             let policies: HashMap<&str, &Policy> = snapshot.policies.iter().map(|(h, p)| (h.as_str(), p)).collect();
@@ -138,6 +139,7 @@ pub async fn run(command: &DestinationsCommand, queue: &Queue, out: &mut impl Wr
             for host in &hosts {
                 let (state, policy) = (states.get(host).copied(), policies.get(host).copied());
                 let held = held.get(*host).copied().unwrap_or(0);
+                let recent = activity.iter().find(|a| a.destination == *host);
                 if *json {
                     let mut value = match state {
                         Some(state) => serde_json::to_value(state).map_err(|e| e.to_string())?,
@@ -148,9 +150,17 @@ pub async fn run(command: &DestinationsCommand, queue: &Queue, out: &mut impl Wr
                     if let Some(policy) = policy {
                         value["limits"] = serde_json::to_value(policy).map_err(|e| e.to_string())?;
                     }
+                    if let Some(recent) = recent {
+                        value["last_5_minutes"] = serde_json::to_value(recent).map_err(|e| e.to_string())?;
+                    }
                     writeln!(out, "{value}").map_err(io)?;
                 } else {
-                    writeln!(out, "{}", list_line(host, state, policy, held)).map_err(io)?;
+                    let line = list_line(host, state, policy, held);
+                    let recent = recent.map_or_else(
+                        || "no attempt in 5 min".to_string(),
+                        |r| format!("{} of {} attempts failed in 5 min", r.failed, r.attempts),
+                    );
+                    writeln!(out, "{line}  {recent}").map_err(io)?;
                 }
             }
             if !*json {
