@@ -128,11 +128,6 @@ impl Destinations {
         }
     }
 
-    /// The worker id this process claims probes as.
-    pub fn worker(&self) -> &str {
-        &self.worker
-    }
-
     /// How long a claimed probe is this process's before another may claim.
     pub fn probe_timeout(&self) -> Duration {
         self.probe_timeout
