@@ -13,16 +13,17 @@
 //! asks for holds this process's jobs at once and is reported at once.
 
 use crate::metrics::Metrics;
-use common::queue::destinations::{BreakerSettings, Change, DestinationState, Policy, Probe, Report, Snapshot};
-use common::queue::Queue;
+use common::queue::destinations::{BreakerSettings, DestinationState, Policy, Probe, Report, Snapshot};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 pub mod command;
+mod sync;
+
+pub use sync::{run, sync};
 
 /// How often news is reported and the version looked at.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -359,67 +360,5 @@ impl Destinations {
             Ordering::Release,
         );
         self.version.store(version, Ordering::Release);
-    }
-}
-
-/// Reports news and follows the shared state until `stop`, then reports
-/// once more. (Start-up calls [`sync`] once itself, before any job is
-/// taken.)
-pub async fn run(queue: Queue, destinations: Arc<Destinations>, stop: CancellationToken) {
-    loop {
-        let stopping = tokio::select! {
-            _ = stop.cancelled() => true,
-            _ = tokio::time::sleep(REFRESH) => false,
-            _ = destinations.report_now.notified() => false,
-        };
-        sync(&queue, &destinations).await;
-        if stopping {
-            return;
-        }
-    }
-}
-
-/// One round: the news reported (or the version read), and the state read
-/// again if it moved.
-pub async fn sync(queue: &Queue, destinations: &Destinations) {
-    let news = destinations.take_news();
-    let version = if news.is_empty() {
-        queue.destinations_version().await
-    } else {
-        match queue
-            .report_destinations(&destinations.breaker, &destinations.worker, &news)
-            .await
-        {
-            Ok((version, changes)) => {
-                for change in &changes {
-                    log_change(change);
-                    destinations.metrics.destination_changed(&change.state);
-                }
-                Ok(version)
-            }
-            Err(e) => {
-                destinations.restore_news(news);
-                Err(e)
-            }
-        }
-    };
-    let Ok(version) = version else { return };
-    if version == destinations.version.load(Ordering::Acquire) {
-        return;
-    }
-    if let Ok(snapshot) = queue.destinations().await {
-        destinations.replace(snapshot);
-    }
-}
-
-fn log_change(change: &Change) {
-    let Change { host, state } = change;
-    match state.as_str() {
-        "closed" => log::info!("destination {host}: closed"),
-        "ramping" => log::info!("destination {host}: its probe succeeded; breaker closed, held jobs resume at a rate that doubles every second"),
-        "open" => log::warn!("destination {host}: breaker open; its jobs are held, with no attempt spent, until a probe succeeds"),
-        "paused" => log::warn!("destination {host}: paused as it asked (Retry-After); its jobs are held until then"),
-        "disabled" => log::error!("destination {host}: disabled after its breaker stayed open too long; its jobs become dead letters (destination_disabled) until `deliver destinations enable {host}`"),
-        other => log::info!("destination {host}: {other}"),
     }
 }

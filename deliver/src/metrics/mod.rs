@@ -6,6 +6,10 @@
 //! adds the attempt to this second's statistics, which [`flush_stats`]
 //! writes to Redis once a second in one pipeline, whatever the load.
 
+mod flush;
+
+pub use flush::flush_stats;
+
 use common::queue::Depths;
 use common::stats::{Failure, Outcome, Second};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -381,26 +385,6 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-
-    fn take_pending(&self) -> Pending {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    fn restore_pending(&self, mut old: Pending) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (second, counts) in std::mem::take(&mut pending.seconds) {
-            old.seconds.entry(second).or_default().merge(&counts);
-        }
-        // Keep within the retention: older seconds would expire anyway.
-        while old.seconds.len() > common::stats::RETENTION_SECS as usize {
-            old.seconds.pop_first();
-        }
-        old.failures.truncate(FAILURES_BUFFERED);
-        pending.seconds = old.seconds;
-        if pending.failures.is_empty() {
-            pending.failures = old.failures;
-        }
-    }
 }
 
 /// Decrements the in-flight gauge when a delivery ends.
@@ -409,44 +393,6 @@ pub struct InFlight<'a>(&'a Gauge);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// How often a process adds its counts to the statistics in Redis: the
-/// statistics' resolution is a second.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
-
-/// Writes the pending statistics to Redis once a second, with the queue
-/// depths, until `stop` is cancelled (then flushes one last time).
-pub async fn flush_stats(
-    metrics: std::sync::Arc<Metrics>,
-    queue: common::queue::Queue,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = stop.cancelled() => true,
-            _ = tick.tick() => false,
-        };
-        let pending = metrics.take_pending();
-        let flushed = async {
-            let depths = metrics.set_depths(&queue.depths_by_shard().await?);
-            let now = common::now_ms() / 1000;
-            queue
-                .flush_stats(&pending.seconds, Some((now, depths)), &pending.failures)
-                .await
-        }
-        .await;
-        if flushed.is_err() {
-            // Redis is away or full (the queue handle logs outages): keep
-            // the counts for the next second.
-            metrics.restore_pending(pending);
-        }
-        if stopping {
-            return;
-        }
     }
 }
 
