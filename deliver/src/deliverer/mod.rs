@@ -68,6 +68,8 @@ pub struct Delivery {
     place: Place,
     /// The breaker's probe of its destination.
     probe: bool,
+    /// Its destination (`hosts::destination_of`), worked out once.
+    destination: String,
 }
 
 /// What an attempt needs: client, policy, limits, log and metrics.
@@ -160,7 +162,13 @@ impl Deliverer {
                 host: host.into_owned(),
             });
         };
-        Dispatch::Run(Delivery { job, url, place, probe })
+        Dispatch::Run(Delivery {
+            destination: host.into_owned(),
+            job,
+            url,
+            place,
+            probe,
+        })
     }
 
     /// Of the hosts with parked jobs, how many each may have back now,
@@ -232,7 +240,8 @@ impl Deliverer {
         let _running = self.running.acquire().await.ok();
         let _in_flight = self.metrics.start_delivery();
         let url = std::mem::take(&mut delivery.url);
-        self.attempt(&delivery.job, url, delivery.probe).await
+        self.attempt(&delivery.job, url, delivery.probe, &delivery.destination)
+            .await
     }
 
     /// Delivers `job` the way the consumer does ([`Deliverer::dispatch`],
@@ -255,10 +264,10 @@ impl Deliverer {
     /// runs (its future is part of every delivery task, which tokio copies
     /// when it spawns and completes one): the request is made ready, and
     /// its outcome dealt with, in plain functions either side.
-    async fn attempt(&self, job: &Job, url: String, probe: bool) -> Settlement {
+    async fn attempt(&self, job: &Job, url: String, probe: bool, destination: &str) -> Settlement {
         let (split, request) = self.prepare(job, url);
         let outcome = request.await;
-        self.conclude(job, &split, outcome, probe)
+        self.conclude(job, &split, outcome, probe, destination)
     }
 
     /// The request for `job` at `url`, ready to send, and the URL split
@@ -304,7 +313,7 @@ impl Deliverer {
     }
 
     /// What becomes of `job` after `outcome`: logged, counted, decided.
-    fn conclude(&self, job: &Job, split: &SplitUrl, outcome: Attempt, probe: bool) -> Settlement {
+    fn conclude(&self, job: &Job, split: &SplitUrl, outcome: Attempt, probe: bool, destination: &str) -> Settlement {
         // From here on the URL is the one to show: no password in it.
         let url = split.shown();
         let verdict = self.policy.decide(job.attempt, &outcome);
@@ -317,7 +326,7 @@ impl Deliverer {
                 pause_until: self.policy.pause_for(&outcome).map(|d| now + d.as_millis() as u64),
                 probe,
             };
-            destinations.record(&destination_of(&split.url), attempted);
+            destinations.record(destination, attempted);
         }
 
         let (status, response_body) = match &outcome.result {
