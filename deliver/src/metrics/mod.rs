@@ -148,7 +148,7 @@ impl Metrics {
         let held = Counter::default();
         registry.register(
             "held",
-            "Jobs held (parked with no attempt spent) because their destination's breaker was open or it asked for a pause",
+            "Jobs held (parked with no attempt spent) because their destination's breaker was open, it asked for a pause, or its rate had no request left",
             held.clone(),
         );
         let parked = Counter::default();
@@ -312,8 +312,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a job held because its destination's breaker is open or it
-    /// asked for a pause.
+    /// Records a job held because its destination's breaker is open, it
+    /// asked for a pause, or its rate has no request left for now.
     pub fn held(&self) {
         self.held.inc();
     }
