@@ -20,6 +20,8 @@ pub struct AdminState {
     pub queue: Queue,
     /// The worker id.
     pub worker: String,
+    /// Whether the delivery log can be written.
+    pub delivery_log: common::line_log::LineLogWatch,
 }
 
 /// Binds the admin listener; serving starts with [`serve`].
@@ -64,6 +66,7 @@ fn answer<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             state.metrics.set_redis_writable(!state.queue.refusing_writes());
+            state.metrics.set_delivery_log_writable(state.delivery_log.writable());
             (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -72,13 +75,16 @@ fn answer<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
         }
         "/health" => {
             // Redis refusing writes stops deliveries as surely as its
-            // absence: nothing can be taken or settled.
+            // absence: nothing can be taken or settled. A delivery log that
+            // cannot be written stops the taking too.
             let (answers, writes) = (!state.queue.is_down(), !state.queue.refusing_writes());
-            let up = answers && writes;
+            let log_writable = state.delivery_log.writable();
+            let up = answers && writes && log_writable;
             let body = serde_json::json!({
                 "status": if up { "ok" } else { "unavailable" },
                 "redis": if answers { "up" } else { "down" },
                 "writes": if writes { "accepted" } else { "refused" },
+                "delivery_log": if log_writable { "writable" } else { "failing" },
                 "worker": state.worker,
                 "in_flight": state.metrics.in_flight(),
             });

@@ -41,6 +41,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `DELIVER_LOG_FILE`: where the delivery log goes; stdout when unset.
     pub log_file: Option<PathBuf>,
+    /// `DELIVER_LOG_MAX_MB`, in bytes: the delivery log file and its
+    /// rotated copies together.
+    pub log_max_bytes: u64,
     /// `DELIVER_LOG_DIR`: the folder of the delivery logs, for `deliver
     /// job` when `DELIVER_LOG_FILE` is not set (the stack writes it into
     /// postback.env, where each worker's own `DELIVER_LOG_FILE` is not).
@@ -108,7 +111,9 @@ settings! {
     /// `DELIVER_LOG_FORMAT`.
     LOG_FORMAT = "DELIVER_LOG_FORMAT", "logfmt", "delivery log format: logfmt or json";
     /// `DELIVER_LOG_FILE`.
-    LOG_FILE = "DELIVER_LOG_FILE", "" shown "stdout", "delivery log file, rotated at 200 MiB, 10 kept";
+    LOG_FILE = "DELIVER_LOG_FILE", "" shown "stdout", "delivery log file, rotated within DELIVER_LOG_MAX_MB";
+    /// `DELIVER_LOG_MAX_MB`.
+    LOG_MAX_MB = "DELIVER_LOG_MAX_MB", "2048", "MiB the delivery log file and its 9 rotated copies take at most (the stack sets it from POSTBACK_LOG_MAX_MB)";
     /// `DELIVER_LOG_DIR`.
     LOG_DIR = "DELIVER_LOG_DIR", "" shown "unset", "folder `deliver job` reads delivery logs from when DELIVER_LOG_FILE is unset";
     /// `DELIVER_LOG_BODY_MAX`.
@@ -259,6 +264,7 @@ impl Config {
             log_format,
             log_file: path(&LOG_FILE),
             log_dir: path(&LOG_DIR),
+            log_max_bytes: config::count(src, &LOG_MAX_MB, 1)? as u64 * 1024 * 1024,
             log_body_max: config::parsed(src, &LOG_BODY_MAX, "a whole number of bytes")?,
             extra_ca_file,
             retry_schedule: config::durations(src, &RETRY_SCHEDULE)?,

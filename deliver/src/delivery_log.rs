@@ -5,9 +5,13 @@
 //! delay when idle. Operational messages (start, stop, outages) go through
 //! `log`/env_logger to stderr instead, so the delivery log stays a clean
 //! record that tools can parse.
+//!
+//! No line is ever dropped: while the file cannot be written (a full disk)
+//! the lines wait in memory, the worker stops taking jobs
+//! ([`DeliveryLog::writable`]), and `/health` and the metrics say so.
 
 use crate::config::LogFormat;
-use common::line_log::{push_rfc3339_millis, rfc3339_millis};
+use common::line_log::{push_rfc3339_millis, rfc3339_millis, WhenFull};
 use std::fmt::Write as _;
 
 /// One attempt, as logged.
@@ -50,18 +54,32 @@ impl DeliveryLog {
     /// Starts the writer thread on stdout. It ends when every handle is
     /// dropped, after writing what is left.
     pub fn stdout(format: LogFormat) -> (DeliveryLog, std::thread::JoinHandle<()>) {
-        let (lines, writer) = common::line_log::LineLog::stdout();
+        let (lines, writer) = common::line_log::LineLog::stdout(WhenFull::Wait);
         (DeliveryLog { format, lines }, writer)
     }
 
-    /// Starts the writer thread on a file (see
-    /// [`common::line_log::LineLog::file`]).
+    /// Starts the writer thread on a file that, with its rotated copies,
+    /// takes at most `max_bytes` (see [`common::line_log::LineLog::file`]).
     pub fn file(
         format: LogFormat,
         path: &std::path::Path,
+        max_bytes: u64,
     ) -> std::io::Result<(DeliveryLog, std::thread::JoinHandle<()>)> {
-        let (lines, writer) = common::line_log::LineLog::file(path)?;
+        let (lines, writer) = common::line_log::LineLog::file(path, max_bytes, WhenFull::Wait)?;
         Ok((DeliveryLog { format, lines }, writer))
+    }
+
+    /// Whether the log's file takes lines: false while the disk is full.
+    /// Lines written meanwhile wait in memory (bounded: past that, the
+    /// writer waits), so the worker stops taking jobs until it is true.
+    pub fn writable(&self) -> bool {
+        self.lines.writable()
+    }
+
+    /// A view of [`DeliveryLog::writable`] that does not keep the log
+    /// open (see [`common::line_log::LineLog::watch`]).
+    pub fn watch(&self) -> common::line_log::LineLogWatch {
+        self.lines.watch()
     }
 
     /// Formats and queues one record.

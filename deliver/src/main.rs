@@ -128,7 +128,7 @@ fn main() {
 async fn run_worker(config: Config) -> i32 {
     let (log, writer) = match &config.log_file {
         None => DeliveryLog::stdout(config.log_format),
-        Some(path) => match DeliveryLog::file(config.log_format, path) {
+        Some(path) => match DeliveryLog::file(config.log_format, path, config.log_max_bytes) {
             Ok(log) => log,
             Err(e) => {
                 eprintln!("deliver: cannot open DELIVER_LOG_FILE {}: {e}", path.display());

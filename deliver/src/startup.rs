@@ -105,6 +105,7 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
         config.probe_timeout(),
         metrics.clone(),
     ));
+    let log_watch = log.watch();
     let deliverer =
         Arc::new(Deliverer::new(config, log, metrics.clone(), signer.clone())?.with_destinations(destinations.clone()));
     log::info!(
@@ -129,6 +130,7 @@ pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken)
             metrics: metrics.clone(),
             queue: queue.clone(),
             worker: id.clone(),
+            delivery_log: log_watch,
         }),
     ));
     let stop_stats = CancellationToken::new();

@@ -10,8 +10,14 @@ pub enum AccessLog {
     Stdout,
     /// Nowhere.
     Off,
-    /// This file, rotated by size.
-    File(std::path::PathBuf),
+    /// This file, rotated by size so that it and its rotated copies take
+    /// at most `max_bytes`.
+    File {
+        /// The live file.
+        path: std::path::PathBuf,
+        /// `INGEST_ACCESS_LOG_MAX_MB`, in bytes.
+        max_bytes: u64,
+    },
 }
 
 /// Every setting of `ingest`, with its environment variable and default.
@@ -135,7 +141,13 @@ pub const SHUTDOWN_GRACE_MS: Setting = Setting::new(
 pub const ACCESS_LOG: Setting = Setting::new(
     "INGEST_ACCESS_LOG",
     "stdout",
-    "one line per request: stdout, off, or a file (rotated at 200 MiB)",
+    "one line per request: stdout, off, or a file (rotated within INGEST_ACCESS_LOG_MAX_MB)",
+);
+/// `INGEST_ACCESS_LOG_MAX_MB`.
+pub const ACCESS_LOG_MAX_MB: Setting = Setting::new(
+    "INGEST_ACCESS_LOG_MAX_MB",
+    "1024",
+    "MiB the access log file and its 9 rotated copies take at most (the stack sets it from POSTBACK_LOG_MAX_MB)",
 );
 
 /// `INGEST_AUTH`.
@@ -186,6 +198,7 @@ pub const SETTINGS: &[Setting] = &[
     KEEPALIVE_MS,
     SHUTDOWN_GRACE_MS,
     ACCESS_LOG,
+    ACCESS_LOG_MAX_MB,
     IDEMPOTENCY_TTL_S,
     REPLICA_ACKS,
     REPLICA_TIMEOUT_MS,
@@ -234,7 +247,10 @@ impl Config {
             access_log: match config::string(src, &ACCESS_LOG).as_str() {
                 "stdout" => AccessLog::Stdout,
                 "off" => AccessLog::Off,
-                path if path.starts_with('/') => AccessLog::File(path.into()),
+                path if path.starts_with('/') => AccessLog::File {
+                    path: path.into(),
+                    max_bytes: config::count(src, &ACCESS_LOG_MAX_MB, 1)? as u64 * 1024 * 1024,
+                },
                 other => {
                     return Err(ConfigError::new(
                         ACCESS_LOG.var,

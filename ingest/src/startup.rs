@@ -9,7 +9,7 @@ use crate::middleware::Observe;
 use crate::routes;
 use actix_web::dev::Server;
 use actix_web::App;
-use common::line_log::LineLog;
+use common::line_log::{LineLog, WhenFull};
 use common::queue::{Queue, QueueConfig};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -91,11 +91,11 @@ impl Application {
         let (access_log, access_log_writer) = match &config.access_log {
             AccessLog::Off => (None, None),
             AccessLog::Stdout => {
-                let (log, writer) = LineLog::stdout();
+                let (log, writer) = LineLog::stdout(WhenFull::Drop);
                 (Some(log), Some(writer))
             }
-            AccessLog::File(path) => {
-                let (log, writer) = LineLog::file(path).map_err(|e| {
+            AccessLog::File { path, max_bytes } => {
+                let (log, writer) = LineLog::file(path, *max_bytes, WhenFull::Drop).map_err(|e| {
                     std::io::Error::other(format!("cannot open INGEST_ACCESS_LOG {}: {e}", path.display()))
                 })?;
                 (Some(log), Some(writer))

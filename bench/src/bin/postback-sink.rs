@@ -81,7 +81,7 @@ async fn main() {
                 std::process::exit(2);
             });
         // The sink runs until it is killed: its writer thread is never joined.
-        common::line_log::LineLog::to(file).0
+        common::line_log::LineLog::to(file, common::line_log::WhenFull::Wait).0
     });
     let state = Arc::new(State {
         count: AtomicU64::new(0),

@@ -14,6 +14,27 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How often a worker whose delivery log cannot be written looks again.
+const LOG_RECHECK: Duration = Duration::from_millis(200);
+
+/// Takes no job until the delivery log takes lines again (a full disk):
+/// every attempt must have its line, and lines wait in memory meanwhile,
+/// so the deliveries in flight finish and no new one starts. False on
+/// shutdown.
+async fn hold_while_the_log_fails(ctx: &Context, shutdown: &CancellationToken) -> bool {
+    log::warn!(
+        "the delivery log cannot be written: taking no jobs until it can (deliveries in flight finish; their lines wait in memory)"
+    );
+    while !ctx.deliverer.log_writable() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(LOG_RECHECK) => {}
+        }
+    }
+    log::info!("the delivery log takes lines again: taking jobs");
+    true
+}
+
 /// Takes jobs while there are free delivery slots, until shutdown.
 pub(super) async fn fetch(
     ctx: &Arc<Context>,
@@ -51,6 +72,12 @@ pub(super) async fn fetch(
                     continue;
                 }
             }
+        }
+        if !ctx.deliverer.log_writable() {
+            if !hold_while_the_log_fails(ctx, shutdown).await {
+                return;
+            }
+            continue;
         }
         let Some(mut permits) = (tokio::select! {
             biased;

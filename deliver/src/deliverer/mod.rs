@@ -121,6 +121,12 @@ impl Deliverer {
         })
     }
 
+    /// Whether the delivery log takes lines: false while its disk is full,
+    /// when the worker must take no more jobs (see [`DeliveryLog`]).
+    pub fn log_writable(&self) -> bool {
+        self.log.writable()
+    }
+
     /// The same, following the shared destinations' state through
     /// `destinations` (the worker's; without it every destination is
     /// closed, as for a single delivery).

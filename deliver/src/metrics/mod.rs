@@ -90,6 +90,7 @@ pub struct Metrics {
     end_to_end: Histogram,
     in_flight: Gauge,
     redis_writable: Gauge,
+    delivery_log_writable: Gauge,
     queue: Family<StateLabels, Gauge>,
     shard_queue: Family<ShardStateLabels, Gauge>,
     destination_state: Family<DestinationLabels, Gauge>,
@@ -193,6 +194,12 @@ impl Metrics {
             "1 while Redis accepts this process's writes, 0 while it refuses them (full disk, too few replicas, maxmemory), as the last write found",
             redis_writable.clone(),
         );
+        let delivery_log_writable = Gauge::default();
+        registry.register(
+            "delivery_log_writable",
+            "1 while the delivery log takes lines, 0 while it cannot be written (a full disk): the worker then takes no jobs",
+            delivery_log_writable.clone(),
+        );
         let queue = Family::<StateLabels, Gauge>::default();
         registry.register(
             "queue_jobs",
@@ -231,6 +238,7 @@ impl Metrics {
             end_to_end,
             in_flight,
             redis_writable,
+            delivery_log_writable,
             queue,
             shard_queue,
             totals: Default::default(),
@@ -377,6 +385,12 @@ impl Metrics {
     /// Records whether Redis accepts writes (`Queue::refusing_writes`).
     pub fn set_redis_writable(&self, writable: bool) {
         self.redis_writable.set(i64::from(writable));
+    }
+
+    /// Records whether the delivery log takes lines
+    /// ([`crate::delivery_log::DeliveryLog::writable`]).
+    pub fn set_delivery_log_writable(&self, writable: bool) {
+        self.delivery_log_writable.set(i64::from(writable));
     }
 
     /// The Prometheus text exposition of every metric.

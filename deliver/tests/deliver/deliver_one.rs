@@ -28,7 +28,7 @@ fn deliverer(dir: &TempDir, extra: &[(&str, &str)]) -> (Deliverer, PathBuf) {
     env.extend_from_slice(extra);
     let config = Config::from_source(env.as_slice()).expect("test settings are valid");
     let path = dir.path().join("delivery.log");
-    let (log, _writer) = DeliveryLog::file(config.log_format, &path).expect("the log file opens");
+    let (log, _writer) = DeliveryLog::file(config.log_format, &path, config.log_max_bytes).expect("the log file opens");
     let deliverer = Deliverer::new(&config, log, Arc::new(Metrics::new()), unsigned()).expect("the client builds");
     (deliverer, path)
 }

@@ -25,7 +25,7 @@ fn deliverer(dir: &TempDir, allow: &str) -> (Deliverer, std::path::PathBuf) {
     ];
     let config = Config::from_source(&env).expect("test settings are valid");
     let path = dir.path().join("delivery.log");
-    let (log, _writer) = DeliveryLog::file(config.log_format, &path).unwrap();
+    let (log, _writer) = DeliveryLog::file(config.log_format, &path, config.log_max_bytes).unwrap();
     (
         Deliverer::new(&config, log, Arc::new(Metrics::new()), unsigned()).unwrap(),
         path,

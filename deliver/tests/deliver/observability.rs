@@ -475,3 +475,55 @@ async fn refused_writes_are_seen_in_health_metrics_the_dashboard_and_the_log() {
         "a refusal of writes is no outage: {messages:#?}"
     );
 }
+
+/// A delivery log on a full disk (`/dev/full` refuses every write): the
+/// worker takes no more jobs and says so in its log, `/health` and
+/// metrics; at exit, the line it could never write is reported lost, not
+/// dropped silently. The disk-full stack test (scripts/lab/tests) shows
+/// the recovery once there is room again.
+#[tokio::test]
+async fn a_delivery_log_that_cannot_be_written_stops_the_taking_and_is_seen() {
+    let redis = RedisServer::start();
+    let sink = Sink::ok().await;
+    let ingest = spawn_ingest(&redis, &[]);
+    let mut env = fast_env(&redis);
+    crate::support::set(&mut env, "DELIVER_LOG_FILE", "/dev/full");
+    let mut deliver = Deliver::start(&env);
+    let one = |n: usize| {
+        let data: Vec<_> = (0..n).map(|i| json!({ "i": i })).collect();
+        json!({"endpoint": {"method": "GET", "url": sink.url("/w?i={i}")}, "data": data}).to_string()
+    };
+    assert_eq!(post(&format!("{ingest}/ingest"), one(1)).await.status, 202);
+    sink.wait_for(1, LIMIT).await;
+    wait_until(LIMIT, "deliver to say it takes no jobs", || async {
+        deliver.messages().iter().any(|m| m.contains("taking no jobs"))
+    })
+    .await;
+    let admin = deliver.admin_url().expect("admin address logged");
+    let health = get(&format!("{admin}/health")).await;
+    assert_eq!(
+        (health.status, health.json()["delivery_log"].clone()),
+        (503, json!("failing")),
+        "{}",
+        health.body
+    );
+    assert_eq!(deliver.metric("postback_deliver_delivery_log_writable", &[]).await, 0.0);
+
+    assert_eq!(post(&format!("{ingest}/ingest"), one(20)).await.status, 202);
+    // A worker that took jobs would deliver these in milliseconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.count(), 1, "jobs were delivered with no line to log them");
+    let stats: serde_json::Value = get(&format!("{ingest}/stats")).await.json();
+    assert_eq!(stats["queue"]["ready"], 20, "{stats}");
+
+    deliver.terminate();
+    let status = deliver
+        .wait_exit(LIMIT)
+        .expect("deliver exits once its last line's patience is spent");
+    assert!(status.success(), "{status:?}");
+    let messages = deliver.messages();
+    assert!(
+        messages.iter().any(|m| m.contains("LOST: 1 log lines")),
+        "the unwritten line is reported: {messages:#?}"
+    );
+}

@@ -75,7 +75,7 @@ async fn setup(redis: &RedisServer, overlap: &str) -> Setup {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let dir = TempDir::new("signing");
-    let (log, _) = DeliveryLog::file(config.log_format, &dir.path().join("log")).unwrap();
+    let (log, _) = DeliveryLog::file(config.log_format, &dir.path().join("log"), config.log_max_bytes).unwrap();
     let deliverer = Deliverer::new(&config, log, Arc::new(Metrics::new()), signer).unwrap();
     Setup {
         queue,

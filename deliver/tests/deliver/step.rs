@@ -35,7 +35,12 @@ async fn a_step_delivers_retries_parks_and_buries_and_redis_shows_each() {
         ("DELIVER_RETRY_JITTER_PCT", "0"),
     ];
     let config = Config::from_source(env.as_slice()).expect("test settings are valid");
-    let (log, _writer) = DeliveryLog::file(config.log_format, &dir.path().join("delivery.log")).expect("log opens");
+    let (log, _writer) = DeliveryLog::file(
+        config.log_format,
+        &dir.path().join("delivery.log"),
+        config.log_max_bytes,
+    )
+    .expect("log opens");
     let deliverer = Deliverer::new(&config, log, Arc::new(Metrics::new()), unsigned()).expect("client builds");
 
     let queue = queue_at(&redis.url());
