@@ -92,6 +92,14 @@ pub const DENY_DESTINATIONS: Setting = Setting::new(
     "destinations postbacks never go to (wins over the allowlist)",
 );
 
+/// `REDIS_DATA_DIR`.
+pub const DATA_DIR: Setting = Setting::new(
+    "REDIS_DATA_DIR",
+    "",
+    "Redis' data folder on this host, whose free space /metrics shows (the stack sets it)",
+)
+.shown_as("unset");
+
 /// The settings both services read.
 pub const SHARED_SETTINGS: &[Setting] = &[
     REDIS_URL,
@@ -99,8 +107,16 @@ pub const SHARED_SETTINGS: &[Setting] = &[
     POSTBACK_SHARDS,
     ALLOW_DESTINATIONS,
     DENY_DESTINATIONS,
+    DATA_DIR,
     RUST_LOG,
 ];
+
+/// Reads `REDIS_DATA_DIR`: none when empty.
+pub fn data_dir(src: &(impl Source + ?Sized)) -> Option<std::path::PathBuf> {
+    Some(string(src, &DATA_DIR))
+        .filter(|dir| !dir.is_empty())
+        .map(Into::into)
+}
 
 /// A service's `--help`: `usage`, then every setting (the shared ones
 /// first, then `own`) with its default and meaning, then `notes`.

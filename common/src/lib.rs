@@ -25,6 +25,7 @@
 
 pub mod config;
 pub mod destination;
+pub mod disk;
 pub mod headers;
 pub mod job;
 pub mod line_log;

@@ -77,6 +77,9 @@ pub struct Config {
     /// `POSTBACK_ALLOW_DESTINATIONS`, `POSTBACK_DENY_DESTINATIONS`: where
     /// postbacks may go.
     pub destinations: common::destination::DestinationPolicy,
+    /// `REDIS_DATA_DIR`: Redis' data folder on this host, for the
+    /// free-space gauge.
+    pub data_dir: Option<std::path::PathBuf>,
     /// `DELIVER_SIGNING_SECRET`: signs jobs that have no producer.
     pub signing_secret: Option<String>,
     /// `DELIVER_SECRET_OVERLAP`: a rotated-out secret signs this long.
@@ -256,6 +259,7 @@ impl Config {
             queue: config::queue_name(src)?,
             shards: config::shards(src)?,
             destinations: config::destinations(src)?,
+            data_dir: config::data_dir(src),
             concurrency: config::count(src, &CONCURRENCY, 1)?,
             threads: config::count_or(src, &THREADS, config::threads_per_process(src, &PROCS)?, 1)?,
             per_host_concurrency: config::count(src, &PER_HOST_CONCURRENCY, 1)?,

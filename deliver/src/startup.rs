@@ -96,6 +96,11 @@ async fn watch_shards(
 /// Runs a worker until `shutdown` is cancelled, then stops gracefully.
 pub async fn run(config: &Config, log: DeliveryLog, shutdown: CancellationToken) -> Result<Stopped, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let log_dir = match &config.log_file {
+        Some(file) => file.parent(),
+        None => config.log_dir.as_deref(),
+    };
+    metrics.watch_disks(common::disk::Watched::new(log_dir, config.data_dir.as_deref()));
     let signer = Arc::new(Signer::new(config.signing_secret.as_deref(), config.secret_overlap));
     let queue = queue(config)?;
     let id = new_worker_id();

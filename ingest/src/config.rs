@@ -81,6 +81,9 @@ pub struct Config {
     /// literal addresses an endpoint may name (deliver checks every
     /// address again at connect time).
     pub destinations: common::destination::DestinationPolicy,
+    /// `REDIS_DATA_DIR`: Redis' data folder on this host, for the
+    /// free-space gauge.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// `INGEST_BIND`.
@@ -217,6 +220,7 @@ impl Config {
             replica_acks: config::parsed(src, &REPLICA_ACKS, "a whole number")?,
             replica_timeout: config::millis(src, &REPLICA_TIMEOUT_MS)?,
             destinations: config::destinations(src)?,
+            data_dir: config::data_dir(src),
             idempotency_ttl: Duration::from_secs(config::count(src, &IDEMPOTENCY_TTL_S, 1)? as u64),
             auth: match config::string(src, &AUTH).as_str() {
                 "keys" => crate::auth::AuthMode::Keys,

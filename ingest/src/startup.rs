@@ -83,6 +83,11 @@ impl Application {
         let queue = queue(config).map_err(std::io::Error::other)?;
         let backlog = Arc::new(Backlog::new(config.max_queue));
         let metrics = Arc::new(Metrics::new());
+        let log_dir = match &config.access_log {
+            AccessLog::File { path, .. } => path.parent(),
+            AccessLog::Stdout | AccessLog::Off => None,
+        };
+        metrics.watch_disks(common::disk::Watched::new(log_dir, config.data_dir.as_deref()));
         let refresher = tokio::spawn(backlog::refresh(backlog.clone(), queue.handle(), metrics.clone()));
         let producers = Arc::new(Producers::new(config.auth));
         let keys_refresher = tokio::spawn(auth::refresh(producers.clone(), queue.handle()));

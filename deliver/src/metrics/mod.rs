@@ -25,6 +25,11 @@ use std::time::Duration;
 
 /// Labels of an attempt: a bounded set (never a URL or an id).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FolderLabels {
+    folder: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     outcome: &'static str,
     status_class: &'static str,
@@ -90,6 +95,9 @@ pub struct Metrics {
     end_to_end: Histogram,
     in_flight: Gauge,
     redis_writable: Gauge,
+    disk_free: Family<FolderLabels, Gauge>,
+    /// The folders `disk_free` reports, set once at start.
+    watched: std::sync::OnceLock<common::disk::Watched>,
     delivery_log_writable: Gauge,
     queue: Family<StateLabels, Gauge>,
     shard_queue: Family<ShardStateLabels, Gauge>,
@@ -188,6 +196,12 @@ impl Metrics {
             "Deliveries in progress in this process",
             in_flight.clone(),
         );
+        let disk_free = Family::<FolderLabels, Gauge>::default();
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes on the disk of the log folder (folder=log) and of Redis' data folder on this host (folder=data, REDIS_DATA_DIR), as /metrics was read",
+            disk_free.clone(),
+        );
         let redis_writable = Gauge::default();
         registry.register(
             "redis_writable",
@@ -238,6 +252,8 @@ impl Metrics {
             end_to_end,
             in_flight,
             redis_writable,
+            disk_free,
+            watched: std::sync::OnceLock::new(),
             delivery_log_writable,
             queue,
             shard_queue,
@@ -382,6 +398,23 @@ impl Metrics {
         )
     }
 
+    /// The folders whose free space `/metrics` shows (once, at start).
+    pub fn watch_disks(&self, watched: common::disk::Watched) {
+        let _ = self.watched.set(watched);
+    }
+
+    /// Reads the watched folders' free space into the gauges.
+    fn refresh_disks(&self) {
+        for (folder, free) in self.watched.get().into_iter().flat_map(|w| w.free()) {
+            // A folder that is not there (Redis' on a host without Redis)
+            // has no sample.
+            if let Some(free) = free {
+                let gauge = self.disk_free.get_or_create(&FolderLabels { folder });
+                gauge.set(i64::try_from(free).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
     /// Records whether Redis accepts writes (`Queue::refusing_writes`).
     pub fn set_redis_writable(&self, writable: bool) {
         self.redis_writable.set(i64::from(writable));
@@ -395,6 +428,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.refresh_disks();
         let mut out = String::with_capacity(4096);
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
