@@ -83,6 +83,9 @@ sockets_reachable() {
   done
 }
 
+# shellcheck source=scripts/lib/room.sh
+. "$STACK_REPO/scripts/lib/room.sh"
+
 # stack_render : renders every config from the templates and postback.env.
 # Monitoring (collectd, InfluxDB) is rendered when postback.env says
 # stack_producer_key : prints the stack's own producer key, made once with
@@ -157,17 +160,22 @@ stack_take_settings_from_env() {
     grep -qx "$var" <<<"$known" || continue
     env_set "$env_file" "$var" "${!var}"
     taken+=("$var")
-  done < <(compgen -e | grep -E '^(INGEST|DELIVER|POSTBACK)_')
+  done < <(compgen -e | grep -E '^(INGEST|DELIVER|POSTBACK)_' | grep -vxE 'POSTBACK_(CONF|LOG|DATA|RUN|BIN|LIB)_DIR')
   [ ${#taken[@]} -eq 0 ] || echo "postback.env: took ${taken[*]} from the environment" >&2
 }
 
 # POSTBACK_MONITORING=1 or the caller sets POSTBACK_MONITORING_FLAG=1.
 stack_render() {
   stack_take_settings_from_env
+  stack_check_disk
   # A postback.env written before DELIVER_LOG_DIR existed (`deliver job`
   # finds the delivery logs by it).
   if [ -f "$POSTBACK_CONF_DIR/postback.env" ] && ! grep -q '^DELIVER_LOG_DIR=' "$POSTBACK_CONF_DIR/postback.env"; then
     env_set "$POSTBACK_CONF_DIR/postback.env" DELIVER_LOG_DIR "$POSTBACK_LOG_DIR"
+  fi
+  # The same for REDIS_DATA_DIR (the services show its disk's free space).
+  if [ -f "$POSTBACK_CONF_DIR/postback.env" ] && ! grep -q '^REDIS_DATA_DIR=' "$POSTBACK_CONF_DIR/postback.env"; then
+    env_set "$POSTBACK_CONF_DIR/postback.env" REDIS_DATA_DIR "$POSTBACK_DATA_DIR/redis"
   fi
   : "${POSTBACK_NGINX_USER:=www-data}" "${POSTBACK_USER:=$(id -un)}" "${POSTBACK_REDIS_USER:=$(id -un)}"
   : "${POSTBACK_INFLUX_USER:=$POSTBACK_USER}"
@@ -267,6 +275,8 @@ stack_render() {
     else
       stack_render_ha "$out"
     fi
+    export POSTBACK_DEMO_SINK_PORT=${POSTBACK_DEMO_SINK_PORT:-}
+    stack_log_budget "$role" "$ha" "$monitoring"
     render "$t/supervisor.templates/supervisord.conf.template" "$out/supervisord.conf"
     for program in redis ingest deliver nginx; do
       rm -f "$out/supervisor.d/$program.conf"
@@ -275,7 +285,6 @@ stack_render() {
       render "$t/supervisor.templates/programs/$program.conf.template" "$out/supervisor.d/$program.conf"
     done
     # scripts/run's demo receiver, when postback.env names its port.
-    export POSTBACK_DEMO_SINK_PORT=${POSTBACK_DEMO_SINK_PORT:-}
     if [ -n "$POSTBACK_DEMO_SINK_PORT" ]; then
       render "$t/supervisor.templates/programs/demo-sink.conf.template" "$out/supervisor.d/demo-sink.conf"
     else
@@ -401,7 +410,7 @@ stack_start() {
   (
     umask 027
     if [ -f "$POSTBACK_CONF_DIR/supervisor.d/nginx.conf" ]; then
-      nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e "$POSTBACK_LOG_DIR/nginx-error.log" ||
+      nginx -t -q -c "$POSTBACK_CONF_DIR/nginx.conf" -e stderr ||
         die "nginx -t failed on $POSTBACK_CONF_DIR/nginx.conf"
     fi
     supervisord -c "$POSTBACK_CONF_DIR/supervisord.conf"

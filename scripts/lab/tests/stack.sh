@@ -147,10 +147,13 @@ test_all_running_and_sample_delivered() {
   [ "$(grep -c " addr=$POSTBACK_RUN_DIR/redis/redis.sock:0 " <<<"$clients")" -ge 3 ] &&
     ! grep -q ' addr=127\.0\.0\.1:' <<<"$clients" ||
     fail "Redis' clients: $(grep -o ' addr=[^ ]*' <<<"$clients")" || return 1
-  # nginx reached ingest on its Unix socket (its access log names the upstream).
-  wait_for 10 "nginx's access line naming ingest's socket" \
-    grep -q "POST /ingest .*upstream=unix:$POSTBACK_RUN_DIR/ingest/ingest_00.sock" "$POSTBACK_LOG_DIR/nginx-access.log" ||
-    fail "upstream: $(grep -o 'upstream=[^ ]*' "$POSTBACK_LOG_DIR/nginx-access.log" | sort | uniq -c)"
+  # nginx reached ingest on its Unix socket: after a request, nginx keeps
+  # its connection to ingest_00's socket open (nothing else connects there).
+  curl -sS -o /dev/null -X POST "$base/ingest" "${auth[@]}" -d '{}' || return 1
+  local sockets
+  sockets=$(ss -xH state established)
+  grep -qF "$POSTBACK_RUN_DIR/ingest/ingest_00.sock" <<<"$sockets" ||
+    fail "no connection to ingest_00.sock: $(grep -F "$POSTBACK_RUN_DIR" <<<"$sockets")"
 }
 
 # --- 2 ----------------------------------------------------------------------
@@ -248,7 +251,12 @@ test_a_key_in_the_query_string_reaches_no_log() {
   local secret=pk_0123456789ab_QUERYSECRETVALUEQUERYSECRETVALUE code
   code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$base/ingest?key=$secret&x=1" -d '{}')
   [ "$code" = 401 ] || fail "a key in the query string got $code" || return 1
-  wait_for 10 "nginx's access line of the request" grep -qF '"POST /ingest?... HTTP/1.1" 401 ' "$POSTBACK_LOG_DIR/nginx-access.log" ||
+  wait_for 10 "ingest's access line of the request" grep -q ' method=POST path=/ingest status=401 ' "$POSTBACK_LOG_DIR"/ingest_00.access.log ||
+    fail "no access line: $(tail -n3 "$POSTBACK_LOG_DIR"/ingest_00.access.log)" || return 1
+  # And in nginx's, for an answer it gives itself.
+  code=$(curl -sS -o /dev/null -w '%{http_code}' "$base/no-such-page?key=$secret")
+  [ "$code" = 404 ] || fail "the page got $code" || return 1
+  wait_for 10 "nginx's access line of the request" grep -qF '"GET /no-such-page?... HTTP/1.1" 404 ' "$POSTBACK_LOG_DIR/nginx-access.log" ||
     fail "no access line: $(tail -n3 "$POSTBACK_LOG_DIR/nginx-access.log")" || return 1
   ! grep -rqF QUERYSECRETVALUE "$POSTBACK_LOG_DIR" || fail "the secret is in: $(grep -rlF QUERYSECRETVALUE "$POSTBACK_LOG_DIR")"
 }
@@ -295,49 +303,57 @@ test_no_request_fails_on_a_connection_reused_after_a_pause() {
 }
 
 # --- request ids --------------------------------------------------------------
-# request_id_of METHOD PATH [CURL_ARGS...] : the one X-Request-Id of the
+# request_id_of METHOD PATH BY [CURL_ARGS...] : the one X-Request-Id of the
 # answer (fails if there is none or more than one), after checking that
-# nginx's access line of that request logged the same id (with the path's
-# query string, if any, shown as `?...`).
+# the request has exactly one access line with that id, in the log of BY:
+# ingest's (the route, no query string) or nginx's (the path with its
+# query string, if any, shown as `?...`), for an answer nginx gave itself.
 request_id_of() {
-  local method=$1 path=$2 headers=$tmp/rid.headers ids status logged
-  shift 2
+  local method=$1 path=$2 by=$3 headers=$tmp/rid.headers ids status lines
+  shift 3
   curl -sS -o /dev/null -D "$headers" -X "$method" "$@" "$base$path" || return 1
   ids=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([^[:space:]]*\).*/\1/p' "$headers")
   [ "$(wc -l <<<"$ids")" -eq 1 ] && [ -n "$ids" ] ||
     fail "$method $path: X-Request-Id headers: '$ids'" || return 1
   status=$(sed -n 's/^HTTP[^ ]* \([0-9]*\).*/\1/p' "$headers" | tail -n1)
-  logged=${path%%\?*}
-  [ "$logged" = "$path" ] || logged="$logged?..."
-  wait_for 10 "nginx's access line of $method $path" grep -qF "request_id=$ids " "$POSTBACK_LOG_DIR/nginx-access.log" ||
+  local logs=("$POSTBACK_LOG_DIR"/nginx-access.log "$POSTBACK_LOG_DIR"/ingest_*.access.log)
+  wait_for 10 "the access line of $method $path" grep -qF "request_id=$ids " "${logs[@]}" ||
     fail "no access line with request_id=$ids" || return 1
-  grep -F "request_id=$ids " "$POSTBACK_LOG_DIR/nginx-access.log" | grep -qF "\"$method $logged HTTP/1.1\" $status " ||
-    fail "nginx logged $(grep -F "request_id=$ids " "$POSTBACK_LOG_DIR/nginx-access.log"), answered $status $ids to $method $path" || return 1
+  lines=$(grep -HF "request_id=$ids " "${logs[@]}")
+  [ "$(wc -l <<<"$lines")" -eq 1 ] || fail "$method $path is logged more than once: $lines" || return 1
+  local expected="$POSTBACK_LOG_DIR/ingest_00.access.log:.* method=$method path=${path%%\?*} status=$status "
+  if [ "$by" = nginx ]; then
+    local logged=${path%%\?*}
+    [ "$logged" = "$path" ] || logged="$logged?..."
+    expected="$POSTBACK_LOG_DIR/nginx-access.log:.*\"$method $logged HTTP/1.1\" $status "
+  fi
+  grep -q "$expected" <<<"$lines" ||
+    fail "$method $path, answered $status $ids by $by, is logged as: $lines" || return 1
   echo "$ids"
 }
 
-test_every_answer_carries_one_request_id_that_nginx_logs() {
+test_every_answer_carries_one_request_id_logged_once() {
   local sample id
   sample="{\"endpoint\":{\"method\":\"GET\",\"url\":\"$sink/rid?n={n}\"},\"data\":[{\"n\":\"1\"}]}"
   # ingest makes the id when the caller sent none, not nginx: a UUID v7,
   # whose first 12 hex digits are the time in ms (nginx's are random)...
-  id=$(request_id_of POST /ingest?made "${auth[@]}" -d "$sample") || return 1
+  id=$(request_id_of POST /ingest?made ingest "${auth[@]}" -d "$sample") || return 1
   [[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "made id: $id" || return 1
   local skew=$(($(date +%s%3N) - 16#${id:0:12}))
   [ "${skew#-}" -lt 60000 ] || fail "$id is not a UUID v7 of now (off by $skew ms): nginx made it?" || return 1
   # ...and keeps the caller's,
-  id=$(request_id_of POST /ingest?given "${auth[@]}" -H 'X-Request-Id: trace-42' -d "$sample") || return 1
+  id=$(request_id_of POST /ingest?given ingest "${auth[@]}" -H 'X-Request-Id: trace-42' -d "$sample") || return 1
   [ "$id" = trace-42 ] || fail "the caller's id came back as $id" || return 1
   # which reaches the delivery log.
   wait_for 20 "request_id=trace-42 in a delivery log" bash -c "grep -q 'request_id=trace-42' '$POSTBACK_LOG_DIR'/deliver_*.delivery.log" ||
     return 1
   # nginx makes one for the answers it gives itself,
-  id=$(request_id_of GET /no-such-page) || return 1
+  id=$(request_id_of GET /no-such-page nginx) || return 1
   [[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "nginx's 404 id: $id" || return 1
   # including its 503 while ingest is down.
   stack_ctl stop 'ingest:*' >/dev/null || return 1
   local answered=0
-  id=$(request_id_of POST /ingest?down -d "$sample") && answered=1
+  id=$(request_id_of POST /ingest?down nginx -d "$sample") && answered=1
   stack_ctl start 'ingest:*' >/dev/null
   [ "$answered" = 1 ] && [[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "503 id: '$id'" || return 1
   grep -q 'Retry-After: 5' "$tmp/rid.headers" || fail "the 503 lost its Retry-After: $(cat "$tmp/rid.headers")" || return 1
@@ -587,6 +603,11 @@ test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
   POSTBACK_VAR_DIR=$run_var "$repo/scripts/run" stop >/dev/null 2>&1
 }
 
+test_a_full_disk_loses_nothing_and_is_seen() {
+  stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
+  "$repo/scripts/lab/tests/disk-full-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+}
+
 test_alert_rules_pass_promtool() {
   (cd "$repo/monitoring" && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
 }
@@ -600,7 +621,7 @@ check "a SIGKILLed deliver is restarted by supervisord and every job is delivere
 check "supervisorctl stop of deliver is graceful; start delivers the rest" test_stopping_deliver_is_graceful_and_start_finishes_the_work
 check "with monitoring on, collectd's host data and delivery counts can be queried from InfluxDB" test_collectd_data_reaches_influxdb
 check "nginx answers 413 over the body limit and guards /metrics with the allowlist" test_nginx_limits_body_and_admin_pages
-check "every answer carries one X-Request-Id, the one nginx logs and deliveries carry" test_every_answer_carries_one_request_id_that_nginx_logs
+check "every answer carries one X-Request-Id, on its one access line and on its deliveries" test_every_answer_carries_one_request_id_logged_once
 check "every error a client can cause is a JSON body through nginx, HTTP/1.0 without Host served" test_every_error_a_client_can_cause_is_json_through_nginx
 check "a producer key in the query string reaches no log" test_a_key_in_the_query_string_reaches_no_log
 check "a body that trickles in is cut off at INGEST_BODY_TIMEOUT_MS with a JSON 408" test_a_body_that_trickles_in_is_cut_off_with_a_json_408
@@ -612,6 +633,7 @@ check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach post
 check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
 check "provision --role: two Redis hosts and an app host deliver, and follow a failover; each firewall admits only its own" test_provision_roles_make_a_sentinel_shape_that_fails_over
 check "scripts/run: the first curl line it prints is delivered at the first try, its job's story found; a second --detach is no error; ports move on a later start" test_scripts_run_first_postback_arrives_and_a_start_is_quiet
+check "a full disk: JSON 503s, the views answer, gauges at 0; after it every accepted job delivered once with its line, nothing restarted, logs within POSTBACK_LOG_MAX_MB" test_a_full_disk_loses_nothing_and_is_seen
 check "monitoring/alerts.yml passes promtool's check and its unit tests" test_alert_rules_pass_promtool
 check "shellcheck is clean" test_shellcheck_is_clean
 
