@@ -5,8 +5,8 @@
 # every SAMPLE_EVERY seconds, then drained. Reports:
 #   lost, duplicates and restarts;
 #   send -> arrival latency percentiles;
-#   each process's RSS, and its slope per hour after the warm-up (the
-#   first quarter of the run, at least a minute, at most half of it);
+#   each process's RSS, and its slope per hour over the last half of the
+#   run (by least squares: the first half is the warm-up);
 #   Redis' used memory, and the largest size of its append-only file;
 #   log bytes per delivered job (the log folder's growth over the jobs;
 #   POSTBACK_LOG_MAX_MB is raised so that rotation drops nothing to count).
@@ -78,9 +78,10 @@ export POSTBACK_BIN_DIR=$bin POSTBACK_LIB_DIR=$repo/scripts POSTBACK_NGINX_USER=
 http_port=$(free_port) sink_port=$(free_port)
 REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) DELIVER_ADMIN_PORT=$(free_port 2) POSTBACK_HTTP_LISTEN=127.0.0.1:$http_port \
   REDIS_MAXMEMORY=1gb stack_init_env
-# Room for every line the run writes (about 450 bytes a job), so that the
-# log folder's growth counts them all.
-budget=$((rate * seconds * 1000 / 1024 / 1024 + 2048))
+# Room for every line the run writes, so that the log folder's growth
+# counts them all: the access logs' share (4 parts of 36 with this shape)
+# must hold 160 bytes a job, so 2,000 bytes a job of budget.
+budget=$((rate * seconds * 2000 / 1024 / 1024 + 2048))
 printf 'POSTBACK_ALLOW_DESTINATIONS=127.0.0.1:%s\nPOSTBACK_LOG_MAX_MB=%s\n' "$sink_port" "$budget" >>"$POSTBACK_CONF_DIR/postback.env"
 stack_render
 "$bin/postback-sink" --listen "127.0.0.1:$sink_port" --record "$tmp/sink.log" >"$tmp/sink.out" 2>&1 &
@@ -149,9 +150,8 @@ restarts=0
 awk '{ split($3, q, /[?&=]/); print ($1 - q[3]) / 1000 }' "$tmp/sink.log" | sort -n >"$tmp/latency.ms"
 pct() { awk -v p="$1" '{ v[NR] = $1 } END { i = int(NR * p + 0.999999); if (i < 1) i = 1; printf "%.1f", v[i] }' "$tmp/latency.ms"; }
 log_per_job=$(( ($(log_bytes) - logs_before) / (distinct > 0 ? distinct : 1) ))
-# RSS slope per hour after the warm-up, by least squares, for column $1.
-warmup=$((seconds / 4 > 60 ? seconds / 4 : 60))
-[ "$warmup" -le $((seconds / 2)) ] || warmup=$((seconds / 2))
+# RSS slope per hour over the last half, by least squares, for column $1.
+warmup=$((seconds / 2))
 slope() {
   awk -F'\t' -v c="$1" -v w="$warmup" 'NR > 1 && $1 >= w { n++; x += $1; y += $c; xx += $1 * $1; xy += $1 * $c }
     END { if (n < 2 || n * xx == x * x) { print "n/a"; exit } printf "%+.0f", (n * xy - x * y) / (n * xx - x * x) * 3600 }' "$tmp/samples.tsv"

@@ -109,7 +109,7 @@ impl LineLog {
     /// Starts a writer thread on standard output. It ends, after writing
     /// what is left, when every handle is dropped.
     pub fn stdout(when_full: WhenFull) -> (LineLog, std::thread::JoinHandle<()>) {
-        Self::to(std::io::stdout(), when_full)
+        Self::start(std::io::stdout(), when_full, "standard output".into())
     }
 
     /// Starts a writer thread appending to the file at `path`, which with
@@ -124,11 +124,21 @@ impl LineLog {
         when_full: WhenFull,
     ) -> std::io::Result<(LineLog, std::thread::JoinHandle<()>)> {
         let rotate_at = (max_bytes / u64::from(FILES_KEPT)).max(1);
-        Ok(Self::to(RotatingFile::open(path.to_path_buf(), rotate_at)?, when_full))
+        let file = RotatingFile::open(path.to_path_buf(), rotate_at)?;
+        Ok(Self::start(file, when_full, path.display().to_string()))
     }
 
     /// Starts a writer thread on `out`.
     pub fn to<W: Write + Send + 'static>(out: W, when_full: WhenFull) -> (LineLog, std::thread::JoinHandle<()>) {
+        Self::start(out, when_full, "its output".into())
+    }
+
+    /// Starts a writer thread on `out`, named `name` in its messages.
+    fn start<W: Write + Send + 'static>(
+        out: W,
+        when_full: WhenFull,
+        name: String,
+    ) -> (LineLog, std::thread::JoinHandle<()>) {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer::default()),
             wake: Condvar::new(),
@@ -141,7 +151,7 @@ impl LineLog {
         let thread_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("line-log".into())
-            .spawn(move || write_until_closed(&thread_shared, out))
+            .spawn(move || write_until_closed(&thread_shared, out, &name))
             .expect("cannot start the log writer thread");
         (LineLog { shared }, writer)
     }
@@ -207,7 +217,7 @@ impl std::fmt::Debug for LineLogWatch {
 /// gone. Lines that `out` refuses stay in `pending` and are tried again;
 /// the buffer is only taken once `pending` is written, so the two together
 /// stay within twice [`MAX_BUFFERED`].
-fn write_until_closed(shared: &Shared, mut out: impl Write) {
+fn write_until_closed(shared: &Shared, mut out: impl Write, name: &str) {
     let mut pending = Pending::default();
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -243,13 +253,13 @@ fn write_until_closed(shared: &Shared, mut out: impl Write) {
                 if let Some(since) = failing_since.take() {
                     shared.writable.store(true, Ordering::Relaxed);
                     log::warn!(
-                        "the log takes lines again after {:.1} s; none was lost",
+                        "the log {name} takes lines again after {:.1} s; none was lost",
                         since.elapsed().as_secs_f64()
                     );
                 }
                 let dropped = shared.dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
-                    log::warn!("{dropped} lines were dropped while the log could not keep up (its buffer was full)");
+                    log::warn!("{dropped} lines of the log {name} were dropped while it could not keep up (its buffer was full)");
                 }
             }
             Err(e) => {
@@ -257,21 +267,21 @@ fn write_until_closed(shared: &Shared, mut out: impl Write) {
                     failing_since = Some(Instant::now());
                     shared.writable.store(false, Ordering::Relaxed);
                     log::error!(
-                        "cannot write the log ({e}); its lines wait in memory and are tried again every {} s: free disk space",
+                        "cannot write the log {name} ({e}); its lines wait in memory and are tried again every {} s: free disk space",
                         RETRY_EVERY.as_secs()
                     );
                 }
             }
         }
         if closed {
-            return finish(shared, pending, out);
+            return finish(shared, pending, out, name);
         }
     }
 }
 
 /// The last lines, once every handle is gone: tried for up to
 /// [`CLOSE_PATIENCE`]; what still cannot be written is reported lost.
-fn finish(shared: &Shared, mut pending: Pending, mut out: impl Write) {
+fn finish(shared: &Shared, mut pending: Pending, mut out: impl Write, name: &str) {
     let rest = std::mem::take(&mut shared.buffer.lock().unwrap_or_else(|e| e.into_inner()).bytes);
     pending.bytes.extend_from_slice(&rest);
     let deadline = Instant::now() + CLOSE_PATIENCE;
@@ -280,9 +290,7 @@ fn finish(shared: &Shared, mut pending: Pending, mut out: impl Write) {
             Ok(()) => return,
             Err(e) if Instant::now() >= deadline => {
                 let lines = pending.bytes[pending.written..].iter().filter(|&&b| b == b'\n').count();
-                eprintln!(
-                    "LOST: {lines} log lines could not be written before exit ({e}); the delivery log misses them"
-                );
+                eprintln!("LOST: {lines} lines of the log {name} could not be written before exit ({e})");
                 return;
             }
             Err(_) => std::thread::sleep(RETRY_EVERY.min(deadline.saturating_duration_since(Instant::now()))),

@@ -23,12 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Labels of an attempt: a bounded set (never a URL or an id).
+/// Labels of a watched folder: `log` or `data`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FolderLabels {
     folder: &'static str,
 }
 
+/// Labels of an attempt: a bounded set (never a URL or an id).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     outcome: &'static str,

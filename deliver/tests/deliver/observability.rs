@@ -523,7 +523,9 @@ async fn a_delivery_log_that_cannot_be_written_stops_the_taking_and_is_seen() {
     assert!(status.success(), "{status:?}");
     let messages = deliver.messages();
     assert!(
-        messages.iter().any(|m| m.contains("LOST: 1 log lines")),
+        messages
+            .iter()
+            .any(|m| m.contains("LOST: 1 lines of the log /dev/full")),
         "the unwritten line is reported: {messages:#?}"
     );
 }

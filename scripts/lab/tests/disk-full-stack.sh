@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A stack whose every folder is on a small filesystem (a 300 MiB tmpfs),
-# with a 32 MiB log budget, run for real and then filled up by a ballast
+# A stack whose every folder is on a small filesystem (a 300 MiB tmpfs).
+# First the disk check: a 2 GiB log budget is refused, and an append-only
+# file that does not fit gets a lower rewrite threshold. Then, with a
+# 32 MiB log budget, the stack is run for real and then filled up by a ballast
 # file while a producer posts one job a request and 60 deliveries to a slow
 # receiver are in flight. While the disk is full: ingest answers JSON 503,
 # the read-only views answer, the writable gauges read 0, the free-space
@@ -53,12 +55,34 @@ REDIS_PORT=$(free_port) INGEST_PORT=$(free_port) DELIVER_ADMIN_PORT=$(free_port 
 cat >>"$POSTBACK_CONF_DIR/postback.env" <<ENV
 # test overrides
 POSTBACK_ALLOW_DESTINATIONS=127.0.0.1:$sink_port,127.0.0.1:$slow
-POSTBACK_LOG_MAX_MB=32
-REDIS_AOF_REWRITE_MIN_SIZE=64mb
 DELIVER_RETRY_SCHEDULE=100ms,200ms
 DELIVER_HEARTBEAT_MS=200
 DELIVER_HEARTBEAT_TTL_MS=1000
 ENV
+# --- the disk check, before anything starts ----------------------------------
+env_file=$POSTBACK_CONF_DIR/postback.env
+# The default budget does not fit on 300 MiB: refused, with the numbers
+# and the setting to change.
+env_set "$env_file" POSTBACK_LOG_MAX_MB 2048
+out=$( (stack_render) 2>&1) && fail "a 2 GiB log budget on a 300 MiB disk was not refused: $out"
+grep -q "has room for [0-9]* MiB of logs, and POSTBACK_LOG_MAX_MB=2048 asks for more: lower POSTBACK_LOG_MAX_MB" <<<"$out" ||
+  fail "the refusal does not say what to change: $out"
+# Logs that fit, but an append-only file of 2 x 1gb that does not: the
+# rewrite threshold is lowered to what fits beside REDIS_MAXMEMORY, and
+# said so.
+env_set "$env_file" POSTBACK_LOG_MAX_MB 32
+env_set "$env_file" REDIS_AOF_REWRITE_MIN_SIZE 1gb
+out=$( (stack_render) 2>&1) || fail "the check refused what it could fit: $out"
+lowered=$(stack_setting REDIS_AOF_REWRITE_MIN_SIZE)
+grep -q "REDIS_AOF_REWRITE_MIN_SIZE is lowered from 1gb to $lowered" <<<"$out" || fail "no note of the lowering: $out"
+lowered_bytes=$(bytes_of "$lowered")
+if [ $((2 * lowered_bytes + 64 * 1024 * 1024 + 32 * 1024 * 1024)) -gt $((300 * 1024 * 1024)) ] || [ "$lowered_bytes" -lt $((64 * 1024 * 1024)) ]; then
+  fail "lowered to $lowered, which does not fit 300 MiB beside 64mb of memory and 32 MiB of logs"
+fi
+grep -qx "auto-aof-rewrite-min-size $lowered" "$POSTBACK_CONF_DIR/redis.conf" || fail "redis.conf: $(grep aof-rewrite "$POSTBACK_CONF_DIR/redis.conf")"
+say "    the disk check refused a 2 GiB budget and lowered the rewrite threshold to $lowered"
+env_set "$env_file" REDIS_AOF_REWRITE_MIN_SIZE 64mb
+
 stack_render || exit 1
 stack_start >/dev/null || exit 1
 stack_wait_healthy 60 || fail "the stack did not become healthy"
