@@ -66,8 +66,23 @@ pub const REDIS_URL: Setting = Setting::new(
     "redis://127.0.0.1:6379",
     "Redis holding the queue: redis://[user:password@]host:port[/db], redis+unix:///path?pass=P, \
      redis-sentinel://[:password@]host:port[,host:port...][/db]#MASTER or \
-     redis-cluster://[:password@]host:port[,host:port...]",
+     redis-cluster://[:password@]host:port[,host:port...]; rediss://, rediss-sentinel://, rediss-cluster:// for TLS",
 );
+/// `REDIS_TLS_CA_FILE` (see [`crate::queue::tls`]).
+pub const REDIS_TLS_CA_FILE: Setting = Setting::new(
+    "REDIS_TLS_CA_FILE",
+    "",
+    "PEM CA certificates trusted for Redis' TLS besides the system's roots",
+);
+/// `REDIS_TLS_CERT_FILE`.
+pub const REDIS_TLS_CERT_FILE: Setting = Setting::new(
+    "REDIS_TLS_CERT_FILE",
+    "",
+    "PEM client certificate (chain) shown to a Redis that asks for one (tls-auth-clients)",
+);
+/// `REDIS_TLS_KEY_FILE`.
+pub const REDIS_TLS_KEY_FILE: Setting =
+    Setting::new("REDIS_TLS_KEY_FILE", "", "PEM private key of REDIS_TLS_CERT_FILE");
 /// `POSTBACK_SHARDS`.
 pub const POSTBACK_SHARDS: Setting = Setting::new(
     "POSTBACK_SHARDS",
@@ -103,6 +118,9 @@ pub const DATA_DIR: Setting = Setting::new(
 /// The settings both services read.
 pub const SHARED_SETTINGS: &[Setting] = &[
     REDIS_URL,
+    REDIS_TLS_CA_FILE,
+    REDIS_TLS_CERT_FILE,
+    REDIS_TLS_KEY_FILE,
     POSTBACK_QUEUE,
     POSTBACK_SHARDS,
     ALLOW_DESTINATIONS,
@@ -337,6 +355,43 @@ pub fn redis_url(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
         },
         Ok(_) => Ok(url),
     }
+}
+
+/// Reads the `REDIS_TLS_*_FILE` settings of the TLS `REDIS_URL` `url`
+/// (checked by [`redis_url`]) and the files they name. Files set for a
+/// URL without TLS are an error: whoever set them believes the traffic is
+/// encrypted.
+pub fn redis_tls(src: &(impl Source + ?Sized), url: &str) -> Result<crate::queue::RedisTls, ConfigError> {
+    let path = |setting: &Setting| {
+        Some(string(src, setting))
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    let (ca, cert, key) = (
+        path(&REDIS_TLS_CA_FILE),
+        path(&REDIS_TLS_CERT_FILE),
+        path(&REDIS_TLS_KEY_FILE),
+    );
+    let first_set = [
+        (&ca, &REDIS_TLS_CA_FILE),
+        (&cert, &REDIS_TLS_CERT_FILE),
+        (&key, &REDIS_TLS_KEY_FILE),
+    ]
+    .into_iter()
+    .find(|(value, _)| value.is_some());
+    let Some((_, setting)) = first_set else {
+        return Ok(crate::queue::RedisTls::default());
+    };
+    let tls_url = crate::queue::Target::parse(url).is_ok_and(|target| target.uses_tls());
+    if !tls_url {
+        return Err(ConfigError::new(
+            setting.var,
+            &string(src, setting),
+            "set, but REDIS_URL does not use TLS: write it as rediss://, rediss-sentinel:// or rediss-cluster://",
+        ));
+    }
+    crate::queue::RedisTls::load(ca.as_deref(), cert.as_deref(), key.as_deref())
+        .map_err(|problem| ConfigError::new(setting.var, &string(src, setting), problem))
 }
 
 /// Reads `POSTBACK_SHARDS`: 1 to [`MAX_SHARDS`].

@@ -85,6 +85,8 @@ fn answer<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
                 "redis": if answers { "up" } else { "down" },
                 "writes": if writes { "accepted" } else { "refused" },
                 "delivery_log": if log_writable { "writable" } else { "failing" },
+                // Why Redis cannot be used (a TLS certificate refused, say).
+                "error": state.queue.failure(),
                 "worker": state.worker,
                 "in_flight": state.metrics.in_flight(),
             });

@@ -20,6 +20,8 @@ pub enum LogFormat {
 pub struct Config {
     /// `REDIS_URL`: where the queue lives.
     pub redis_url: String,
+    /// `REDIS_TLS_*_FILE`: the certificates of a TLS `REDIS_URL`.
+    pub redis_tls: common::queue::RedisTls,
     /// `POSTBACK_QUEUE`: the queue's name.
     pub queue: String,
     /// `POSTBACK_SHARDS`: sub-queues to consume (and any more the queue
@@ -256,6 +258,7 @@ impl Config {
             admin_bind,
             cpu_policy,
             redis_url: config::redis_url(src)?,
+            redis_tls: config::redis_tls(src, &config::redis_url(src)?)?,
             queue: config::queue_name(src)?,
             shards: config::shards(src)?,
             destinations: config::destinations(src)?,

@@ -52,6 +52,7 @@ pub fn new_worker_id() -> String {
 pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
     Queue::new(&QueueConfig {
         url: config.redis_url.clone(),
+        tls: config.redis_tls.clone(),
         name: config.queue.clone(),
         timeout: REDIS_TIMEOUT,
         longest_block: consumer::BLOCK_WAIT,

@@ -25,6 +25,8 @@ pub enum AccessLog {
 pub struct Config {
     /// `REDIS_URL`: where the queue lives.
     pub redis_url: String,
+    /// `REDIS_TLS_*_FILE`: the certificates of a TLS `REDIS_URL`.
+    pub redis_tls: common::queue::RedisTls,
     /// `POSTBACK_QUEUE`: the queue's name; every Redis key derives from it.
     pub queue: String,
     /// `POSTBACK_SHARDS`: sub-queues a request's jobs are spread over (all
@@ -215,6 +217,7 @@ impl Config {
             .map_err(|_| ConfigError::new(BIND.var, &bind, "expected ip:port, e.g. 127.0.0.1:3000"))?;
         Ok(Config {
             redis_url: config::redis_url(src)?,
+            redis_tls: config::redis_tls(src, &config::redis_url(src)?)?,
             queue: config::queue_name(src)?,
             shards: config::shards(src)?,
             replica_acks: config::parsed(src, &REPLICA_ACKS, "a whole number")?,

@@ -52,6 +52,7 @@ pub struct AppState {
 pub fn queue(config: &Config) -> Result<Queue, common::queue::QueueError> {
     Queue::new(&QueueConfig {
         url: config.redis_url.clone(),
+        tls: config.redis_tls.clone(),
         name: config.queue.clone(),
         timeout: config.redis_timeout,
         longest_block: Duration::ZERO,

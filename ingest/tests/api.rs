@@ -1000,3 +1000,63 @@ async fn idempotency_keys_expire_after_their_ttl() {
     .await;
     assert_eq!(app.queued().await.len(), 2);
 }
+
+#[tokio::test]
+async fn producer_keys_are_made_and_checked_over_tls() {
+    let certs = testkit::RedisCerts::new();
+    let redis = RedisServer::start_tls(&certs);
+    let url = redis.url();
+    let tls = certs.env();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .env("REDIS_URL", &url)
+        .envs(tls.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "warn")
+        .args(["keys", "create", "shop", "--json"])
+        .output()
+        .expect("the ingest binary runs");
+    assert!(
+        out.status.success(),
+        "ingest keys over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).expect("keys create --json prints JSON");
+    let key = made["key"].as_str().expect("a key").to_string();
+
+    let mut env: Vec<(&str, &str)> = tls.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("INGEST_AUTH", "keys"));
+    let (base, _) = spawn_ingest_at(&url, &env);
+    wait_healthy(&base).await;
+    assert_eq!(post_with(&format!("{base}/ingest"), &key, SAMPLE).await.status, 202);
+    let mut conn = redis.connection().await;
+    let queued: usize = redis::cmd("LLEN")
+        .arg(&QueueKeys::new("default").ready)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "the job is on the TLS Redis");
+}
+
+#[test]
+fn tls_files_for_a_plain_redis_url_stop_ingest_at_start() {
+    // (exit code, stderr) of ingest started with `url` and a CA file.
+    let start = |url: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .env("REDIS_URL", url)
+            .env("REDIS_TLS_CA_FILE", "/nonexistent/ca.crt")
+            .output()
+            .expect("the ingest binary runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = start("redis://127.0.0.1:1");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("REDIS_TLS_CA_FILE") && stderr.contains("rediss://"),
+        "names the setting and the fix: {stderr}"
+    );
+    let (code, stderr) = start("rediss://127.0.0.1:1");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("cannot read /nonexistent/ca.crt"),
+        "names the file: {stderr}"
+    );
+}

@@ -29,5 +29,5 @@ pub use http::{get, http, post, HttpResponse};
 pub use ports::{free_port, TempDir};
 pub use redis::{redis_info, RedisServer};
 pub use sink::{switched, Received, Reply, Responder, Sink};
-pub use tls::TestCa;
+pub use tls::{RedisCerts, TestCa};
 pub use wait::{wait_blocking, wait_until};

@@ -1,8 +1,9 @@
 //! A real `redis-server` of the test's own, and reading its `INFO`.
-use crate::{free_port, wait_blocking, TempDir};
+use crate::{free_port, wait_blocking, RedisCerts, TempDir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A `redis-server` of the test's own, on a free port, with its data in a
@@ -13,6 +14,14 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     extra: Vec<String>,
+    /// With certificates: TLS only, on `port`.
+    tls: Option<Arc<RedisCerts>>,
+}
+
+impl std::fmt::Debug for RedisCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisCerts")
+    }
 }
 
 impl RedisServer {
@@ -29,20 +38,36 @@ impl RedisServer {
 
     /// Starts Redis with extra command-line options.
     pub fn start_with(options: &[&str]) -> Self {
+        Self::start_tls_with(None, options)
+    }
+
+    /// Starts Redis without persistence, speaking only TLS with `certs`
+    /// (and asking clients for a certificate).
+    pub fn start_tls(certs: &Arc<RedisCerts>) -> Self {
+        Self::start_tls_with(Some(certs), &["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts Redis with extra options, speaking only TLS if `certs` are
+    /// given.
+    pub fn start_tls_with(certs: Option<&Arc<RedisCerts>>, options: &[&str]) -> Self {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: TempDir::new("redis"),
             extra: options.iter().map(|s| s.to_string()).collect(),
+            tls: certs.cloned(),
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
+        let listen = match &self.tls {
+            Some(certs) => certs.server_options(self.port),
+            None => vec!["--port".to_string(), self.port.to_string()],
+        };
         let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
+            .args(listen)
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
@@ -56,9 +81,10 @@ impl RedisServer {
         wait_blocking(Duration::from_secs(10), || self.ping()).expect("redis-server did not answer PING within 10 s");
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` over TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port it listens on.
@@ -68,6 +94,16 @@ impl RedisServer {
 
     /// Whether it answers `PING` right now.
     pub fn ping(&self) -> bool {
+        if let Some(certs) = &self.tls {
+            let conn = certs
+                .client(self.port)
+                .get_connection_with_timeout(Duration::from_secs(1));
+            return conn.is_ok_and(|mut conn| {
+                deadpool_redis::redis::cmd("PING")
+                    .query::<String>(&mut conn)
+                    .is_ok_and(|pong| pong == "PONG")
+            });
+        }
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -106,8 +142,11 @@ impl RedisServer {
 
     /// A connection for a test to inspect or prepare the queue.
     pub async fn connection(&self) -> deadpool_redis::redis::aio::MultiplexedConnection {
-        deadpool_redis::redis::Client::open(self.url())
-            .expect("bad redis url")
+        let client = match &self.tls {
+            Some(certs) => certs.client(self.port),
+            None => deadpool_redis::redis::Client::open(self.url()).expect("bad redis url"),
+        };
+        client
             .get_multiplexed_async_connection()
             .await
             .expect("cannot connect to the test redis-server")

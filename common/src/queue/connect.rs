@@ -28,6 +28,7 @@
 //! itself, retrying at most [`CLUSTER_RETRIES`] times.
 
 use super::target::{Credentials, Node, Target};
+use super::tls::RedisTls;
 use super::QueueError;
 use deadpool::managed::Manager as _;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -35,7 +36,8 @@ use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
 use deadpool_redis::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use deadpool_redis::redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, TlsMode, Value,
 };
 use deadpool_redis::Manager;
 use std::sync::atomic::AtomicU64;
@@ -122,6 +124,8 @@ pub(crate) enum Connector {
         master: std::sync::Mutex<Option<String>>,
         /// The sentinels, to hear their announcements.
         sentinels: Vec<Node>,
+        /// The certificates for the sentinels, if reached over TLS.
+        tls: Option<RedisTls>,
         /// How many master switches the sentinels announced.
         switches: AtomicU64,
     },
@@ -130,28 +134,52 @@ pub(crate) enum Connector {
 }
 
 impl Connector {
-    /// A connector for `target`. `response_timeout` bounds every command;
-    /// it must be longer than the longest blocking command the caller
-    /// sends (deliver's `BLMOVE`).
-    pub(crate) fn new(target: &Target, response_timeout: Duration) -> Result<Connector, QueueError> {
+    /// A connector for `target`, using `tls`'s certificates if the target
+    /// is reached over TLS. `response_timeout` bounds every command; it
+    /// must be longer than the longest blocking command the caller sends
+    /// (deliver's `BLMOVE`).
+    pub(crate) fn new(target: &Target, tls: &RedisTls, response_timeout: Duration) -> Result<Connector, QueueError> {
         let connect_timeout = response_timeout.min(Duration::from_secs(2));
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(response_timeout));
         match target {
-            Target::Server(url) => Ok(Connector::Server(
-                Manager::new_with_config(url.as_str(), config).map_err(QueueError::Refused)?,
-            )),
+            Target::Server(url) => {
+                let info = if target.uses_tls() {
+                    // The certificates travel inside the connection info.
+                    Client::build_with_tls(url.as_str(), tls.certificates())
+                        .map_err(QueueError::Refused)?
+                        .get_connection_info()
+                        .clone()
+                } else {
+                    url.as_str().into_connection_info().map_err(QueueError::Refused)?
+                };
+                Ok(Connector::Server(
+                    Manager::new_with_config(info, config).map_err(QueueError::Refused)?,
+                ))
+            }
             Target::Sentinel {
                 sentinels,
                 master,
                 credentials,
                 db,
+                tls: over_tls,
             } => {
-                let mut builder =
-                    SentinelClientBuilder::new(sentinels.iter().map(tcp), master, SentinelServerType::Master)
-                        .map_err(QueueError::Refused)?
-                        .set_client_to_redis_db(*db);
+                let tls = over_tls.then(|| tls.clone());
+                let mut builder = SentinelClientBuilder::new(
+                    sentinels.iter().map(|node| address(node, tls.is_some())),
+                    master,
+                    SentinelServerType::Master,
+                )
+                .map_err(QueueError::Refused)?
+                .set_client_to_redis_db(*db);
+                if let Some(tls) = &tls {
+                    builder = builder
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+                        .set_client_to_sentinel_certificates(tls.certificates())
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_redis_certificates(tls.certificates());
+                }
                 let Credentials { username, password } = credentials;
                 if let Some(username) = username {
                     builder = builder.set_client_to_redis_username(username);
@@ -165,15 +193,25 @@ impl Connector {
                     name: master.clone(),
                     master: std::sync::Mutex::new(None),
                     sentinels: sentinels.clone(),
+                    tls,
                     switches: AtomicU64::new(0),
                 })
             }
-            Target::Cluster { seeds, credentials } => {
-                let seeds: Vec<String> = seeds.iter().map(|n| format!("redis://{n}")).collect();
+            Target::Cluster {
+                seeds,
+                credentials,
+                tls: over_tls,
+            } => {
+                let scheme = if *over_tls { "rediss" } else { "redis" };
+                let seeds: Vec<String> = seeds.iter().map(|n| format!("{scheme}://{n}")).collect();
                 let mut builder = ClusterClientBuilder::new(seeds)
                     .connection_timeout(connect_timeout)
                     .response_timeout(response_timeout)
                     .retries(CLUSTER_RETRIES);
+                if *over_tls {
+                    // Every node the cluster names is then reached the same way.
+                    builder = builder.tls(TlsMode::Secure).certs(tls.certificates());
+                }
                 if let Some(username) = &credentials.username {
                     builder = builder.username(username);
                 }
@@ -216,8 +254,28 @@ impl Connector {
     }
 }
 
-pub(super) fn tcp(node: &Node) -> ConnectionAddr {
-    ConnectionAddr::Tcp(node.host.clone(), node.port)
+/// The address of `node`, over TLS or not.
+fn address(node: &Node, tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host: node.host.clone(),
+            port: node.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(node.host.clone(), node.port)
+    }
+}
+
+/// A client for one sentinel (to hear its announcements), with `tls`'s
+/// certificates if it is reached over TLS.
+pub(super) fn sentinel_client(node: &Node, tls: Option<&RedisTls>) -> RedisResult<Client> {
+    let info = address(node, tls.is_some()).into_connection_info()?;
+    match tls {
+        Some(tls) => Client::build_with_tls(info, tls.certificates()),
+        None => Client::open(info),
+    }
 }
 
 /// One connection shared by many tasks, made on the runtime of the first

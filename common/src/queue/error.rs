@@ -15,6 +15,14 @@ pub enum QueueError {
     /// Redis could not be reached, or the connection broke.
     #[error("cannot reach redis ({0})")]
     Unavailable(#[source] RedisError),
+    /// The TLS handshake with Redis failed: a certificate refused (the
+    /// server's by us, or ours by the server), or no protocol in common.
+    #[error(
+        "TLS with redis failed, a certificate problem ({0}): check that REDIS_TLS_CA_FILE holds the CA that signed \
+         the server's certificate, that the certificate names the host REDIS_URL gives, and, if Redis asks for \
+         client certificates (tls-auth-clients), REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE"
+    )]
+    Tls(#[source] RedisError),
     /// No answer within the operation's deadline.
     #[error("no answer from redis within {} ms", .0.as_millis())]
     Timeout(Duration),
@@ -78,6 +86,9 @@ impl QueueError {
         if error.is_timeout() {
             return QueueError::Timeout(deadline);
         }
+        if super::tls::is_tls_failure(&error) {
+            return QueueError::Tls(error);
+        }
         match server_code(&error).as_deref() {
             Some("OOM") => return QueueError::OutOfMemory(error),
             Some("MISCONF" | "NOREPLICAS") => return QueueError::WritesRefused(error),
@@ -113,6 +124,7 @@ impl QueueError {
     pub fn kind(&self) -> &'static str {
         match self {
             QueueError::Unavailable(_) => "unavailable",
+            QueueError::Tls(_) => "tls",
             QueueError::Timeout(_) => "timeout",
             QueueError::OutOfMemory(_) => "out_of_memory",
             QueueError::ReadOnly(_) => "read_only",
@@ -193,6 +205,11 @@ mod tests {
         assert_eq!(error.kind(), "unavailable");
         assert!(error.replaces_connection());
         assert!(std::error::Error::source(&error).is_some());
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let tls = RedisError::from(std::io::Error::new(std::io::ErrorKind::InvalidData, refused));
+        let error = QueueError::from_redis(tls, Duration::from_secs(1));
+        assert_eq!(error.kind(), "tls");
+        assert!(error.to_string().contains("REDIS_TLS_CA_FILE"), "{error}");
         let oom = QueueError::from_redis(server("OOM", "full"), Duration::from_secs(1));
         assert!(!oom.replaces_connection());
     }

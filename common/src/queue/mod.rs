@@ -30,7 +30,8 @@
 //!   [`destinations`]: each partner's breaker, pause or disabling;
 //! - connecting: [`target`] (where `REDIS_URL` points), `connect` (one
 //!   server, Sentinel's master, a Cluster), `sentinel` (following master
-//!   switches) and `outage` (the outage log); [`QueueError`], why an
+//!   switches), [`tls`] (the certificates of a TLS connection) and
+//!   `outage` (the outage log); [`QueueError`], why an
 //!   operation failed, by kind.
 //!
 //! Every script starts with `#!lua flags=allow-oom` (Redis 7): a full
@@ -51,6 +52,7 @@ mod sentinel;
 pub mod settle;
 pub mod stats;
 pub mod target;
+pub mod tls;
 pub mod views;
 pub mod worker;
 
@@ -59,6 +61,7 @@ pub use keys::QueueKeys;
 pub use push::IdempotentPush;
 pub use settle::{Settled, Settlement};
 pub use target::{Target, TargetError};
+pub use tls::RedisTls;
 pub use views::{Depths, Overview, Place, WorkerLoad};
 pub use worker::{WorkerQueue, MAX_BATCH};
 
@@ -89,6 +92,8 @@ pub struct QueueConfig {
     pub replica_acks: u32,
     /// `INGEST_REPLICA_TIMEOUT_MS`: how long a push waits for them.
     pub replica_timeout: Duration,
+    /// The certificates of a TLS `REDIS_URL` (`REDIS_TLS_*_FILE`).
+    pub tls: RedisTls,
 }
 
 /// A handle on the queue. Clones share one multiplexed connection;
@@ -121,7 +126,7 @@ impl Queue {
         let target = Target::parse(&config.url)?;
         // A push's wait for replicas comes on top of its own deadline.
         let response_timeout = config.timeout + config.longest_block.max(config.replica_timeout);
-        let connector = Arc::new(Connector::new(&target, response_timeout)?);
+        let connector = Arc::new(Connector::new(&target, &config.tls, response_timeout)?);
         let state = Arc::new(QueueState {
             connector: connector.clone(),
             shards: (0..config.shards.max(1))
@@ -169,6 +174,12 @@ impl Queue {
         self.state.outage.is_down()
     }
 
+    /// Why Redis cannot be used, while it cannot (the failure that began
+    /// the outage: for `/health`).
+    pub fn failure(&self) -> Option<String> {
+        self.state.outage.failure()
+    }
+
     /// Whether Redis refuses writes while it answers (`MISCONF`: a full
     /// disk; `NOREPLICAS`; `maxmemory`), as the last write found: from the
     /// first refused write until that operation goes through again.
@@ -206,7 +217,9 @@ impl Queue {
             }
             Err(e) => {
                 self.conn.failed(e);
-                self.state.outage.failed_on(what, e, made_after);
+                self.state
+                    .outage
+                    .failed_on(what, e, made_after, matches!(e, QueueError::Tls(_)));
             }
         }
         result

@@ -25,6 +25,8 @@ pub(crate) struct Outage {
     /// The operation a write was first refused to, while they are (empty:
     /// writes are accepted).
     refused: std::sync::Mutex<String>,
+    /// The failure that began the current outage, for `/health`.
+    first_failure: std::sync::Mutex<String>,
     /// Whether an operation has succeeded yet.
     answered: AtomicBool,
     /// How many outages have begun.
@@ -40,6 +42,7 @@ impl Outage {
         Outage {
             down: AtomicBool::new(false),
             refused: std::sync::Mutex::new(String::new()),
+            first_failure: std::sync::Mutex::new(String::new()),
             answered: AtomicBool::new(false),
             starts: AtomicU64::new(0),
             address: format!(" at {}", target.describe()),
@@ -58,21 +61,35 @@ impl Outage {
     /// leftover of it: it is replaced without a word. (If that outage is
     /// over and a new one is beginning, the next operation, on a new
     /// connection, says so.)
-    pub(crate) fn failed_on(&self, what: &str, error: &dyn std::fmt::Display, made_after: Option<u64>) {
+    /// A failure that no wait will mend (a TLS certificate refused) is an
+    /// error even before Redis has answered once: `is_setup_fault`.
+    pub(crate) fn failed_on(
+        &self,
+        what: &str,
+        error: &dyn std::fmt::Display,
+        made_after: Option<u64>,
+        is_setup_fault: bool,
+    ) {
         if made_after.is_some_and(|made| made < self.starts()) {
             log::debug!("a connection from before the last outage failed ({what}: {error}); replaced");
             return;
         }
-        self.failed(what, error);
+        self.failed(what, error, is_setup_fault);
     }
 
     /// Records a failed operation; logs only the first of an outage.
-    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+    fn failed(&self, what: &str, error: &dyn std::fmt::Display, is_setup_fault: bool) {
         if self.down.swap(true, Ordering::Relaxed) {
             return;
         }
+        *self.first_failure.lock().unwrap_or_else(|e| e.into_inner()) = error.to_string();
         self.starts.fetch_add(1, Ordering::Relaxed);
-        if self.answered.load(Ordering::Relaxed) {
+        if is_setup_fault {
+            log::error!(
+                "cannot use redis{} ({what}: {error}); retrying with back-off until that is mended",
+                self.address
+            );
+        } else if self.answered.load(Ordering::Relaxed) {
             log::error!(
                 "redis unavailable{} ({what}: {error}); retrying with back-off until it answers",
                 self.address
@@ -130,6 +147,12 @@ impl Outage {
     pub(crate) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
+
+    /// What began the current outage, if one is on.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.is_down()
+            .then(|| self.first_failure.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 #[cfg(test)]
@@ -142,21 +165,21 @@ mod tests {
         outage.succeeded();
         // Made before the outage: an idle connection, and the one in use.
         let idle = outage.starts();
-        outage.failed_on("take", &"connection reset", Some(outage.starts()));
+        outage.failed_on("take", &"connection reset", Some(outage.starts()), false);
         assert!(outage.is_down());
         // Reconnected during the outage, and it answers: the end.
         let made_during = outage.starts();
         outage.succeeded();
         assert!(!outage.is_down());
         // The idle one fails now: the same outage, already over.
-        outage.failed_on("producer keys", &"broken pipe", Some(idle));
+        outage.failed_on("producer keys", &"broken pipe", Some(idle), false);
         assert!(!outage.is_down(), "a leftover of the last outage started a new one");
         // The one made during it fails later: a new outage.
-        outage.failed_on("take", &"connection reset", Some(made_during));
+        outage.failed_on("take", &"connection reset", Some(made_during), false);
         assert!(outage.is_down());
         // No connection at all (connecting failed): an outage too.
         outage.succeeded();
-        outage.failed_on("take", &"connection refused", None);
+        outage.failed_on("take", &"connection refused", None, false);
         assert!(outage.is_down());
     }
 

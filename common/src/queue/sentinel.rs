@@ -2,8 +2,9 @@
 //! counted, and every connection made before the last switch is replaced
 //! at its next use, so that no write goes to a demoted master.
 
-use super::connect::{tcp, Connector};
+use super::connect::{sentinel_client, Connector};
 use super::target::Node;
+use super::tls::RedisTls;
 use deadpool_redis::redis::RedisResult;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -35,13 +36,14 @@ impl Connector {
             sentinels,
             name,
             switches,
+            tls,
             ..
         } = self
         else {
             return;
         };
         for node in sentinels.iter().cycle() {
-            if let Err(e) = listen_for_switches(node, name, switches).await {
+            if let Err(e) = listen_for_switches(node, tls.as_ref(), name, switches).await {
                 log::debug!("sentinel {}:{}: {e}; listening to the next one", node.host, node.port);
             }
             tokio::time::sleep(RESUBSCRIBE_AFTER).await;
@@ -50,10 +52,11 @@ impl Connector {
 }
 
 /// Counts, in `switches`, the switches of master `name` the sentinel at
-/// `node` announces, until it goes away or stays silent too long.
-async fn listen_for_switches(node: &Node, name: &str, switches: &AtomicU64) -> RedisResult<()> {
+/// `node` announces (over TLS with `tls`), until it goes away or stays
+/// silent too long.
+async fn listen_for_switches(node: &Node, tls: Option<&RedisTls>, name: &str, switches: &AtomicU64) -> RedisResult<()> {
     use futures_util::StreamExt as _;
-    let client = deadpool_redis::redis::Client::open(tcp(node))?;
+    let client = sentinel_client(node, tls)?;
     let mut pubsub = match tokio::time::timeout(RESUBSCRIBE_AFTER * 2, client.get_async_pubsub()).await {
         Ok(pubsub) => pubsub?,
         Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),

@@ -9,7 +9,9 @@
 //!   it; the password is the data nodes' (sentinels are reached without);
 //! - `redis-cluster://[user:password@]host:port[,host:port…]`: seed nodes
 //!   of a Redis Cluster (port 6379 when left out); the client learns the
-//!   others from them.
+//!   others from them;
+//! - `rediss://`, `rediss-sentinel://`, `rediss-cluster://`: the same over
+//!   TLS, to the sentinels and to every node (see [`super::tls`]).
 //!
 //! Parsing is separate from connecting so that a bad URL stops a program at
 //! start with a message naming the problem.
@@ -74,6 +76,8 @@ pub enum Target {
         credentials: Credentials,
         /// The database number.
         db: i64,
+        /// Whether the sentinels and the master are reached over TLS.
+        tls: bool,
     },
     /// A Redis Cluster, through some of its nodes.
     Cluster {
@@ -81,6 +85,8 @@ pub enum Target {
         seeds: Vec<Node>,
         /// The data nodes' credentials.
         credentials: Credentials,
+        /// Whether the nodes are reached over TLS.
+        tls: bool,
     },
 }
 
@@ -92,7 +98,9 @@ pub struct TargetError(String);
 impl Target {
     /// Reads a `REDIS_URL`.
     pub fn parse(url: &str) -> Result<Target, TargetError> {
-        if let Some(rest) = url.strip_prefix("redis-sentinel://") {
+        let sentinel = (url.strip_prefix("redis-sentinel://").map(|rest| (rest, false)))
+            .or_else(|| url.strip_prefix("rediss-sentinel://").map(|rest| (rest, true)));
+        if let Some((rest, tls)) = sentinel {
             let (rest, master) = rest.split_once('#').ok_or_else(|| {
                 TargetError(
                     "a redis-sentinel:// URL needs the master's name after '#', e.g. \
@@ -118,9 +126,12 @@ impl Target {
                 master: master.to_string(),
                 credentials,
                 db,
+                tls,
             });
         }
-        if let Some(rest) = url.strip_prefix("redis-cluster://") {
+        let cluster = (url.strip_prefix("redis-cluster://").map(|rest| (rest, false)))
+            .or_else(|| url.strip_prefix("rediss-cluster://").map(|rest| (rest, true)));
+        if let Some((rest, tls)) = cluster {
             let (credentials, rest) = credentials(rest);
             let nodes = rest.strip_suffix('/').unwrap_or(rest);
             if nodes.contains('/') {
@@ -131,13 +142,27 @@ impl Target {
             return Ok(Target::Cluster {
                 seeds: node_list(nodes, CLUSTER_PORT)?,
                 credentials,
+                tls,
             });
         }
         Ok(Target::Server(url.to_string()))
     }
 
+    /// Whether Redis is reached over TLS.
+    pub fn uses_tls(&self) -> bool {
+        match self {
+            Target::Server(url) => url.starts_with("rediss://"),
+            Target::Sentinel { tls, .. } | Target::Cluster { tls, .. } => *tls,
+        }
+    }
+
     /// Where Redis is looked for, without credentials, for log lines.
     pub fn describe(&self) -> String {
+        let over = if self.uses_tls() { " over TLS" } else { "" };
+        format!("{}{over}", self.place())
+    }
+
+    fn place(&self) -> String {
         let list = |nodes: &[Node]| nodes.iter().map(Node::to_string).collect::<Vec<_>>().join(",");
         match self {
             Target::Server(url) => {
@@ -251,6 +276,7 @@ mod tests {
                     password: Some("p@ss".into())
                 },
                 db: 2,
+                tls: false,
             }
         );
         assert_eq!(
@@ -270,8 +296,27 @@ mod tests {
                     username: Some("app".into()),
                     password: Some("secret".into())
                 },
+                tls: false,
             }
         );
+    }
+
+    #[test]
+    fn the_rediss_forms_are_the_same_over_tls() {
+        let target = Target::parse("rediss-sentinel://s1,s2:26380#postback").unwrap();
+        assert!(matches!(target, Target::Sentinel { tls: true, ref sentinels, .. } if sentinels.len() == 2));
+        assert_eq!(
+            target.describe(),
+            "master \"postback\" of sentinels s1:26379,s2:26380 over TLS"
+        );
+        let target = Target::parse("rediss-cluster://:pw@h1:7000").unwrap();
+        assert!(matches!(target, Target::Cluster { tls: true, .. }));
+        assert_eq!(target.describe(), "the cluster of h1:7000 over TLS");
+        let target = Target::parse("rediss://:pw@h1:6380").unwrap();
+        assert!(target.uses_tls());
+        assert_eq!(target.describe(), "h1:6380 over TLS");
+        assert!(!Target::parse("redis://h1:6380").unwrap().uses_tls());
+        assert!(!Target::parse("redis-cluster://h1").unwrap().uses_tls());
     }
 
     #[test]

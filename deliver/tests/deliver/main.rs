@@ -15,3 +15,4 @@ mod reliability;
 mod signing;
 mod step;
 mod support;
+mod tls;

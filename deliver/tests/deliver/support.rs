@@ -79,6 +79,7 @@ pub fn queue_at(url: &str) -> common::queue::Queue {
         shards: 1,
         replica_acks: 0,
         replica_timeout: Duration::ZERO,
+        tls: Default::default(),
     })
     .expect("a queue handle for the test")
 }
