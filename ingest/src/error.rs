@@ -51,6 +51,10 @@ pub enum ApiError {
         "the queue's Redis is full ({0}); nothing was queued, retry later (operators: see RUNBOOK, \"Redis is full\")"
     )]
     RedisFull(QueueError),
+    /// Redis refused the write because fewer replicas than its
+    /// `min-replicas-to-write` are in reach: nothing was written.
+    #[error("the queue's Redis has fewer replicas in reach than it must write to (min-replicas-to-write) ({0}); nothing was queued, retry later")]
+    ReplicasUnavailable(QueueError),
     /// The jobs were queued on the master, but fewer replicas than
     /// `INGEST_REPLICA_ACKS` hold them in time: a failover now could lose
     /// them, and they may as well be delivered.
@@ -124,6 +128,7 @@ impl ApiError {
             ApiError::TooManyItems { .. } => "too_many_items",
             ApiError::QueueUnavailable(_) => "queue_unavailable",
             ApiError::RedisFull(_) => "redis_full",
+            ApiError::ReplicasUnavailable(_) => "replicas_unavailable",
             ApiError::NotReplicated(_) => "not_replicated",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::MissingKey => "missing_key",
@@ -142,6 +147,7 @@ impl From<QueueError> for ApiError {
         match error {
             QueueError::OutOfMemory(_) => ApiError::RedisFull(error),
             QueueError::NotReplicated { .. } => ApiError::NotReplicated(error),
+            _ if error.is_too_few_replicas() => ApiError::ReplicasUnavailable(error),
             _ => ApiError::QueueUnavailable(error),
         }
     }
@@ -155,6 +161,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueUnavailable(_)
             | ApiError::RedisFull(_)
+            | ApiError::ReplicasUnavailable(_)
             | ApiError::NotReplicated(_)
             | ApiError::QueueFull { .. }
             | ApiError::KeysNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -171,6 +178,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::QueueUnavailable(_)
             | ApiError::RedisFull(_)
+            | ApiError::ReplicasUnavailable(_)
             | ApiError::NotReplicated(_)
             | ApiError::QueueFull { .. }
             | ApiError::KeysNotLoaded => {

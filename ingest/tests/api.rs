@@ -523,6 +523,27 @@ async fn replica_acknowledgements_are_waited_for_and_a_shortfall_is_503_not_repl
         2,
         "the jobs were queued on the master all the same"
     );
+
+    // The master itself requires two replicas in reach
+    // (min-replicas-to-write): it refuses the write, and the answer says
+    // that nothing was queued.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg("2")
+        .query_async(&mut app.redis.connection().await)
+        .await
+        .unwrap();
+    let response = post(&format!("{short}/ingest"), SAMPLE).await;
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert_eq!(response.json()["error"]["code"], "replicas_unavailable");
+    assert!(
+        response.body.contains("nothing was queued"),
+        "says nothing was queued: {}",
+        response.body
+    );
+    assert!(response.header("retry-after").is_some());
+    assert_eq!(app.queued().await.len(), 2, "nothing more was queued");
 }
 
 /// POSTs `body` to `path` over the Unix socket at `socket` (HTTP/1.1, one

@@ -213,6 +213,14 @@ stack_render() {
       REDIS_SOCKET_CONF="unixsocket $(redis_socket)"$'\n'"unixsocketperm 770"
     fi
     export REDIS_SOCKET_CONF
+    # Redis' own refusal matches the acknowledgements ingest waits for.
+    local acks=${INGEST_REPLICA_ACKS:-0}
+    [[ "$acks" =~ ^[0-9]+$ ]] || die "INGEST_REPLICA_ACKS=$acks in postback.env: use a number of replicas (0: none)"
+    REDIS_MIN_REPLICAS_CONF="# (INGEST_REPLICA_ACKS is 0: no min-replicas-to-write)"
+    if [ "$acks" -ge 1 ]; then
+      REDIS_MIN_REPLICAS_CONF="min-replicas-to-write $acks"$'\n'"min-replicas-max-lag 10"
+    fi
+    export REDIS_MIN_REPLICAS_CONF
     # nginx reaches each ingest process on its own Unix socket, or on the
     # shared TCP port if its workers could not reach the socket folder.
     local n

@@ -138,6 +138,15 @@ impl QueueError {
         }
     }
 
+    /// Whether Redis refused a write for want of replicas in reach
+    /// (`NOREPLICAS`: `min-replicas-to-write`): the write was not made.
+    pub fn is_too_few_replicas(&self) -> bool {
+        match self {
+            QueueError::WritesRefused(e) => server_code(e).as_deref() == Some("NOREPLICAS"),
+            _ => false,
+        }
+    }
+
     /// Whether the connection that saw this error may be broken, or point
     /// at the wrong node, and should be replaced. An error answer from a
     /// healthy master (`OOM`, a refused command) leaves it as good as
@@ -198,6 +207,10 @@ mod tests {
         }
     }
 
+    fn t(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
     #[test]
     fn io_failures_are_unavailability_and_replace_the_connection() {
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
@@ -210,6 +223,10 @@ mod tests {
         let error = QueueError::from_redis(tls, Duration::from_secs(1));
         assert_eq!(error.kind(), "tls");
         assert!(error.to_string().contains("REDIS_TLS_CA_FILE"), "{error}");
+        let noreplicas = QueueError::from_redis(server("NOREPLICAS", "Not enough good replicas to write."), t(1));
+        assert!(noreplicas.is_too_few_replicas() && noreplicas.kind() == "writes_refused");
+        let misconf = QueueError::from_redis(server("MISCONF", "Errors writing to the AOF file"), t(1));
+        assert!(!misconf.is_too_few_replicas() && misconf.kind() == "writes_refused");
         let oom = QueueError::from_redis(server("OOM", "full"), Duration::from_secs(1));
         assert!(!oom.replaces_connection());
     }

@@ -402,7 +402,9 @@ async fn refused_writes_are_seen_in_health_metrics_the_dashboard_and_the_log() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let refused = post(&format!("{ingest}/ingest"), body.clone()).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
-    assert_eq!(refused.json()["error"]["code"], "queue_unavailable");
+    // NOREPLICAS is named as such: nothing was queued (a full disk's
+    // MISCONF would be queue_unavailable).
+    assert_eq!(refused.json()["error"]["code"], "replicas_unavailable");
     let health = get(&format!("{ingest}/health")).await;
     assert_eq!(
         (
