@@ -85,6 +85,8 @@ sockets_reachable() {
 
 # shellcheck source=scripts/lib/room.sh
 . "$STACK_REPO/scripts/lib/room.sh"
+# shellcheck source=scripts/lib/redis-tls.sh
+. "$STACK_REPO/scripts/lib/redis-tls.sh"
 
 # stack_render : renders every config from the templates and postback.env.
 # Monitoring (collectd, InfluxDB) is rendered when postback.env says
@@ -279,7 +281,7 @@ stack_render() {
     elif [ "$role" = app ]; then
       :
     elif [ "$ha" != 1 ]; then
-      (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
+      (umask 077 && render_redis_conf "$out/redis.conf")
     else
       stack_render_ha "$out"
     fi
@@ -318,6 +320,41 @@ stack_render() {
   )
 }
 
+# render_redis_conf OUT, render_sentinel_conf OUT : the Redis (sentinel)
+# template rendered for REDIS_PORT (SENTINEL_PORT), plain or TLS.
+# shellcheck disable=SC2031 # REDIS_PORT is the caller's, set for the render
+render_redis_conf() {
+  REDIS_LISTEN_CONF=$(redis_listen_conf "$REDIS_PORT") render "$STACK_REPO/redis/redis.conf.template" "$1"
+}
+render_sentinel_conf() {
+  SENTINEL_LISTEN_CONF=$(redis_listen_conf "$SENTINEL_PORT") render "$STACK_REPO/redis/sentinel.conf.template" "$1"
+}
+
+# redis_listen_conf PORT : the lines of a Redis (or sentinel) config that
+# open PORT: `port PORT`, or, with POSTBACK_REDIS_TLS=1 in postback.env,
+# TLS only on PORT with this host's certificate (scripts/provision
+# --redis-tls makes it in $POSTBACK_CONF_DIR/tls), client certificates
+# required, and TLS to the other nodes.
+redis_listen_conf() {
+  local port=$1 dir=$POSTBACK_CONF_DIR/tls
+  if [ "${POSTBACK_REDIS_TLS:-0}" != 1 ]; then
+    echo "port $port"
+    return 0
+  fi
+  printf '%s\n' "port 0" "tls-port $port" "tls-cert-file $dir/redis.crt" "tls-key-file $dir/redis.key" \
+    "tls-ca-cert-file $dir/ca.crt" "tls-auth-clients yes" "tls-replication yes"
+}
+
+# stack_redis_cli ARGS... : redis-cli to this host's Redis (its port, the
+# password from postback.env), over TLS when the host speaks only TLS.
+stack_redis_cli() {
+  local tls=()
+  if [ "$(stack_setting POSTBACK_REDIS_TLS | tr -d "'")" = 1 ]; then
+    mapfile -t tls < <(redis_tls_cli_args "$POSTBACK_CONF_DIR/tls" redis)
+  fi
+  REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD | tr -d "'") redis-cli "${tls[@]}" -h 127.0.0.1 -p "$(stack_setting REDIS_PORT)" "$@"
+}
+
 # stack_render_ha OUT : the one-host Sentinel set-up's Redis configs: the
 # master's and the replica's, and three sentinels'. Rendered only when
 # missing: after a failover, Redis and the sentinels rewrite these files
@@ -330,7 +367,7 @@ stack_render_ha() {
   [ -n "${REDIS_REPLICA_PORT:-}" ] || REDIS_REPLICA_PORT=$((REDIS_PORT + STACK_REPLICA_PORT_OFFSET))
   [ -n "${REDIS_SENTINEL_PORT:-}" ] || REDIS_SENTINEL_PORT=$((REDIS_PORT + STACK_SENTINEL_PORT_OFFSET))
   if [ ! -f "$out/redis.conf" ] || ! grep -q '^masterauth' "$out/redis.conf"; then
-    (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
+    (umask 077 && render_redis_conf "$out/redis.conf")
   fi
   if [ ! -f "$out/redis-replica.conf" ]; then
     local master_port=$REDIS_PORT
@@ -338,7 +375,7 @@ stack_render_ha() {
       umask 077
       REDIS_PORT=$REDIS_REPLICA_PORT REDIS_DATA_DIR=$POSTBACK_DATA_DIR/redis-replica \
         REDIS_REPLICAOF="replicaof 127.0.0.1 $master_port" REDIS_SOCKET_CONF="# (the replica has no Unix socket)" \
-        render "$t/redis/redis.conf.template" "$out/redis-replica.conf"
+        render_redis_conf "$out/redis-replica.conf"
     )
   fi
   mkdir -p "$POSTBACK_DATA_DIR/redis-replica"
@@ -348,7 +385,7 @@ stack_render_ha() {
     (
       umask 077
       SENTINEL_PORT=$((REDIS_SENTINEL_PORT + n)) SENTINEL_DIR=$POSTBACK_DATA_DIR/sentinel_0$n \
-        render "$t/redis/sentinel.conf.template" "$out/sentinel_0$n.conf"
+        render_sentinel_conf "$out/sentinel_0$n.conf"
     )
   done
 }
@@ -368,13 +405,13 @@ stack_render_redis_host() {
   if [ -n "$master" ]; then
     REDIS_REPLICAOF="replicaof ${master%:*} ${master##*:}" SENTINEL_MASTER="${master%:*} ${master##*:}"
   fi
-  [ -f "$out/redis.conf" ] || (umask 077 && render "$t/redis/redis.conf.template" "$out/redis.conf")
+  [ -f "$out/redis.conf" ] || (umask 077 && render_redis_conf "$out/redis.conf")
   if [ ! -f "$out/sentinel_00.conf" ]; then
     mkdir -p "$POSTBACK_DATA_DIR/sentinel_00"
     (
       umask 077
       SENTINEL_PORT=$REDIS_SENTINEL_PORT SENTINEL_DIR=$POSTBACK_DATA_DIR/sentinel_00 \
-        render "$t/redis/sentinel.conf.template" "$out/sentinel_00.conf"
+        render_sentinel_conf "$out/sentinel_00.conf"
     )
   fi
 }
@@ -450,7 +487,7 @@ stack_all_running() {
 stack_healthy() {
   stack_all_running || return 1
   if [ "$(stack_setting POSTBACK_ROLE | tr -d "'")" = redis ]; then
-    [ "$(REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD) redis-cli -p "$(stack_setting REDIS_PORT)" ping 2>/dev/null)" = PONG ]
+    [ "$(stack_redis_cli ping 2>/dev/null)" = PONG ]
   else
     curl -fsS -o /dev/null "$(stack_http_base)/health"
   fi

@@ -434,6 +434,14 @@ test_provision_dry_run_and_root() {
     "would enable and start postback.service"; do
     grep -qF "$expect" <<<"$out" || fail "dry run does not mention: $expect" || return 1
   done
+  # A Redis host of the Sentinel shape: TLS by default, the CA made on the
+  # first one; --no-redis-tls leaves it out.
+  out=$("$repo/scripts/provision" --dry-run --role redis 2>&1) || fail "dry run --role redis failed: $out" || return 1
+  for expect in "would make a CA for Redis' TLS" "would make this host's TLS certificate" "Redis and the sentinel TLS only"; do
+    grep -qF "$expect" <<<"$out" || fail "dry run --role redis does not mention: $expect" || return 1
+  done
+  out=$("$repo/scripts/provision" --dry-run --role redis --no-redis-tls 2>&1) || fail "dry run --no-redis-tls failed: $out" || return 1
+  ! grep -q "TLS" <<<"$out" || fail "--no-redis-tls still plans TLS: $out" || return 1
 
   local root=$tmp/root
   provisioned_conf=$root/etc/postback/supervisord.conf provisioned_run=$root/run/postback
@@ -548,8 +556,16 @@ test_provision_roles_make_a_sentinel_shape_that_fails_over() {
     grep -qF "$expect" <<<"$out" || fail "--role redis dry run does not mention: $expect" || return 1
   done
   ! grep -qE "allow 80/tcp|allow 6379/tcp: |nginx" <<<"$out" || fail "a Redis host opens more: $out" || return 1
-  out=$("$repo/scripts/provision" --dry-run --role app --redis-url 'redis-sentinel://10.0.0.1:26379#postback' 2>&1) ||
-    fail "dry run failed: $out" || return 1
+  # An app host needs the shape's CA, and says so before doing anything.
+  if out=$("$repo/scripts/provision" --dry-run --role app --redis-url 'redis-sentinel://10.0.0.1:26379#postback' 2>&1); then
+    fail "an app host without the CA must refuse: $out"
+    return 1
+  fi
+  grep -qF -- "--redis-tls-ca FILE --redis-tls-ca-key FILE" <<<"$out" || fail "the refusal must name the flags: $out" || return 1
+  : >"$tmp/dummy-ca"
+  out=$("$repo/scripts/provision" --dry-run --role app --redis-url 'redis-sentinel://10.0.0.1:26379#postback' \
+    --redis-tls-ca "$tmp/dummy-ca" --redis-tls-ca-key "$tmp/dummy-ca" 2>&1) || fail "dry run failed: $out" || return 1
+  grep -qF "would make this host's TLS certificate" <<<"$out" || fail "an app host must plan its certificate: $out" || return 1
   grep -qF "would firewall: allow 80/tcp" <<<"$out" || fail "an app host must open HTTP: $out" || return 1
   ! grep -qE "6379|redis-server" <<<"$out" || fail "an app host opens or installs Redis: $out" || return 1
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
