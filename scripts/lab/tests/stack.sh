@@ -572,6 +572,13 @@ test_provision_roles_make_a_sentinel_shape_that_fails_over() {
   failover_test "$repo/scripts/lab/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
 }
 
+# Five hosts in network namespaces, TLS between them, four faults: every
+# job answered 202 delivered (scripts/lab/tests/hosts-stack.sh).
+test_hosts_over_a_real_network_lose_no_accepted_job() {
+  stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
+  "$repo/scripts/lab/tests/hosts-stack.sh" "$bin"
+}
+
 test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
   run_var=$tmp/run-var
@@ -667,6 +674,7 @@ check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach post
 check "INGEST_REPLICA_ACKS=1 renders Redis' min-replicas-to-write 1 with min-replicas-max-lag 10" test_replica_acks_make_redis_require_replicas
 check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
 check "provision --role: two Redis hosts and an app host deliver, and follow a failover; each firewall admits only its own" test_provision_roles_make_a_sentinel_shape_that_fails_over
+check "five hosts in network namespaces over TLS: master host killed, links cut, a split brain; no accepted job lost" test_hosts_over_a_real_network_lose_no_accepted_job
 check "scripts/run: the first curl line it prints is delivered at the first try, its job's story found; a second --detach is no error; ports move on a later start" test_scripts_run_first_postback_arrives_and_a_start_is_quiet
 check "a full disk: JSON 503s, the views answer, gauges at 0; after it every accepted job delivered once with its line, nothing restarted, logs within POSTBACK_LOG_MAX_MB" test_a_full_disk_loses_nothing_and_is_seen
 check "monitoring/alerts.yml passes promtool's check and its unit tests" test_alert_rules_pass_promtool
