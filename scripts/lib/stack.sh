@@ -223,6 +223,7 @@ stack_render() {
       REDIS_MIN_REPLICAS_CONF="min-replicas-to-write $acks"$'\n'"min-replicas-max-lag 10"
     fi
     export REDIS_MIN_REPLICAS_CONF
+    export REDIS_CLUSTER_CONF="# (not a Redis Cluster node)"
     # nginx reaches each ingest process on its own Unix socket, or on the
     # shared TCP port if its workers could not reach the socket folder.
     local n
@@ -263,7 +264,11 @@ stack_render() {
     local role=${POSTBACK_ROLE:-$(env_default POSTBACK_ROLE)} programs program
     case "$role" in
       all) programs=(redis ingest deliver nginx) ;;
-      redis) programs=(redis sentinel) ;;
+      redis)
+        programs=(redis sentinel)
+        # A Cluster node has no sentinel: the Cluster fails over itself.
+        [ "${POSTBACK_REDIS_CLUSTER:-0}" != 1 ] || programs=(redis)
+        ;;
       app) programs=(ingest deliver nginx) ;;
       *) die "POSTBACK_ROLE=$role in postback.env: use all, redis or app" ;;
     esac
@@ -405,6 +410,18 @@ stack_render_redis_host() {
   if [ -n "$master" ]; then
     REDIS_REPLICAOF="replicaof ${master%:*} ${master##*:}" SENTINEL_MASTER="${master%:*} ${master##*:}"
   fi
+  # A node of a Redis Cluster (provision --cluster): no sentinel, no
+  # replicaof; the Cluster picks masters and replicas itself. Its peers
+  # reach it on the port and on the cluster bus (the port + 10000).
+  if [ "${POSTBACK_REDIS_CLUSTER:-0}" = 1 ]; then
+    REDIS_CLUSTER_CONF=$(
+      printf '%s\n' "cluster-enabled yes" "cluster-config-file nodes.conf" "cluster-node-timeout 5000" \
+        "cluster-announce-ip ${POSTBACK_REDIS_LISTEN:-127.0.0.1}"
+      [ "${POSTBACK_REDIS_TLS:-0}" != 1 ] || echo "tls-cluster yes"
+    )
+    [ -f "$out/redis.conf" ] || (umask 077 && render_redis_conf "$out/redis.conf")
+    return 0
+  fi
   [ -f "$out/redis.conf" ] || (umask 077 && render_redis_conf "$out/redis.conf")
   if [ ! -f "$out/sentinel_00.conf" ]; then
     mkdir -p "$POSTBACK_DATA_DIR/sentinel_00"
@@ -414,6 +431,45 @@ stack_render_redis_host() {
         render_sentinel_conf "$out/sentinel_00.conf"
     )
   fi
+}
+
+# stack_cluster_build PEER... : makes a Redis Cluster of this node and the
+# PEERs (host or host:port, this node's port when left out), once: with
+# six nodes or more, one replica per master; fewer, masters only. Prints
+# what it did; returns 1 while a peer does not answer yet (run it again
+# once every node runs), and does nothing on a node already in a Cluster.
+stack_cluster_build() {
+  local port me tls=() peer host p nodes=() known replicas=0
+  port=$(stack_setting REDIS_PORT)
+  me="$(stack_setting POSTBACK_REDIS_LISTEN | tr -d "'")"
+  me=${me:-127.0.0.1}:$port
+  known=$(stack_redis_cli CLUSTER INFO 2>/dev/null | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')
+  [ -n "$known" ] || { echo "this node's Redis does not answer CLUSTER INFO"; return 1; }
+  if [ "$known" -gt 1 ]; then
+    echo "already in a Cluster of $known nodes"
+    return 0
+  fi
+  if [ "$(stack_setting POSTBACK_REDIS_TLS | tr -d "'")" = 1 ]; then
+    mapfile -t tls < <(redis_tls_cli_args "$POSTBACK_CONF_DIR/tls" redis)
+  fi
+  nodes=("$me")
+  for peer in "$@"; do
+    host=${peer%:*} p=${peer##*:}
+    [ "$host" != "$peer" ] || p=$port
+    known=$(REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD | tr -d "'") timeout 5 redis-cli "${tls[@]}" -h "$host" -p "$p" \
+      CLUSTER INFO 2>/dev/null | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')
+    if [ -z "$known" ]; then
+      echo "waiting for $host:$p (not answering as a Cluster node yet)"
+      return 1
+    fi
+    [ "$known" = 1 ] || die "$host:$p is already in a Cluster of $known nodes; this node is not: add it by hand (redis-cli --cluster add-node)"
+    nodes+=("$host:$p")
+  done
+  [ "${#nodes[@]}" -ge 3 ] || die "a Redis Cluster needs 3 nodes or more (--peers names ${#nodes[@]} with this one)"
+  [ "${#nodes[@]}" -lt 6 ] || replicas=1
+  REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD | tr -d "'") redis-cli "${tls[@]}" --cluster create "${nodes[@]}" \
+    --cluster-replicas "$replicas" --cluster-yes >/dev/null || die "redis-cli --cluster create failed"
+  echo "made a Redis Cluster of ${#nodes[@]} nodes, $((${#nodes[@]} / (replicas + 1))) masters, $replicas replica each"
 }
 
 # stack_ha_url : the redis-sentinel:// URL of the one-host Sentinel set-up,

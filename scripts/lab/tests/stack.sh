@@ -442,6 +442,14 @@ test_provision_dry_run_and_root() {
   done
   out=$("$repo/scripts/provision" --dry-run --role redis --no-redis-tls 2>&1) || fail "dry run --no-redis-tls failed: $out" || return 1
   ! grep -q "TLS" <<<"$out" || fail "--no-redis-tls still plans TLS: $out" || return 1
+  # A Cluster node: no sentinel; the bus open to its peers, the port to its
+  # clients; the Cluster made once all run.
+  out=$("$repo/scripts/provision" --dry-run --role redis --cluster --peers 10.0.0.2,10.0.0.3 --clients 10.0.0.11 2>&1) ||
+    fail "dry run --cluster failed: $out" || return 1
+  for expect in "allow 16379/tcp from 10.0.0.2" "allow 6379/tcp from 10.0.0.11" "would make a Redis Cluster of this node and 10.0.0.2, 10.0.0.3"; do
+    grep -qF "$expect" <<<"$out" || fail "dry run --cluster does not mention: $expect" || return 1
+  done
+  ! grep -qE "sentinel|16379/tcp from 10.0.0.11" <<<"$out" || fail "a Cluster node plans a sentinel, or opens the bus to a client: $out" || return 1
 
   local root=$tmp/root
   provisioned_conf=$root/etc/postback/supervisord.conf provisioned_run=$root/run/postback
@@ -572,6 +580,11 @@ test_provision_roles_make_a_sentinel_shape_that_fails_over() {
   failover_test "$repo/scripts/lab/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
 }
 
+test_provision_cluster_makes_a_cluster_once() {
+  stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
+  "$repo/scripts/lab/tests/cluster-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+}
+
 # Five hosts in network namespaces, TLS between them, four faults: every
 # job answered 202 delivered (scripts/lab/tests/hosts-stack.sh).
 test_hosts_over_a_real_network_lose_no_accepted_job() {
@@ -674,6 +687,7 @@ check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach post
 check "INGEST_REPLICA_ACKS=1 renders Redis' min-replicas-to-write 1 with min-replicas-max-lag 10" test_replica_acks_make_redis_require_replicas
 check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
 check "provision --role: two Redis hosts and an app host deliver, and follow a failover; each firewall admits only its own" test_provision_roles_make_a_sentinel_shape_that_fails_over
+check "provision --cluster: six TLS nodes make a Cluster once (3 masters, a replica each); an app host's jobs spread over it" test_provision_cluster_makes_a_cluster_once
 check "five hosts in network namespaces over TLS: master host killed, links cut, a split brain; no accepted job lost" test_hosts_over_a_real_network_lose_no_accepted_job
 check "scripts/run: the first curl line it prints is delivered at the first try, its job's story found; a second --detach is no error; ports move on a later start" test_scripts_run_first_postback_arrives_and_a_start_is_quiet
 check "a full disk: JSON 503s, the views answer, gauges at 0; after it every accepted job delivered once with its line, nothing restarted, logs within POSTBACK_LOG_MAX_MB" test_a_full_disk_loses_nothing_and_is_seen
