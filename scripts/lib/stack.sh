@@ -207,6 +207,8 @@ stack_render() {
     export NGINX_MAX_BODY NGINX_UPSTREAM_KEEPALIVE_MS SUPERVISOR_STOPWAITSECS NGINX_ADMIN_RULES NGINX_RLIMIT_NOFILE
     # postback.env files written before this setting existed do not have it.
     export REDIS_AOF_REWRITE_MIN_SIZE=${REDIS_AOF_REWRITE_MIN_SIZE:-$(env_default REDIS_AOF_REWRITE_MIN_SIZE)}
+    export REDIS_APPENDFSYNC=${REDIS_APPENDFSYNC:-$(env_default REDIS_APPENDFSYNC)}
+    case "$REDIS_APPENDFSYNC" in everysec | always) ;; *) die "REDIS_APPENDFSYNC=$REDIS_APPENDFSYNC in postback.env: use everysec or always" ;; esac
     # Redis also listens on a Unix socket, for ingest and deliver: Redis'
     # user and its group (scripts/provision puts the services' user in it),
     # no one else.
