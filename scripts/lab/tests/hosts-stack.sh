@@ -216,8 +216,8 @@ report() {
 
 # --- 1. the master's host SIGKILLed, under load ------------------------------
 master=$(master_host)
-load kill app-a 40 40 0
-load kill app-b 40 40 100000
+load kill app-a 40 30 0
+load kill app-b 40 30 100000
 sleep 5
 start=$(date +%s.%N)
 mapfile -t victims < <(ip netns pids "$(ns "$master")")
@@ -239,8 +239,8 @@ done
 wait_for 60 "every sentinel to know both replicas again" knows_all || show
 
 # --- 2. an app host's link cut for 10 s under load ---------------------------
-load cut app-a 40 30 200000
-load cut app-b 40 30 300000
+load cut app-a 40 20 200000
+load cut app-b 40 20 300000
 sleep 5
 link app-a down
 sleep 10
@@ -268,8 +268,8 @@ isolate() {
     ip -n "$(ns "$other")" route "$action" blackhole "$(ip_of "$master")/32"
   done
 }
-load split app-a 40 40 400000
-load split app-b 40 40 500000
+load split app-a 40 32 400000
+load split app-b 40 32 500000
 sleep 5
 in_host app-a stack_ctl stop 'deliver:*' >/dev/null
 isolate add
