@@ -134,6 +134,21 @@ for host in app-a app-b; do
   POSTBACK_ALLOW_DESTINATIONS=$sink INGEST_AUTH=off DELIVER_PROCS=1 INGEST_PROCS=1 INGEST_REPLICA_TIMEOUT_MS=1000 \
     provision "$host" --role app --http-port 80 --redis-url "redis-sentinel://$sentinels#postback" "${ca[@]}"
 done
+# What each role runs and opens, and what it keeps of the CA.
+grep -q "skipped firewall.*6379 26379 from $(peers_of redis-a | tr , ' ')" "$tmp/redis-a.provision.log" ||
+  { echo "redis-a's firewall plan does not admit its peers to Redis' and Sentinel's ports"; cat "$tmp/redis-a.provision.log"; exit 1; }
+for host in redis-a redis-b redis-c; do
+  if [ -e "$tmp/$host/etc/postback/supervisor.d/ingest.conf" ] || [ -e "$tmp/$host/etc/postback/nginx.conf" ]; then
+    echo "$host runs more than Redis and a sentinel"
+    exit 1
+  fi
+done
+for host in redis-b redis-c app-a app-b; do
+  [ ! -e "$tmp/$host/etc/postback/tls/ca.key" ] || { echo "$host kept a copy of the CA's key"; exit 1; }
+done
+[ ! -e "$tmp/app-a/etc/postback/supervisor.d/redis.conf" ] || { echo "an app host runs a Redis"; exit 1; }
+grep -q "^REDIS_URL='rediss-sentinel://" "$tmp/app-a/etc/postback/postback.env" ||
+  { echo "the app host's REDIS_URL is not the TLS form"; exit 1; }
 for host in "${hosts[@]}"; do in_host "$host" stack_start >/dev/null || show; done
 
 ip netns exec "$(ns client)" "$bin/postback-sink" --listen "$sink" --record "$tmp/sink.log" >"$tmp/sink.out" 2>&1 &
@@ -165,6 +180,13 @@ knows_all() {
   done
 }
 wait_for 60 "every sentinel to know the others and both replicas" knows_all || show
+# TLS only: a plain client gets no answer from Redis or a sentinel.
+for port in 6379 26379; do
+  [ "$(ip netns exec "$(ns client)" timeout 5 redis-cli -h "$(ip_of redis-a)" -p "$port" ping 2>/dev/null)" != PONG ] ||
+    { echo "redis-a's port $port answers without TLS"; exit 1; }
+done
+out=$(POSTBACK_BIN_SOURCE=$bin "$repo/scripts/provision" --root "$tmp/redis-b" --swap 0 2>&1)
+grep -q "nothing to change" <<<"$out" || { echo "a second run on a running Redis host changed something: $out"; exit 1; }
 say "    5 hosts up over TLS: master $(master_host), replicas in sync, 3 sentinels"
 
 # --- measuring ---------------------------------------------------------------

@@ -38,9 +38,10 @@ check() {
   local name=$1
   shift
   [[ "$name" == *"${STACK_ONLY:-}"* ]] || return 0
+  local started=$SECONDS
   if "$@"; then
     passed=$((passed + 1))
-    echo "ok - $name"
+    echo "ok - $name ($((SECONDS - started)) s)"
   else
     failed=$((failed + 1))
     failures+=("$name")
@@ -577,19 +578,14 @@ test_provision_roles_make_a_sentinel_shape_that_fails_over() {
   grep -qF "would firewall: allow 80/tcp" <<<"$out" || fail "an app host must open HTTP: $out" || return 1
   ! grep -qE "6379|redis-server" <<<"$out" || fail "an app host opens or installs Redis: $out" || return 1
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
-  failover_test "$repo/scripts/lab/tests/roles-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
+  # Five hosts in network namespaces, TLS between them, four faults: every
+  # job answered 202 delivered (scripts/lab/tests/hosts-stack.sh).
+  failover_test "$repo/scripts/lab/tests/hosts-stack.sh" "$bin"
 }
 
 test_provision_cluster_makes_a_cluster_once() {
   stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
   "$repo/scripts/lab/tests/cluster-stack.sh" "$bin" "$sink_port" "$tmp/sink.log"
-}
-
-# Five hosts in network namespaces, TLS between them, four faults: every
-# job answered 202 delivered (scripts/lab/tests/hosts-stack.sh).
-test_hosts_over_a_real_network_lose_no_accepted_job() {
-  stack_stop >/dev/null 2>&1 # the main stack's work is done: its CPU back
-  "$repo/scripts/lab/tests/hosts-stack.sh" "$bin"
 }
 
 test_scripts_run_first_postback_arrives_and_a_start_is_quiet() {
@@ -686,9 +682,8 @@ check "bench --runs: each target is checked on the median of its per-run values"
 check "INGEST_*, DELIVER_* and POSTBACK_* settings in the environment reach postback.env" test_settings_from_the_environment_are_taken_into_postback_env
 check "INGEST_REPLICA_ACKS=1 renders Redis' min-replicas-to-write 1 with min-replicas-max-lag 10" test_replica_acks_make_redis_require_replicas
 check "scripts/run --ha's Sentinel set follows a failover of its master" test_sentinel_stack_follows_a_failover
-check "provision --role: two Redis hosts and an app host deliver, and follow a failover; each firewall admits only its own" test_provision_roles_make_a_sentinel_shape_that_fails_over
 check "provision --cluster: six TLS nodes make a Cluster once (3 masters, a replica each); an app host's jobs spread over it" test_provision_cluster_makes_a_cluster_once
-check "five hosts in network namespaces over TLS: master host killed, links cut, a split brain; no accepted job lost" test_hosts_over_a_real_network_lose_no_accepted_job
+check "provision --role: five hosts in network namespaces over TLS; master host killed, links cut, a split brain; no accepted job lost" test_provision_roles_make_a_sentinel_shape_that_fails_over
 check "scripts/run: the first curl line it prints is delivered at the first try, its job's story found; a second --detach is no error; ports move on a later start" test_scripts_run_first_postback_arrives_and_a_start_is_quiet
 check "a full disk: JSON 503s, the views answer, gauges at 0; after it every accepted job delivered once with its line, nothing restarted, logs within POSTBACK_LOG_MAX_MB" test_a_full_disk_loses_nothing_and_is_seen
 check "monitoring/alerts.yml passes promtool's check and its unit tests" test_alert_rules_pass_promtool
