@@ -21,6 +21,10 @@ BENCH_TARGETS=(
   "deliver_peak_rss_mb|deliver peak RSS in the drain, MB|<|48"
   "redis_bytes_per_job|Redis memory per queued job, bytes|<|400"
   "dead_ratio|healthy jobs next to a dead endpoint / alone|>=|0.5"
+  # #29's: the nginx hop near its floor, one producer's loop, idle latency.
+  "nginx_proxy_ratio|nginx CPU per proxied request / per return 202|<|1.3"
+  "loop_ratio|one producer loop, req/s / return 202 loop|>=|0.5"
+  "idle_e2e_p50_ms|one postback when idle, p50 ms|<|1"
 )
 
 # name|label of the figures reported beside the targets, with none of their
@@ -69,6 +73,8 @@ run_figure() {
     ingest10_ratio) run_pair "$f" ingest10_rps nginx_ceiling_rps "$ratio" ;;
     drain_ratio) run_pair "$f" drain_per_s sink_ceiling_rps "$ratio" ;;
     dead_ratio) run_pair "$f" healthy_next_to_dead_per_s healthy_alone_per_s "$ratio" ;;
+    nginx_proxy_ratio) run_pair "$f" nginx1_cpu_us_per_request nginx_ceiling_cpu_us_per_request "$ratio" ;;
+    loop_ratio) run_pair "$f" loop_rps loop_ceiling_rps "$ratio" ;;
     ingest_peak_rss_mb) run_pair "$f" ingest1_peak_rss_mb ingest10_peak_rss_mb 'print (a > b ? a : b)' ;;
     errors) echo $(($(json_field "$f" ingest1_errors) + $(json_field "$f" ingest10_errors))) ;;
     *) json_field "$f" "$2" ;;
