@@ -362,28 +362,17 @@ pub fn redis_url(src: &(impl Source + ?Sized)) -> Result<String, ConfigError> {
 /// URL without TLS are an error: whoever set them believes the traffic is
 /// encrypted.
 pub fn redis_tls(src: &(impl Source + ?Sized), url: &str) -> Result<crate::queue::RedisTls, ConfigError> {
-    let path = |setting: &Setting| {
+    let settings = [&REDIS_TLS_CA_FILE, &REDIS_TLS_CERT_FILE, &REDIS_TLS_KEY_FILE];
+    let [ca, cert, key] = settings.map(|setting| {
         Some(string(src, setting))
-            .filter(|p| !p.is_empty())
+            .filter(|path| !path.is_empty())
             .map(std::path::PathBuf::from)
-    };
-    let (ca, cert, key) = (
-        path(&REDIS_TLS_CA_FILE),
-        path(&REDIS_TLS_CERT_FILE),
-        path(&REDIS_TLS_KEY_FILE),
-    );
-    let first_set = [
-        (&ca, &REDIS_TLS_CA_FILE),
-        (&cert, &REDIS_TLS_CERT_FILE),
-        (&key, &REDIS_TLS_KEY_FILE),
-    ]
-    .into_iter()
-    .find(|(value, _)| value.is_some());
-    let Some((_, setting)) = first_set else {
+    });
+    // The first one set names the problem.
+    let Some(setting) = settings.into_iter().find(|setting| !string(src, setting).is_empty()) else {
         return Ok(crate::queue::RedisTls::default());
     };
-    let tls_url = crate::queue::Target::parse(url).is_ok_and(|target| target.uses_tls());
-    if !tls_url {
+    if !crate::queue::Target::parse(url).is_ok_and(|target| target.uses_tls()) {
         return Err(ConfigError::new(
             setting.var,
             &string(src, setting),

@@ -252,13 +252,14 @@ impl Config {
         let overlap = config::string(src, &SECRET_OVERLAP);
         let secret_overlap =
             config::parse_duration(&overlap).map_err(|p| ConfigError::new(SECRET_OVERLAP.var, &overlap, p))?;
+        let redis_url = config::redis_url(src)?;
         Ok(Config {
             signing_secret,
             secret_overlap,
             admin_bind,
             cpu_policy,
-            redis_url: config::redis_url(src)?,
-            redis_tls: config::redis_tls(src, &config::redis_url(src)?)?,
+            redis_tls: config::redis_tls(src, &redis_url)?,
+            redis_url,
             queue: config::queue_name(src)?,
             shards: config::shards(src)?,
             destinations: config::destinations(src)?,

@@ -215,9 +215,10 @@ impl Config {
         let bind = config::string(src, &BIND);
         bind.parse::<std::net::SocketAddr>()
             .map_err(|_| ConfigError::new(BIND.var, &bind, "expected ip:port, e.g. 127.0.0.1:3000"))?;
+        let redis_url = config::redis_url(src)?;
         Ok(Config {
-            redis_url: config::redis_url(src)?,
-            redis_tls: config::redis_tls(src, &config::redis_url(src)?)?,
+            redis_tls: config::redis_tls(src, &redis_url)?,
+            redis_url,
             queue: config::queue_name(src)?,
             shards: config::shards(src)?,
             replica_acks: config::parsed(src, &REPLICA_ACKS, "a whole number")?,

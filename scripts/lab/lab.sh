@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Helpers of the test and bench tools only, sourced after
-# scripts/lib/common.sh: free loopback ports, and the tests' Python
-# checkers.
+# scripts/lib/common.sh: free loopback ports, the tests' Python checkers,
+# and hosts provisioned side by side into folders of their own.
 
 # ensure_test_python : a Python for the tests' independent checkers (the
 # standardwebhooks package, to verify signatures with code that is not
@@ -43,4 +43,27 @@ free_port() {
     return 0
   done
   die "no free port found"
+}
+
+# Hosts provisioned with `scripts/provision --root DIR/HOST` side by side
+# (the Cluster and namespace tests):
+# on_host DIR HOST CMD... : CMD with HOST's layout, as stack.sh's
+# functions read it.
+on_host() {
+  local root=$1/$2
+  shift 2
+  POSTBACK_CONF_DIR=$root/etc/postback POSTBACK_LOG_DIR=$root/var/log/postback POSTBACK_DATA_DIR=$root/var/lib/postback \
+    POSTBACK_RUN_DIR=$root/run/postback POSTBACK_BIN_DIR=$root/usr/local/bin POSTBACK_LIB_DIR=$root/usr/local/lib/postback "$@"
+}
+# show_hosts DIR HOST... : each host's programs and last log lines (what
+# explains a failure), then exit 1.
+show_hosts() {
+  local dir=$1 host
+  shift
+  for host in "$@"; do
+    echo "--- $host"
+    on_host "$dir" "$host" stack_ctl status
+    tail -n 5 "$dir/$host"/var/log/postback/*.log 2>/dev/null | cut -c1-300
+  done
+  exit 1
 }

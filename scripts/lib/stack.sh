@@ -354,12 +354,18 @@ redis_listen_conf() {
 
 # stack_redis_cli ARGS... : redis-cli to this host's Redis (its port, the
 # password from postback.env), over TLS when the host speaks only TLS.
-stack_redis_cli() {
-  local tls=()
+stack_redis_cli() { stack_redis_cli_at 127.0.0.1 "$(stack_setting REDIS_PORT)" "$@"; }
+
+# stack_redis_cli_at HOST PORT ARGS... : the same to another node of the
+# shape (the same password, the same CA). Bounded: a node behind a
+# firewall that drops would otherwise hold it for TCP's two minutes.
+stack_redis_cli_at() {
+  local host=$1 port=$2 tls=()
+  shift 2
   if [ "$(stack_setting POSTBACK_REDIS_TLS | tr -d "'")" = 1 ]; then
     mapfile -t tls < <(redis_tls_cli_args "$POSTBACK_CONF_DIR/tls" redis)
   fi
-  REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD | tr -d "'") redis-cli "${tls[@]}" -h 127.0.0.1 -p "$(stack_setting REDIS_PORT)" "$@"
+  REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD | tr -d "'") timeout 30 redis-cli "${tls[@]}" -h "$host" -p "$port" "$@"
 }
 
 # stack_render_ha OUT : the one-host Sentinel set-up's Redis configs: the
@@ -441,25 +447,23 @@ stack_render_redis_host() {
 # what it did; returns 1 while a peer does not answer yet (run it again
 # once every node runs), and does nothing on a node already in a Cluster.
 stack_cluster_build() {
-  local port me tls=() peer host p nodes=() known replicas=0
+  local port me peer host p nodes=() known replicas=0
+  # known_nodes CLI... : the nodes the node CLI reaches knows (1: no Cluster yet).
+  known_nodes() { "$@" CLUSTER INFO 2>/dev/null | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p'; }
   port=$(stack_setting REDIS_PORT)
   me="$(stack_setting POSTBACK_REDIS_LISTEN | tr -d "'")"
   me=${me:-127.0.0.1}:$port
-  known=$(stack_redis_cli CLUSTER INFO 2>/dev/null | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')
+  known=$(known_nodes stack_redis_cli)
   [ -n "$known" ] || { echo "this node's Redis does not answer CLUSTER INFO"; return 1; }
   if [ "$known" -gt 1 ]; then
     echo "already in a Cluster of $known nodes"
     return 0
   fi
-  if [ "$(stack_setting POSTBACK_REDIS_TLS | tr -d "'")" = 1 ]; then
-    mapfile -t tls < <(redis_tls_cli_args "$POSTBACK_CONF_DIR/tls" redis)
-  fi
   nodes=("$me")
   for peer in "$@"; do
     host=${peer%:*} p=${peer##*:}
     [ "$host" != "$peer" ] || p=$port
-    known=$(REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD | tr -d "'") timeout 5 redis-cli "${tls[@]}" -h "$host" -p "$p" \
-      CLUSTER INFO 2>/dev/null | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')
+    known=$(known_nodes stack_redis_cli_at "$host" "$p")
     if [ -z "$known" ]; then
       echo "waiting for $host:$p (not answering as a Cluster node yet)"
       return 1
@@ -469,8 +473,8 @@ stack_cluster_build() {
   done
   [ "${#nodes[@]}" -ge 3 ] || die "a Redis Cluster needs 3 nodes or more (--peers names ${#nodes[@]} with this one)"
   [ "${#nodes[@]}" -lt 6 ] || replicas=1
-  REDISCLI_AUTH=$(stack_setting REDIS_PASSWORD | tr -d "'") redis-cli "${tls[@]}" --cluster create "${nodes[@]}" \
-    --cluster-replicas "$replicas" --cluster-yes >/dev/null || die "redis-cli --cluster create failed"
+  stack_redis_cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >/dev/null ||
+    die "redis-cli --cluster create failed"
   echo "made a Redis Cluster of ${#nodes[@]} nodes, $((${#nodes[@]} / (replicas + 1))) masters, $replicas replica each"
 }
 

@@ -18,12 +18,6 @@ pub struct RedisServer {
     tls: Option<Arc<RedisCerts>>,
 }
 
-impl std::fmt::Debug for RedisCerts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RedisCerts")
-    }
-}
-
 impl RedisServer {
     /// Starts Redis without persistence.
     pub fn start() -> Self {

@@ -60,6 +60,7 @@ impl Default for TestCa {
 /// CA, one certificate for `127.0.0.1` and `localhost` that every test
 /// Redis node presents (also to each other, as replicas and cluster peers
 /// do), and a client certificate, all signed by the CA.
+#[derive(Debug)]
 pub struct RedisCerts {
     dir: crate::TempDir,
 }

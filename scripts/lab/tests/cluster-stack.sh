@@ -23,28 +23,15 @@ tmp=$(mktemp -d /tmp/postback-cluster-test.XXXXXX)
 chmod 711 "$tmp"
 nodes=(node-1 node-2 node-3 node-4 node-5 node-6)
 hosts=("${nodes[@]}" app)
-# on HOST CMD... : CMD with HOST's layout (as stack.sh's functions read it).
-on() {
-  local root=$tmp/$1
-  shift
-  POSTBACK_CONF_DIR=$root/etc/postback POSTBACK_LOG_DIR=$root/var/log/postback POSTBACK_DATA_DIR=$root/var/lib/postback \
-    POSTBACK_RUN_DIR=$root/run/postback POSTBACK_BIN_DIR=$root/usr/local/bin POSTBACK_LIB_DIR=$root/usr/local/lib/postback "$@"
-}
+# on HOST CMD... : CMD with HOST's layout.
+on() { on_host "$tmp" "$@"; }
 cleanup() {
   local host
   for host in "${hosts[@]}"; do on "$host" stack_stop >/dev/null 2>&1; done
   [ -n "${KEEP_CLUSTER_TMP:-}" ] || rm -rf "$tmp"
 }
 trap cleanup EXIT
-show() {
-  local host
-  for host in "${hosts[@]}"; do
-    echo "--- $host"
-    on "$host" stack_ctl status
-    tail -n 5 "$tmp/$host"/var/log/postback/*.log 2>/dev/null | cut -c1-300
-  done
-  exit 1
-}
+show() { show_hosts "$tmp" "${hosts[@]}"; }
 
 (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/redis-password")
 declare -A port

@@ -51,13 +51,8 @@ sink=$net.100:8080
 ns() { echo "$tag-$1"; }
 ip_of() { echo "$net.${address[$1]}"; }
 
-# on HOST CMD... : CMD with HOST's layout (as stack.sh's functions read it).
-on() {
-  local root=$tmp/$1
-  shift
-  POSTBACK_CONF_DIR=$root/etc/postback POSTBACK_LOG_DIR=$root/var/log/postback POSTBACK_DATA_DIR=$root/var/lib/postback \
-    POSTBACK_RUN_DIR=$root/run/postback POSTBACK_BIN_DIR=$root/usr/local/bin POSTBACK_LIB_DIR=$root/usr/local/lib/postback "$@"
-}
+# on HOST CMD... : CMD with HOST's layout.
+on() { on_host "$tmp" "$@"; }
 # in_host HOST FUNCTION ARGS... : a stack.sh function inside HOST's namespace.
 in_host() {
   local host=$1
@@ -80,15 +75,7 @@ cleanup() {
   rm -f "$POSTBACK_PORTS_TAKEN"
 }
 trap cleanup EXIT
-show() {
-  local host
-  for host in "${hosts[@]}"; do
-    echo "--- $host"
-    on "$host" stack_ctl status
-    tail -n 5 "$tmp/$host"/var/log/postback/*.log 2>/dev/null | cut -c1-300
-  done
-  exit 1
-}
+show() { show_hosts "$tmp" "${hosts[@]}"; }
 
 # --- the network -------------------------------------------------------------
 # A bridge in a namespace of its own (nothing of the machine's own network
