@@ -1,16 +1,28 @@
-//! The outbound HTTP client: one pooled, keep-alive hyper client for http
-//! and https (rustls with the webpki roots, plus an optional CA file for
-//! private endpoints), and the classification of every failure into a short
-//! kind (`timeout`, `dns`, `connect`, `tls`, ...) for logs and retries.
+//! The outbound HTTP client: HTTP/1.1 (and HTTP/2 where a TLS endpoint
+//! chooses it) over rustls with the webpki roots, plus an optional CA file
+//! for private endpoints, on connections kept between requests by each
+//! host's gate (`crate::pool`); and the classification of every failure
+//! into a short kind (`timeout`, `dns`, `connect`, `tls`, ...) for logs and
+//! retries.
+//!
+//! hyper's own connections (`hyper::client::conn`) rather than
+//! hyper-util's pooled client: the gate a delivery holds already names its
+//! destination, so the pool's second lookup (a SipHash of the host, byte by
+//! byte, three times a request) and the task it spawns per request to
+//! take a connection back were a sixth of a delivery's instructions.
+//! What that client did that matters here is done the same way: the
+//! `Host` header (without a default port), the origin-form request target
+//! on HTTP/1.1, and a request that a kept connection closed before
+//! sending is sent again on a new one.
 
 use crate::guard::{ConnectFailure, GuardedConnector};
+use crate::pool::{Body, Idle, Sender, IDLE_CONNECTION};
 use bytes::Bytes;
 use common::destination::DestinationPolicy;
 use common::job::Method;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::TokioExecutor;
-use std::error::Error as _;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,21 +31,16 @@ use std::time::{Duration, Instant};
 /// Past this many bytes the rest of a response body is not read; the
 /// connection is dropped instead of drained.
 const DRAIN_LIMIT: usize = 256 * 1024;
-/// How long an idle connection to an endpoint is kept for the next request
-/// (and the TCP keep-alive probe interval on it): long enough to span the
-/// gaps of a steady stream of postbacks, short enough not to hold many
-/// sockets to endpoints that were sent one.
-const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 /// Room first given to a kept response body; it grows up to
 /// `DELIVER_LOG_BODY_MAX`.
 const BODY_FIRST_ROOM: usize = 4096;
 
 type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
 
-/// A pooled HTTP client that makes postback requests.
+/// The HTTP client that makes postback requests.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<Connector, Full<Bytes>>,
+    connector: Connector,
     timeout: Duration,
     body_max: usize,
 }
@@ -120,13 +127,11 @@ pub enum ClientError {
 }
 
 impl HttpClient {
-    /// Builds the client. `pool_per_host` bounds idle connections kept per
-    /// host; `extra_ca` adds trusted CAs to the webpki roots; connections
-    /// go only where `destinations` allows.
+    /// Builds the client. `extra_ca` adds trusted CAs to the webpki roots;
+    /// connections go only where `destinations` allows.
     pub fn new(
         timeout: Duration,
         body_max: usize,
-        pool_per_host: usize,
         extra_ca: Option<&Path>,
         destinations: DestinationPolicy,
     ) -> Result<HttpClient, ClientError> {
@@ -147,41 +152,35 @@ impl HttpClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(tcp);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE_CONNECTION)
-            .pool_max_idle_per_host(pool_per_host)
-            .build(connector);
         Ok(HttpClient {
-            client,
+            connector,
             timeout,
             body_max,
         })
     }
 
-    /// Sends one request and reads the answer, all within the timeout.
-    /// Redirects are not followed: a 3xx is an answer like any other.
-    pub async fn send(&self, method: Method, url: &str, body: Option<Bytes>) -> Attempt {
-        let headers = request_headers(0, body.is_some());
-        self.send_to(method, parse_url(url), body, headers).await
-    }
-
-    /// [`send`](Self::send) to a URL already parsed (`Err`: it did not
-    /// parse), with `headers` as they are (see [`request_headers`]).
+    /// Sends one request to `uri` (`Err`: it did not parse) with `headers`
+    /// as they are (see [`request_headers`]) on one of `idle`'s
+    /// connections or a new one, and reads the answer, all within the
+    /// timeout. The connection goes back to `idle` when the answer was
+    /// read whole. Redirects are not followed: a 3xx is an answer like any
+    /// other.
     ///
     /// Not an `async fn`: its future is part of every delivery task, which
     /// tokio copies when it spawns and completes one, and an `async fn`'s
     /// future keeps room for its arguments beside its own state. Here they
     /// go straight into the boxed exchange; the future holds a pointer.
-    pub fn send_to(
-        &self,
+    pub fn send_to<'a>(
+        &'a self,
         method: Method,
         uri: Result<http::Uri, Failure>,
         body: Option<Bytes>,
         headers: http::HeaderMap,
-    ) -> impl Future<Output = Attempt> + '_ {
+        idle: &'a Arc<Idle>,
+    ) -> impl Future<Output = Attempt> + 'a {
         // Boxed: hyper's request future was a quarter of a delivery's
         // 2.6 KB of state.
-        let exchange = Box::pin(self.exchange(method, uri, body, headers));
+        let exchange = Box::pin(self.exchange(method, uri, body, headers, idle));
         async move {
             let started = Instant::now();
             let result = match tokio::time::timeout(self.timeout, exchange).await {
@@ -204,15 +203,43 @@ impl HttpClient {
         uri: Result<http::Uri, Failure>,
         body: Option<Bytes>,
         headers: http::HeaderMap,
+        idle: &Arc<Idle>,
     ) -> Result<Answer, Failure> {
+        let uri = uri?;
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         // Built in place rather than through http's request builder, whose
         // conversions copy every value and grow the header map one by one.
         let mut request = http::Request::new(Full::new(body.unwrap_or_default()));
         *request.method_mut() = method.as_http();
-        *request.uri_mut() = uri?;
         *request.headers_mut() = headers;
-
-        let response = self.client.request(request).await.map_err(classify)?;
+        let response = loop {
+            let (mut sender, reused) = match idle.take(https) {
+                Some(sender) => (sender, true),
+                None => (self.connect(&uri).await?, false),
+            };
+            let sent = match &mut sender {
+                Sender::Http1(http1) => {
+                    http1_form(&mut request, &uri)?;
+                    http1.try_send_request(request).await
+                }
+                Sender::Http2(http2) => {
+                    *request.uri_mut() = uri.clone();
+                    request.headers_mut().remove(http::header::HOST);
+                    http2.try_send_request(request).await
+                }
+            };
+            match sent {
+                Ok(response) => break (response, sender),
+                Err(mut error) => match error.take_message() {
+                    // Closed by the server before it was sent: once more,
+                    // on a new connection (a fresh one that fails has
+                    // nothing to blame but the endpoint).
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(classify(Stage::Exchange, &error.into_error())),
+                },
+            }
+        };
+        let (response, sender) = response;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -221,6 +248,7 @@ impl HttpClient {
         let mut body = response.into_body();
         let mut kept = Vec::with_capacity(self.body_max.min(BODY_FIRST_ROOM));
         let mut seen = 0usize;
+        let mut whole = true;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Failure {
                 kind: FailureKind::Io,
@@ -231,9 +259,14 @@ impl HttpClient {
                 let room = self.body_max.saturating_sub(kept.len());
                 kept.extend_from_slice(&data[..data.len().min(room)]);
                 if seen > DRAIN_LIMIT {
+                    whole = false;
                     break;
                 }
             }
+        }
+        // A connection whose answer was not read to its end is closed.
+        if whole {
+            give_back(idle, sender, https);
         }
         Ok(Answer {
             status,
@@ -241,18 +274,101 @@ impl HttpClient {
             retry_after,
         })
     }
+
+    /// A new connection to `uri`'s destination: TCP where the guard allows,
+    /// TLS for `https`, HTTP/2 if the endpoint chose it in the handshake.
+    /// Its connection task runs on its own until the connection closes.
+    async fn connect(&self, uri: &http::Uri) -> Result<Sender, Failure> {
+        use tower_service::Service as _;
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| classify(Stage::Connect, e.as_ref()))?;
+        let io = connector
+            .call(uri.clone())
+            .await
+            .map_err(|e| classify(Stage::Connect, e.as_ref()))?;
+        let handshake = |e: hyper::Error| classify(Stage::Connect, &e);
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(handshake)?;
+            tokio::spawn(connection);
+            Ok(Sender::Http2(sender))
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(handshake)?;
+            tokio::spawn(connection);
+            Ok(Sender::Http1(sender))
+        }
+    }
+}
+
+/// Makes `request` an HTTP/1.1 request for `uri`: the origin-form target
+/// (path and query) and, unless the producer set one, a `Host` header
+/// with the port only where it is not the scheme's own (as hyper-util's
+/// client, and curl, write it).
+fn http1_form(request: &mut http::Request<Body>, uri: &http::Uri) -> Result<(), Failure> {
+    *request.uri_mut() = match uri.path_and_query() {
+        Some(path) if path.as_str() != "/" => http::Uri::from(path.clone()),
+        _ => http::Uri::default(),
+    };
+    if request.headers().contains_key(http::header::HOST) {
+        return Ok(());
+    }
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().filter(|&port| {
+        let default = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
+        port != default
+    });
+    let value = match port {
+        None => http::HeaderValue::from_str(host),
+        Some(port) => http::HeaderValue::from_maybe_shared(Bytes::from(format!("{host}:{port}"))),
+    }
+    .map_err(|e| Failure {
+        kind: FailureKind::InvalidUrl,
+        message: format!("the host {host:?} is not a valid Host header: {e}"),
+    })?;
+    request.headers_mut().insert(http::header::HOST, value);
+    Ok(())
+}
+
+/// Puts `sender` back among `idle`'s connections once it can take the next
+/// request: at once if it can, which is the usual case after a whole
+/// answer; otherwise (its connection is still finishing the last one)
+/// from a task that waits for that.
+fn give_back(idle: &Arc<Idle>, sender: Sender, https: bool) {
+    match sender {
+        Sender::Http1(mut http1) if !http1.is_ready() => {
+            if http1.is_closed() {
+                return;
+            }
+            let idle = idle.clone();
+            tokio::spawn(async move {
+                let ready = tokio::time::timeout(IDLE_CONNECTION, http1.ready()).await;
+                if matches!(ready, Ok(Ok(()))) {
+                    idle.put(Sender::Http1(http1), https);
+                }
+            });
+        }
+        sender => idle.put(sender, https),
+    }
 }
 
 /// A request's header map with room for `more` headers beside deliver's
 /// own `User-Agent` (and `Content-Type: application/json` for a request
-/// with a body), which are in it already. The caller inserts its headers
+/// with a body), which are in it already, and the `Host` the client adds. The caller inserts its headers
 /// by value (no copy of a value, no growth of the map); a producer's
 /// `User-Agent` or `Content-Type` replaces ours.
 pub fn request_headers(more: usize, has_body: bool) -> http::HeaderMap {
     const USER_AGENT: http::HeaderValue =
         http::HeaderValue::from_static(concat!("postback-deliver/", env!("CARGO_PKG_VERSION")));
     const JSON: http::HeaderValue = http::HeaderValue::from_static("application/json");
-    let mut map = http::HeaderMap::with_capacity(more + 2);
+    let mut map = http::HeaderMap::with_capacity(more + 3);
     map.insert(http::header::USER_AGENT, USER_AGENT);
     if has_body {
         map.insert(http::header::CONTENT_TYPE, JSON);
@@ -278,15 +394,23 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Cli
     Ok(())
 }
 
-/// Sorts a client error into a kind by walking its chain of causes.
-fn classify(error: hyper_util::client::legacy::Error) -> Failure {
-    let mut kind = if error.is_connect() {
-        FailureKind::Connect
-    } else {
-        FailureKind::Io
+/// Where a request failed: making its connection (TCP, TLS, the HTTP
+/// handshake) or in the exchange on it.
+#[derive(Clone, Copy)]
+enum Stage {
+    Connect,
+    Exchange,
+}
+
+/// Sorts an error into a kind by walking its chain of causes; the message
+/// is the chain's, joined by `: `.
+fn classify(stage: Stage, error: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut kind = match stage {
+        Stage::Connect => FailureKind::Connect,
+        Stage::Exchange => FailureKind::Io,
     };
-    let mut message = error.to_string();
-    let mut source = error.source();
+    let mut message = String::new();
+    let mut source = Some(error);
     while let Some(cause) = source {
         let text = cause.to_string();
         if let Some(failure) = cause.downcast_ref::<ConnectFailure>() {
@@ -302,12 +426,17 @@ fn classify(error: hyper_util::client::legacy::Error) -> Failure {
         } else if text.contains("dns error") || text.contains("failed to lookup address") {
             kind = FailureKind::Dns;
         } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut && error.is_connect() {
+            if io.kind() == std::io::ErrorKind::TimedOut && matches!(stage, Stage::Connect) {
                 kind = FailureKind::Timeout;
             }
         }
-        message.push_str(": ");
-        message.push_str(&text);
+        // A cause whose text its wrapper repeats adds nothing.
+        if !message.ends_with(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
         source = cause.source();
     }
     Failure { kind, message }

@@ -9,11 +9,17 @@
 //! whose gate is full is not kept waiting in a slot: the fetcher parks it in
 //! Redis (crash-safe, no memory held; see `common::queue`) while other
 //! hosts' jobs go ahead, and brings it back once the gate has room.
+//!
+//! A gate also keeps its host's idle connections (`crate::pool`). A gate
+//! with no job and no open connection is forgotten: when a new host comes
+//! along, and when the gates are swept every [`PRUNE_EVERY`] by a task of
+//! their own.
 
+use crate::pool::Idle;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -38,11 +44,14 @@ pub struct Gate {
     window_start: AtomicU64,
     done_now: AtomicU64,
     done_before: AtomicU64,
+    /// The host's connections between requests.
+    idle: Arc<Idle>,
 }
 
 impl Gate {
     fn new(limit: usize) -> Self {
         Gate {
+            idle: Arc::new(Idle::new(limit)),
             running: Semaphore::new(limit),
             queued: AtomicUsize::new(0),
             limit,
@@ -113,6 +122,11 @@ pub struct Place {
 }
 
 impl Place {
+    /// The host's idle connections.
+    pub fn idle(&self) -> &Arc<Idle> {
+        &self.gate.idle
+    }
+
     /// Waits for one of the host's request slots.
     pub async fn enter(&self) -> HostSlot<'_> {
         let permit = self.gate.running.acquire().await.expect("host gates are never closed");
@@ -141,14 +155,14 @@ impl Drop for HostSlot<'_> {
     }
 }
 
-/// How often, at most, the gates of idle hosts are forgotten, when a new
-/// host comes along (the only time the map grows).
+/// How often, at most, the gates of idle hosts are forgotten and their
+/// expired connections closed.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// The gates of every host seen recently.
 pub struct Hosts {
     limit: usize,
-    gates: Mutex<Gates>,
+    gates: Arc<Mutex<Gates>>,
 }
 
 struct Gates {
@@ -156,15 +170,34 @@ struct Gates {
     pruned_at: Instant,
 }
 
+impl Gates {
+    /// Closes expired idle connections and forgets the gates with no job
+    /// (no place held) and no connection.
+    fn prune(&mut self) {
+        self.by_host.retain(|_, gate| {
+            gate.idle.sweep();
+            Arc::strong_count(gate) > 1 || !gate.idle.is_empty()
+        });
+        self.pruned_at = Instant::now();
+    }
+}
+
 impl Hosts {
-    /// Gates allowing `limit` requests at once per host.
+    /// Gates allowing `limit` requests at once per host. Inside a tokio
+    /// runtime, a task sweeps them every [`PRUNE_EVERY`] until the
+    /// `Hosts` is dropped (without one, they are swept when a new host
+    /// comes along, and idle connections closed when next looked at).
     pub fn new(limit: usize) -> Self {
+        let gates = Arc::new(Mutex::new(Gates {
+            by_host: HashMap::new(),
+            pruned_at: Instant::now(),
+        }));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&gates)));
+        }
         Hosts {
             limit: limit.max(1),
-            gates: Mutex::new(Gates {
-                by_host: HashMap::new(),
-                pruned_at: Instant::now(),
-            }),
+            gates,
         }
     }
 
@@ -192,8 +225,7 @@ impl Hosts {
             return gate;
         }
         if gates.pruned_at.elapsed() >= PRUNE_EVERY {
-            gates.by_host.retain(|_, gate| Arc::strong_count(gate) > 1);
-            gates.pruned_at = Instant::now();
+            gates.prune();
         }
         let gate = Arc::new(Gate::new(limit));
         gates.by_host.insert(host.to_string(), gate.clone());
@@ -208,6 +240,18 @@ impl Hosts {
             Some(gate) => gate.room(),
             None => fixed_room(self.limit),
         }
+    }
+}
+
+/// Prunes `gates` every [`PRUNE_EVERY`] while they exist.
+async fn sweep(gates: Weak<Mutex<Gates>>) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(gates) = gates.upgrade() else { return };
+        gates.lock().unwrap_or_else(|e| e.into_inner()).prune();
     }
 }
 
@@ -351,6 +395,26 @@ mod tests {
         known.sort();
         assert_eq!(known, ["busy:80", "new:80"], "idle:80 is forgotten, busy:80 is kept");
         drop(busy);
+    }
+
+    #[tokio::test]
+    async fn a_host_with_a_kept_connection_keeps_its_gate_until_the_connection_expires() {
+        let hosts = Hosts::new(1);
+        let place = hosts.admit("kept:80", None).expect("room");
+        let (sender, _server) = crate::pool::tests::connection().await;
+        place.idle().put(sender, false);
+        drop(place);
+        let mut gates = hosts.gates.lock().unwrap();
+        gates.prune();
+        assert!(gates.by_host.contains_key("kept:80"), "its connection is still of use");
+        gates.by_host["kept:80"]
+            .idle
+            .kept_since_shift(crate::pool::IDLE_CONNECTION);
+        gates.prune();
+        assert!(
+            gates.by_host.is_empty(),
+            "an expired connection is closed, and its gate forgotten"
+        );
     }
 
     #[test]

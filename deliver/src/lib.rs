@@ -5,7 +5,8 @@
 //! the [`deliverer`] dispatches it (to run, to park while its host in
 //! [`hosts`] is full, or to the dead letters if it is not a job), fills
 //! its URL, makes the request with the [`client`] (only to destinations
-//! the [`guard`] allows), logs the attempt ([`delivery_log`]), counts it
+//! the [`guard`] allows, on a connection its host's gate keeps in
+//! [`pool`]), logs the attempt ([`delivery_log`]), counts it
 //! ([`metrics`]) and decides what follows ([`retry`]); the consumer
 //! settles that outcome in the queue.
 //! [`signing`] signs every request (Standard Webhooks);
@@ -29,6 +30,7 @@ pub mod guard;
 pub mod hosts;
 pub mod inspect;
 pub mod metrics;
+pub mod pool;
 pub mod retry;
 pub mod signing;
 pub mod startup;

@@ -1,5 +1,5 @@
-//! A real HTTP/1.1 server (plain or TLS) that records every request and
-//! answers as a test scripts it.
+//! A real HTTP/1.1 server (plain or TLS, or HTTP/2 over TLS) that records
+//! every request and answers as a test scripts it.
 use crate::{wait_until, TestCa};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -113,6 +113,7 @@ pub struct Sink {
     addr: SocketAddr,
     scheme: &'static str,
     received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -133,6 +134,16 @@ impl Sink {
         Sink::serve(Arc::new(|_, _| Reply::status(200)), Some(ca.acceptor())).await
     }
 
+    /// An HTTPS sink like [`Sink::tls`] that speaks HTTP/2, chosen in the
+    /// TLS handshake (ALPN `h2`).
+    pub async fn tls_h2(ca: &TestCa) -> Sink {
+        Sink::serve(
+            Arc::new(|_, _| Reply::status(200)),
+            Some(ca.acceptor_offering(&[b"h2"])),
+        )
+        .await
+    }
+
     async fn serve(responder: Responder, tls: Option<tokio_rustls::TlsAcceptor>) -> Sink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -141,11 +152,14 @@ impl Sink {
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let log = log.clone();
                 let responder = responder.clone();
                 let tls = tls.clone();
@@ -161,7 +175,13 @@ impl Sink {
                             let _ = http.serve_connection(TokioIo::new(stream), service).await;
                         }
                         Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(stream).await {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                                let _ = h2.serve_connection(TokioIo::new(stream), service).await;
+                            } else {
                                 let _ = http.serve_connection(TokioIo::new(stream), service).await;
                             }
                         }
@@ -173,6 +193,7 @@ impl Sink {
             addr,
             scheme,
             received,
+            connections,
             task,
         }
     }
@@ -194,6 +215,11 @@ impl Sink {
     /// How many requests have arrived.
     pub fn count(&self) -> usize {
         self.received.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// How many connections have been accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until at least `n` requests have arrived.

@@ -35,9 +35,14 @@ impl TestCa {
     }
 
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor_offering(&[])
+    }
+
+    /// The same, choosing one of `alpn` (e.g. `h2`) when the client offers it.
+    pub(crate) fn acceptor_offering(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
         use tokio_rustls::rustls;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("tls versions")
             .with_no_client_auth()
@@ -46,6 +51,7 @@ impl TestCa {
                 rustls::pki_types::PrivateKeyDer::Pkcs8(self.server_key.clone().into()),
             )
             .expect("server tls config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 }

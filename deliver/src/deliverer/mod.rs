@@ -20,6 +20,7 @@ use crate::delivery_log::{DeliveryLog, Record};
 use crate::destinations::{Admission, Attempted, Destinations, Parked};
 use crate::hosts::{destination_of, Hosts, Place};
 use crate::metrics::{AttemptRecord, Metrics};
+use crate::pool::Idle;
 use crate::retry::{RetryPolicy, Verdict};
 use crate::signing::Signer;
 use bytes::Bytes;
@@ -100,7 +101,6 @@ impl Deliverer {
         let client = HttpClient::new(
             config.timeout,
             config.log_body_max,
-            config.concurrency,
             config.extra_ca_file.as_deref(),
             config.destinations.clone(),
         )?;
@@ -246,8 +246,14 @@ impl Deliverer {
         let _running = self.running.acquire().await.ok();
         let _in_flight = self.metrics.start_delivery();
         let url = std::mem::take(&mut delivery.url);
-        self.attempt(&delivery.job, url, delivery.probe, &delivery.destination)
-            .await
+        self.attempt(
+            &delivery.job,
+            url,
+            delivery.probe,
+            &delivery.destination,
+            delivery.place.idle(),
+        )
+        .await
     }
 
     /// Delivers `job` the way the consumer does ([`Deliverer::dispatch`],
@@ -270,15 +276,20 @@ impl Deliverer {
     /// runs (its future is part of every delivery task, which tokio copies
     /// when it spawns and completes one): the request is made ready, and
     /// its outcome dealt with, in plain functions either side.
-    async fn attempt(&self, job: &Job, url: String, probe: bool, destination: &str) -> Settlement {
-        let (split, request) = self.prepare(job, url);
+    async fn attempt(&self, job: &Job, url: String, probe: bool, destination: &str, idle: &Arc<Idle>) -> Settlement {
+        let (split, request) = self.prepare(job, url, idle);
         let outcome = request.await;
         self.conclude(job, &split, outcome, probe, destination)
     }
 
-    /// The request for `job` at `url`, ready to send, and the URL split
-    /// from its credentials.
-    fn prepare(&self, job: &Job, url: String) -> (SplitUrl, impl Future<Output = Attempt> + '_) {
+    /// The request for `job` at `url`, ready to send on one of `idle`'s
+    /// connections (or a new one), and the URL split from its credentials.
+    fn prepare<'a>(
+        &'a self,
+        job: &Job,
+        url: String,
+        idle: &'a Arc<Idle>,
+    ) -> (SplitUrl, impl Future<Output = Attempt> + 'a) {
         let body = job
             .method
             .has_body()
@@ -315,7 +326,7 @@ impl Deliverer {
         for (name, value) in producer_headers(job) {
             headers.insert(name, value);
         }
-        (split, self.client.send_to(job.method, uri, body, headers))
+        (split, self.client.send_to(job.method, uri, body, headers, idle))
     }
 
     /// What becomes of `job` after `outcome`: logged, counted, decided.

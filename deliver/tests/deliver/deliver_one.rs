@@ -214,3 +214,77 @@ async fn a_url_with_no_place_to_go_is_final_and_never_sent_to_another_port() {
     }
     assert_eq!(sink.count(), 0, "no request was sent anywhere");
 }
+
+#[tokio::test]
+async fn deliveries_to_one_host_share_a_kept_connection_and_name_the_host_as_curl_does() {
+    let sink = Sink::start(by_path()).await;
+    let dir = TempDir::new("deliver-one-kept");
+    let (deliverer, _) = deliverer(&dir, &[]);
+    for _ in 0..5 {
+        assert_eq!(kind(&deliverer.deliver_one(&job(&sink.url("/ok"), 1)).await), "ack");
+    }
+    // A 404 is an answer read whole: its connection is kept too.
+    assert_eq!(
+        kind(&deliverer.deliver_one(&job(&sink.url("/missing"), 1)).await),
+        "dead final_status"
+    );
+    assert_eq!(sink.count(), 6);
+    assert_eq!(sink.connections(), 1, "every request went on the first connection");
+    let port = sink.url("").rsplit(':').next().unwrap().to_string();
+    for received in sink.received() {
+        // The port is not the scheme's own, so it is part of Host; the
+        // request target is the path alone.
+        assert_eq!(received.header("host"), Some(format!("127.0.0.1:{port}").as_str()));
+        assert!(received.path_and_query.starts_with('/'), "{received:?}");
+    }
+
+    // A server that closes after each answer gets a new connection for
+    // each request, and no attempt fails for it.
+    let closing = Sink::start(Arc::new(|_, _| Reply::status(200).header("connection", "close"))).await;
+    for _ in 0..3 {
+        assert_eq!(kind(&deliverer.deliver_one(&job(&closing.url("/x"), 1)).await), "ack");
+    }
+    assert_eq!(closing.connections(), 3);
+}
+
+#[tokio::test]
+async fn a_connection_whose_answer_was_not_read_to_its_end_is_not_used_again() {
+    // A body longer than deliver reads (256 KiB): the rest is not drained,
+    // so that connection is closed and the next request opens another.
+    let big = "x".repeat(300 * 1024);
+    let sink = Sink::start(Arc::new(move |_, _| Reply {
+        body: big.clone(),
+        ..Reply::status(200)
+    }))
+    .await;
+    let dir = TempDir::new("deliver-one-undrained");
+    let (deliverer, _) = deliverer(&dir, &[]);
+    for _ in 0..2 {
+        assert_eq!(kind(&deliverer.deliver_one(&job(&sink.url("/big"), 1)).await), "ack");
+    }
+    assert_eq!(sink.connections(), 2);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_chooses_http2_gets_every_request_on_one_connection() {
+    let ca = TestCa::new();
+    let sink = Sink::tls_h2(&ca).await;
+    let dir = TempDir::new("deliver-one-h2");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let (deliverer, _) = deliverer(&dir, &[("DELIVER_EXTRA_CA_FILE", ca_file.to_str().unwrap())]);
+    let first = deliverer.deliver_one(&job(&sink.url("/h2"), 1)).await;
+    assert_eq!(kind(&first), "ack");
+    // At once, on the kept connection.
+    let jobs: Vec<Job> = (0..4).map(|_| job(&sink.url("/h2?v={v}"), 1)).collect();
+    let settlements = futures_util::future::join_all(jobs.iter().map(|job| deliverer.deliver_one(job))).await;
+    assert!(settlements.iter().all(|s| kind(s) == "ack"));
+    assert_eq!(sink.count(), 5);
+    assert_eq!(sink.connections(), 1, "HTTP/2 requests share the connection");
+    let received = sink.received();
+    assert!(
+        received.iter().all(|r| r.header("host").is_none()),
+        "HTTP/2 names the host in :authority"
+    );
+    assert!(received.iter().any(|r| r.path_and_query == "/h2?v=a%20b"));
+}
