@@ -84,35 +84,70 @@ impl DeliveryLog {
 
     /// Formats and queues one record.
     pub fn write(&self, record: &Record<'_>) {
-        self.lines.write(&format_record(self.format, record));
+        // Each thread formats into a line of its own that it keeps: no
+        // allocation per attempt.
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            format_into(&mut line, self.format, record);
+            self.lines.write(&line);
+            // A long response body's line is not kept for ever.
+            if line.capacity() > KEPT_LINE_ROOM {
+                *line = String::new();
+            }
+        });
     }
 }
 
+/// The most room a thread's line keeps between attempts (a line with a
+/// large response body gives the rest back).
+const KEPT_LINE_ROOM: usize = 16 * 1024;
+
 /// Formats `record` as one line, newline included.
 pub fn format_record(format: LogFormat, r: &Record<'_>) -> String {
-    let mut line = String::with_capacity(192 + r.url.len() + r.response_body.len());
+    let mut line = String::new();
+    format_into(&mut line, format, r);
+    line
+}
+
+/// [`format_record`] into `line`.
+fn format_into(line: &mut String, format: LogFormat, r: &Record<'_>) {
+    line.reserve(192 + r.url.len() + r.response_body.len());
     match format {
         LogFormat::Logfmt => {
             line.push_str("delivery_time=");
-            push_rfc3339_millis(&mut line, r.delivery_time_ms);
-            let _ = write!(line, " id={} attempt={} method={} url=", r.id, r.attempt, r.method);
-            logfmt_value(&mut line, r.url);
+            push_rfc3339_millis(line, r.delivery_time_ms);
+            line.push_str(" id=");
+            line.push_str(r.id);
+            line.push_str(" attempt=");
+            push_number(line, u64::from(r.attempt));
+            line.push_str(" method=");
+            line.push_str(r.method);
+            line.push_str(" url=");
+            logfmt_value(line, r.url);
             line.push_str(" status=");
-            logfmt_value(&mut line, r.status);
-            let _ = write!(line, " response_ms={} outcome={}", r.response_ms, r.outcome);
+            logfmt_value(line, r.status);
+            line.push_str(" response_ms=");
+            push_number(line, r.response_ms);
+            line.push_str(" outcome=");
+            line.push_str(r.outcome);
             if let Some(ms) = r.retry_in_ms {
-                let _ = write!(line, " retry_in_ms={ms}");
+                line.push_str(" retry_in_ms=");
+                push_number(line, ms);
             }
             if let Some(id) = r.request_id {
                 line.push_str(" request_id=");
-                logfmt_value(&mut line, id);
+                logfmt_value(line, id);
             }
             if let Some(id) = r.producer {
                 line.push_str(" producer=");
-                logfmt_value(&mut line, id);
+                logfmt_value(line, id);
             }
             line.push_str(" response_body=");
-            quoted(&mut line, r.response_body);
+            quoted(line, r.response_body, 0);
         }
         LogFormat::Json => {
             let value = serde_json::json!({
@@ -133,34 +168,66 @@ pub fn format_record(format: LogFormat, r: &Record<'_>) -> String {
         }
     }
     line.push('\n');
-    line
 }
+
+/// `n` in decimal.
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+}
+
+/// A byte that a logfmt value cannot hold bare: quoted, not escaped (a
+/// space, `=`).
+const QUOTE: u8 = 1;
+/// A byte that must be escaped, or starts a character that may need it
+/// (`"`, `\`, control characters, anything not ASCII).
+const ESCAPE: u8 = 2;
+/// What each byte needs, looked up once per byte (a URL is scanned on every
+/// delivery).
+const BYTE_NEEDS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            b' ' | b'=' => QUOTE,
+            b'"' | b'\\' => ESCAPE,
+            0x21..=0x7e => 0,
+            _ => ESCAPE,
+        };
+        b += 1;
+    }
+    table
+};
 
 /// A logfmt value: bare when it is a plain token, quoted otherwise.
 fn logfmt_value(out: &mut String, value: &str) {
-    let plain = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
-    if plain {
-        out.push_str(value);
-    } else {
-        quoted(out, value);
+    match value.bytes().position(|b| BYTE_NEEDS[usize::from(b)] != 0) {
+        None if !value.is_empty() => out.push_str(value),
+        // What came before the first such byte needs no escape either.
+        first => quoted(out, value, first.unwrap_or(0)),
     }
 }
 
 /// A double-quoted value with `"`, `\` and control characters escaped, so
-/// a response body can never break the one-line-per-attempt shape.
-fn quoted(out: &mut String, value: &str) {
+/// a response body can never break the one-line-per-attempt shape. The
+/// first `clean` bytes are known to need no escape.
+fn quoted(out: &mut String, value: &str, clean: usize) {
     out.push('"');
+    out.push_str(&value[..clean]);
     // Runs of printable ASCII are copied whole; only the character after
-    // each run is looked at: every URL with a query is quoted, so this is
-    // on every delivery's path.
-    let mut rest = value;
-    while let Some(at) = rest
-        .bytes()
-        .position(|b| !(b' '..=b'~').contains(&b) || b == b'"' || b == b'\\')
-    {
+    // each run is looked at.
+    let mut rest = &value[clean..];
+    while let Some(at) = rest.bytes().position(|b| BYTE_NEEDS[usize::from(b)] == ESCAPE) {
         out.push_str(&rest[..at]);
         // Everything before `at` is ASCII, so `at` starts a character.
         let Some(c) = rest[at..].chars().next() else { break };
@@ -214,10 +281,31 @@ mod tests {
             "caf\u{e9} \u{1f600} \u{2028} done",
             "\u{e9}",
             "\"",
+            "req-1",
+            "a=b\"c d",
+            "two words",
         ] {
             let mut out = String::new();
-            quoted(&mut out, value);
+            quoted(&mut out, value, 0);
             assert_eq!(out, reference(value), "for {value:?}");
+            // As a logfmt value: bare only when nothing needs quoting.
+            let mut out = String::new();
+            logfmt_value(&mut out, value);
+            let bare = !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+            let expected = if bare { value.to_string() } else { reference(value) };
+            assert_eq!(out, expected, "logfmt value {value:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 5000, u64::MAX] {
+            let mut out = String::from("x=");
+            push_number(&mut out, n);
+            assert_eq!(out, format!("x={n}"));
         }
     }
 
