@@ -7,9 +7,10 @@
 //!
 //! hyper's own connections (`hyper::client::conn`) rather than
 //! hyper-util's pooled client: the gate a delivery holds already names its
-//! destination, so the pool's second lookup (a SipHash of the host, byte by
-//! byte, three times a request) and the task it spawns per request to
-//! take a connection back were a sixth of a delivery's instructions.
+//! destination, so the pool's own lookups of the host (a SipHash of it,
+//! byte by byte, several times a request) and the task it spawns per
+//! request to take a connection back were work for nothing (figures in
+//! docs/PERFORMANCE.md).
 //! What that client did that matters here is done the same way: the
 //! `Host` header (without a default port), the origin-form request target
 //! on HTTP/1.1, and a request that a kept connection closed before
@@ -305,9 +306,10 @@ impl HttpClient {
 }
 
 /// Makes `request` an HTTP/1.1 request for `uri`: the origin-form target
-/// (path and query) and, unless the producer set one, a `Host` header
-/// with the port only where it is not the scheme's own (as hyper-util's
-/// client, and curl, write it).
+/// (path and query) and, unless it has one from a first try, a `Host`
+/// header with the port only where it is not the scheme's own (as
+/// hyper-util's client, and curl, write it). Producers cannot set `Host`
+/// (`common::headers`).
 fn http1_form(request: &mut http::Request<Body>, uri: &http::Uri) -> Result<(), Failure> {
     *request.uri_mut() = match uri.path_and_query() {
         Some(path) if path.as_str() != "/" => http::Uri::from(path.clone()),
@@ -361,9 +363,9 @@ fn give_back(idle: &Arc<Idle>, sender: Sender, https: bool) {
 
 /// A request's header map with room for `more` headers beside deliver's
 /// own `User-Agent` (and `Content-Type: application/json` for a request
-/// with a body), which are in it already, and the `Host` the client adds. The caller inserts its headers
-/// by value (no copy of a value, no growth of the map); a producer's
-/// `User-Agent` or `Content-Type` replaces ours.
+/// with a body), which are in it already, and the `Host` the client adds.
+/// The caller inserts its headers by value (no copy of a value, no growth
+/// of the map); a producer's `User-Agent` or `Content-Type` replaces ours.
 pub fn request_headers(more: usize, has_body: bool) -> http::HeaderMap {
     const USER_AGENT: http::HeaderValue =
         http::HeaderValue::from_static(concat!("postback-deliver/", env!("CARGO_PKG_VERSION")));
