@@ -11,7 +11,8 @@
 //! one; one of them is kept.)
 //!
 //! A connection idle for longer than [`IDLE_CONNECTION`] is closed: when a
-//! delivery finds it, or when the gates are swept (`Hosts::sweep`).
+//! delivery finds it, or when the host gates are swept (every 10 s, see
+//! `crate::hosts`).
 
 use bytes::Bytes;
 use http_body_util::Full;
