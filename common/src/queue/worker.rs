@@ -42,23 +42,71 @@ pub async fn take<C: ConnectionLike>(
         .await
 }
 
-/// Waits up to `wait` for one job and takes it into `worker`'s in-flight
-/// list (`BLMOVE`), so an idle worker wakes as soon as a job arrives
-/// without polling. The connection's response timeout must exceed `wait`.
-pub async fn take_blocking<C: ConnectionLike>(
+/// Takes up to `max` jobs like [`take`], first waiting up to `wait` for one
+/// if the queue is empty (`BLMOVE`), so an idle worker wakes as soon as a
+/// job arrives without polling. One round trip either way: the take of the
+/// rest is pipelined behind the `BLMOVE`, which Redis answers first (at
+/// once when there are jobs, else when one arrives or the wait ends), so a
+/// steady trickle of jobs costs one call per job rather than a wait and a
+/// take that finds nothing. The connection's response timeout must exceed
+/// `wait`.
+pub async fn take_waiting<C: ConnectionLike>(
     conn: &mut C,
     keys: &QueueKeys,
     worker: &str,
+    max: usize,
+    heartbeat_ttl: Duration,
     wait: Duration,
-) -> RedisResult<Option<Vec<u8>>> {
-    redis::cmd("BLMOVE")
+) -> RedisResult<Vec<Vec<u8>>> {
+    let inflight = keys.inflight(worker);
+    let mut first = redis::cmd("BLMOVE");
+    first
         .arg(&keys.ready)
-        .arg(keys.inflight(worker))
+        .arg(&inflight)
         .arg("RIGHT")
         .arg("RIGHT")
-        .arg(wait.as_secs_f64())
+        .arg(wait.as_secs_f64());
+    let rest = max.clamp(1, MAX_BATCH) - 1;
+    if rest == 0 {
+        let one: Option<Vec<u8>> = first.query_async(conn).await?;
+        return Ok(one.into_iter().collect());
+    }
+    let mut take_rest = TAKE.key(&keys.ready);
+    take_rest
+        .key(&inflight)
+        .key(&keys.workers)
+        .key(keys.heartbeat(worker))
+        .arg(rest)
+        .arg(worker)
+        .arg(heartbeat_ttl.as_millis() as u64);
+    let (first, more): (RedisResult<redis::Value>, RedisResult<redis::Value>) = redis::pipe()
+        .add_command(first)
+        .invoke_script(&take_rest)
+        .ignore_errors()
         .query_async(conn)
-        .await
+        .await?;
+    let first = first.and_then(parse::<Option<Vec<u8>>>);
+    let more = match more.and_then(parse::<Vec<Vec<u8>>>) {
+        // Redis lost its script cache (a restart, a failover): the take
+        // loads it and goes again.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            take(conn, keys, worker, rest, heartbeat_ttl).await
+        }
+        more => more,
+    };
+    match (first, more) {
+        (Ok(one), Ok(more)) => Ok(one.into_iter().chain(more).collect()),
+        // A full Redis refuses BLMOVE (a write `maxmemory` stops) but runs
+        // the take script (flagged to run then): its jobs are all there is.
+        (Err(_), Ok(more)) if !more.is_empty() => Ok(more),
+        // Even with a job from BLMOVE: a failed take is one that may have
+        // moved jobs, and the caller returns its in-flight list's orphans.
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+fn parse<T: redis::FromRedisValue>(value: redis::Value) -> RedisResult<T> {
+    Ok(redis::from_redis_value(value)?)
 }
 
 /// Hosts with parked jobs: up to `max` of them, picked at random so that
@@ -240,13 +288,14 @@ impl WorkerQueue {
             .await
     }
 
-    /// Waits up to `wait` for one job and takes it into the in-flight list.
-    /// Give it a handle of its own: the wait holds the connection.
-    pub async fn take_blocking(&self, wait: Duration) -> Result<Option<Vec<u8>>, QueueError> {
-        let (keys, id) = (self.keys(), self.id.as_str());
+    /// Takes up to `max` jobs into this worker's in-flight list, waiting up
+    /// to `wait` for the first if the queue is empty: one round trip. Give
+    /// it a handle of its own: the wait holds the connection.
+    pub async fn take_waiting(&self, max: usize, wait: Duration) -> Result<Vec<Vec<u8>>, QueueError> {
+        let (keys, id, ttl) = (self.keys(), self.id.as_str(), self.heartbeat_ttl);
         self.queue
             .run("take", wait, async move |mut conn| {
-                take_blocking(&mut conn, keys, id, wait).await
+                take_waiting(&mut conn, keys, id, max, ttl, wait).await
             })
             .await
     }

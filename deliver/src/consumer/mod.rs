@@ -9,7 +9,7 @@
 //! Four activities run side by side:
 //! - the *fetcher* ([`taking`]) takes batches of jobs into this worker's
 //!   in-flight list (at most twice `DELIVER_CONCURRENCY` in memory, over
-//!   all the process's consumers), or blocks on Redis for one job when the
+//!   all the process's consumers), waiting in Redis for the first when the
 //!   queue is empty, so an idle worker costs nothing; it parks a job whose
 //!   host is saturated, and takes parked jobs back once their host has
 //!   room ([`crate::hosts`]);

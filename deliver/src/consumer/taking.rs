@@ -1,5 +1,5 @@
 //! Taking: the fetcher moves batches of jobs into this worker's in-flight
-//! list while the process has free slots (or blocks on Redis for one job
+//! list while the process has free slots (waiting in Redis for the first
 //! when the queue is empty), parks the jobs of full hosts, takes parked
 //! jobs back once their host has room, and starts a delivery task for each
 //! job that runs. Outcomes go to the settler ([`super::settling`]).
@@ -116,27 +116,20 @@ pub(super) async fn fetch(
             }
         }
         let asked = permits.num_permits();
-        let jobs = match queue.take(asked).await {
-            Ok(taken) if !taken.is_empty() => {
-                backlog = taken.len() == asked;
-                Ok(taken)
-            }
-            // Queue empty: wait in Redis for the next job (no longer than
-            // until parked jobs are to be looked at). On shutdown the wait
-            // is abandoned; a job it may have moved is in our in-flight
-            // list and goes back on release.
-            Ok(_) => {
-                backlog = false;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    one = queue.take_blocking(parked.block_wait()) => one.map(|one| one.into_iter().collect()),
-                }
-            }
-            Err(e) => {
-                backlog = false;
-                Err(e)
+        // Unless the last take found a backlog, the take waits in Redis for
+        // the next job if the queue is empty (no longer than until parked
+        // jobs are to be looked at). On shutdown the wait is abandoned; a
+        // job it may have moved is in our in-flight list and goes back on
+        // release.
+        let jobs = if backlog {
+            queue.take(asked).await
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                taken = queue.take_waiting(asked, parked.block_wait()) => taken,
             }
         };
+        backlog = jobs.as_ref().is_ok_and(|taken| taken.len() == asked);
         let Ok(jobs) = jobs else {
             unsure = true;
             if !pause(&mut backoff, shutdown).await {

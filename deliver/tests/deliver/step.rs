@@ -125,3 +125,92 @@ async fn a_step_delivers_retries_parks_and_buries_and_redis_shows_each() {
     }
     assert_eq!(worker.release().await.expect("release"), 0, "nothing is left in flight");
 }
+
+/// The take that starts each cycle: one round trip takes a batch, or waits
+/// in Redis for the first job of an empty queue and takes whatever came
+/// with it; a Redis that lost its scripts (a restart) costs nothing.
+#[tokio::test]
+async fn a_waiting_take_gets_a_batch_waits_for_the_first_job_and_survives_a_lost_script_cache() {
+    let redis = RedisServer::start();
+    let mut queue_config = crate::support::queue_config(&redis.url());
+    queue_config.longest_block = Duration::from_secs(5);
+    let queue = common::queue::Queue::new(&queue_config).expect("a queue handle");
+    let workers = queue.workers("take-test", Duration::from_secs(30));
+    let worker = workers[0].handle();
+    let encoded = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| job(Method::Get, "http://example.test/", serde_json::json!({"i": i})).encode())
+            .collect()
+    };
+
+    // A backlog: the oldest first, no more than asked, in one call.
+    let queued = encoded(5);
+    queue.push(&queued).await.expect("queued");
+    let taken = worker.take_waiting(3, Duration::from_secs(1)).await.expect("the take");
+    let taken: Vec<String> = taken.into_iter().map(|j| String::from_utf8(j).unwrap()).collect();
+    assert_eq!(taken, queued[..3], "the three oldest, oldest first");
+    assert_eq!(queue.depths().await.expect("depths").ready, 2);
+    let job = Job::decode(taken[0].as_bytes()).expect("a job");
+    assert_eq!(
+        queue.find_job(&job.id).await.expect("find"),
+        Some((
+            "default".to_string(),
+            Place::InFlight {
+                worker: worker.id().to_string()
+            }
+        )),
+        "a taken job is in the worker's in-flight list"
+    );
+    let rest = worker.take_waiting(10, Duration::from_secs(1)).await.expect("the take");
+    assert_eq!(rest.len(), 2, "what was left");
+
+    // An empty queue: the take waits until jobs arrive, and the jobs that
+    // arrived together come in the same call (the first by BLMOVE, the
+    // rest by the take pipelined behind it).
+    let waiting = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.take_waiting(10, Duration::from_secs(5)).await }
+    });
+    let mut conn = redis.connection().await;
+    testkit::wait::wait_until(Duration::from_secs(5), "the take to wait in Redis", || {
+        let mut conn = conn.clone();
+        async move {
+            testkit::redis::redis_info(&mut conn, "clients", "blocked_clients")
+                .await
+                .as_deref()
+                == Some("1")
+        }
+    })
+    .await;
+    let arrived = encoded(4);
+    queue.push(&arrived).await.expect("queued");
+    let taken = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting take returns once jobs arrive")
+        .expect("the task ends")
+        .expect("the take");
+    let taken: Vec<String> = taken.into_iter().map(|j| String::from_utf8(j).unwrap()).collect();
+    assert_eq!(
+        taken, arrived,
+        "the four that arrived together, in one call, oldest first"
+    );
+
+    // Nothing arrives: the wait ends with nothing taken.
+    let none = worker
+        .take_waiting(10, Duration::from_millis(100))
+        .await
+        .expect("the take");
+    assert!(none.is_empty());
+
+    // Redis forgot its scripts: the rest's take loads it and goes again.
+    let () = deadpool_redis::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
+    let queued = encoded(3);
+    queue.push(&queued).await.expect("queued");
+    let taken = worker.take_waiting(10, Duration::from_secs(1)).await.expect("the take");
+    assert_eq!(taken.len(), 3, "every job, the script loaded again");
+    assert_eq!(queue.depths().await.expect("depths").ready, 0);
+}

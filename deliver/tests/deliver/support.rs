@@ -71,7 +71,12 @@ pub fn unsigned() -> std::sync::Arc<deliver::signing::Signer> {
 /// A queue handle of the test's own on the queue at `url` (any
 /// `REDIS_URL`): queue "default", one shard, a 2 s deadline.
 pub fn queue_at(url: &str) -> common::queue::Queue {
-    common::queue::Queue::new(&common::queue::QueueConfig {
+    common::queue::Queue::new(&queue_config(url)).expect("a queue handle for the test")
+}
+
+/// The settings of [`queue_at`]'s handle: one shard of the default queue.
+pub fn queue_config(url: &str) -> common::queue::QueueConfig {
+    common::queue::QueueConfig {
         url: url.to_string(),
         name: "default".into(),
         timeout: Duration::from_secs(2),
@@ -80,8 +85,7 @@ pub fn queue_at(url: &str) -> common::queue::Queue {
         replica_acks: 0,
         replica_timeout: Duration::ZERO,
         tls: Default::default(),
-    })
-    .expect("a queue handle for the test")
+    }
 }
 
 /// Replaces or adds `key` in an environment list.
