@@ -17,6 +17,12 @@ use tokio_util::sync::CancellationToken;
 /// How often a worker whose delivery log cannot be written looks again.
 const LOG_RECHECK: Duration = Duration::from_millis(200);
 
+/// A take that waited this long for its job found an idle queue: the next
+/// asks for one job alone (`BLMOVE`), the quickest answer when that job
+/// arrives. Shorter waits mean jobs are flowing, and the next take also
+/// takes whatever came with its first.
+const IDLE_GAP: Duration = Duration::from_millis(5);
+
 /// Takes no job until the delivery log takes lines again (a full disk):
 /// every attempt must have its line, and lines wait in memory meanwhile,
 /// so the deliveries in flight finish and no new one starts. False on
@@ -49,7 +55,7 @@ pub(super) async fn fetch(
     let all_slots = settings.concurrency * 2;
     let slots = settings.slots.clone();
     let starter = Starter { ctx, settle_tx };
-    // A connection of its own: its blocking take must not hold up the
+    // A connection of its own: its waiting take must not hold up the
     // settler's and housekeeping's commands.
     let queue = ctx.queue.handle();
     let mut backoff = BACKOFF_MIN;
@@ -58,6 +64,8 @@ pub(super) async fn fetch(
     let mut parked = Parked::new();
     // Whether the last take got all it asked for: the shard has a backlog.
     let mut backlog = false;
+    // Whether the last take waited long for its job: the queue is idle.
+    let mut idle = true;
     loop {
         // Finished tasks keep a slot in the JoinSet until joined.
         while deliveries.try_join_next().is_some() {}
@@ -118,16 +126,22 @@ pub(super) async fn fetch(
         let asked = permits.num_permits();
         // Unless the last take found a backlog, the take waits in Redis for
         // the next job if the queue is empty (no longer than until parked
-        // jobs are to be looked at). On shutdown the wait is abandoned; a
-        // job it may have moved is in our in-flight list and goes back on
-        // release.
+        // jobs are to be looked at). After a long wait it asks for that one
+        // job alone: the take of more behind it would cost an idle queue's
+        // next job some latency and find nothing. On shutdown the wait is
+        // abandoned; a job it may have moved is in our in-flight list and
+        // goes back on release.
         let jobs = if backlog {
             queue.take(asked).await
         } else {
-            tokio::select! {
+            let started = Instant::now();
+            let max = if idle { 1 } else { asked };
+            let taken = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                taken = queue.take_waiting(asked, parked.block_wait()) => taken,
-            }
+                taken = queue.take_waiting(max, parked.block_wait()) => taken,
+            };
+            idle = started.elapsed() >= IDLE_GAP;
+            taken
         };
         backlog = jobs.as_ref().is_ok_and(|taken| taken.len() == asked);
         let Ok(jobs) = jobs else {
