@@ -191,19 +191,22 @@ async fn a_breaker_open_past_disable_after_disables_its_destination() {
     .await;
 }
 
+/// Two processes: the one that meets the 429 pauses the destination for
+/// both, and neither sends a request to it before the pause is over,
+/// jobs queued after the 429 included.
 #[tokio::test]
-async fn a_retry_after_keeps_the_whole_destination_quiet_for_that_long() {
+async fn a_retry_after_keeps_the_whole_destination_quiet_for_that_long_in_every_process() {
     let redis = RedisServer::start();
     let sink = Sink::start(std::sync::Arc::new(|req, _| {
         if req.path_and_query.contains("id=first") {
-            Reply::status(429).header("retry-after", "3")
+            Reply::status(429).header("retry-after", "5")
         } else {
             Reply::status(204)
         }
     }))
     .await;
     let env = fast_env(&redis);
-    let _deliver = Deliver::start(&env);
+    let deliver = [Deliver::start(&env), Deliver::start(&env)];
     let keys = QueueKeys::new("default");
     let mut conn = redis.connection().await;
     let url = sink.url("/?id={id}");
@@ -211,24 +214,45 @@ async fn a_retry_after_keeps_the_whole_destination_quiet_for_that_long() {
     sink.wait_for(1, LIMIT).await;
     let asked_at = sink.received()[0].at;
     let host = destination(&sink);
-    wait_until(LIMIT, "the pause to be shared", || async {
-        matches!(
-            state(&mut redis.connection().await, &host).await,
-            Some(DestinationState::Paused { .. })
-        )
+    // Each process holds once its copy of the destinations has the pause
+    // (within a second of the 429; the test waits for both).
+    wait_until(LIMIT, "both processes to show the destination paused", || async {
+        let mut paused = 0.0;
+        for process in &deliver {
+            paused += process
+                .metric(
+                    "postback_deliver_destination_state",
+                    &[("destination", &host), ("state", "paused")],
+                )
+                .await;
+        }
+        paused == 2.0
     })
     .await;
-    // Queued after the 429: held too.
-    let later: Vec<_> = (0..5)
-        .map(|n| job(Method::Get, &url, json!({"id": format!("later{n}")})))
-        .collect();
-    enqueue(&mut conn, &keys, &later).await;
-    sink.wait_for(1 + later.len(), LIMIT).await;
+    // Queued after the 429, one at a time, until each process has held
+    // one (a blocked take that finds several jobs would take them all).
+    let mut later = 0;
+    wait_until(LIMIT, "each process to hold a job of the paused destination", || {
+        later += 1;
+        let job = job(Method::Get, &url, json!({"id": format!("later{later}")}));
+        let (mut conn, keys, deliver) = (conn.clone(), &keys, &deliver);
+        async move {
+            enqueue(&mut conn, keys, &[job]).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut each = true;
+            for process in deliver {
+                each &= process.metric("postback_deliver_held_total", &[]).await >= 1.0;
+            }
+            each
+        }
+    })
+    .await;
+    sink.wait_for(1 + later, LIMIT).await;
     for request in &sink.received()[1..] {
         let quiet = request.at.duration_since(asked_at);
         assert!(
-            quiet >= Duration::from_millis(2900),
-            "{} arrived {quiet:?} after the Retry-After: 3",
+            quiet >= Duration::from_millis(4900),
+            "{} arrived {quiet:?} after the Retry-After: 5",
             request.path_and_query
         );
     }
