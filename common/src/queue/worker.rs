@@ -68,8 +68,21 @@ pub async fn take_waiting<C: ConnectionLike>(
         .arg(wait.as_secs_f64());
     let rest = max.clamp(1, MAX_BATCH) - 1;
     if rest == 0 {
-        let one: Option<Vec<u8>> = first.query_async(conn).await?;
-        return Ok(one.into_iter().collect());
+        return match first.query_async::<Option<Vec<u8>>>(conn).await {
+            Ok(one) => Ok(one.into_iter().collect()),
+            // Refused (a full Redis refuses BLMOVE, a denyoom write): the
+            // take script is allowed then, and takes the job if there is
+            // one; with none, the refusal stands (the caller backs off).
+            Err(refused) if refused.code().is_some() => {
+                let jobs = take(conn, keys, worker, 1, heartbeat_ttl).await?;
+                if jobs.is_empty() {
+                    Err(refused)
+                } else {
+                    Ok(jobs)
+                }
+            }
+            Err(e) => Err(e),
+        };
     }
     let mut take_rest = TAKE.key(&keys.ready);
     take_rest
@@ -96,8 +109,8 @@ pub async fn take_waiting<C: ConnectionLike>(
     };
     match (first, more) {
         (Ok(one), Ok(more)) => Ok(one.into_iter().chain(more).collect()),
-        // A full Redis refuses BLMOVE (a write `maxmemory` stops) but runs
-        // the take script (flagged to run then): its jobs are all there is.
+        // Refused as above, while the take script ran: its jobs are all
+        // there is.
         (Err(_), Ok(more)) if !more.is_empty() => Ok(more),
         // Even with a job from BLMOVE: a failed take is one that may have
         // moved jobs, and the caller returns its in-flight list's orphans.

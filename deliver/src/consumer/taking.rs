@@ -140,7 +140,11 @@ pub(super) async fn fetch(
                 _ = shutdown.cancelled() => return,
                 taken = queue.take_waiting(max, parked.block_wait()) => taken,
             };
-            idle = started.elapsed() >= IDLE_GAP;
+            // One job (or none) after a long wait: the queue was empty. A
+            // slow take that came back with several found jobs waiting.
+            if let Ok(jobs) = &taken {
+                idle = jobs.len() <= 1 && started.elapsed() >= IDLE_GAP;
+            }
             taken
         };
         backlog = jobs.as_ref().is_ok_and(|taken| taken.len() == asked);
